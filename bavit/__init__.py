@@ -1,0 +1,1 @@
+"""BAViT: background-aware token pruning in front of a YOLOS detector."""
