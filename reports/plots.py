@@ -1,0 +1,200 @@
+"""The report's figures, each rendered to PNG bytes.
+
+Figures are built with ``matplotlib.figure.Figure`` on the Agg canvas instead
+of ``pyplot``: no global backend switch (other code in the process may use an
+interactive one), no figure registry to leak, and it works headless. Each
+function returns PNG bytes so the HTML writer can embed them without temp files.
+
+All functions accept a raw or derived results frame and degrade to a figure
+saying "no successful cells" when there is nothing to draw, so a run where
+every backend failed still yields a complete report.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from reports.table import column, ensure_derived, ok_mask, sort_cells
+
+NO_DATA = "no successful cells"
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">")
+_MAX_SUBPLOT_COLS = 3
+
+
+def _png(fig: Figure) -> bytes:
+    """Render ``fig`` to PNG bytes; Software metadata is dropped to keep output reproducible."""
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _message_png(message: str, title: str) -> bytes:
+    """A placeholder figure, so a report section is never silently missing."""
+    fig = Figure(figsize=(6, 2.5))
+    ax = fig.add_subplot()
+    ax.set_axis_off()
+    ax.set_title(title)
+    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=14, color="0.4", transform=ax.transAxes)
+    return _png(fig)
+
+
+def _series_label(target: object, precision: object) -> str:
+    return f"{target} {precision}"
+
+
+def _styles(df: pd.DataFrame) -> dict[str, tuple[object, str]]:
+    """Colour per target×precision and marker per target, shared by every plot.
+
+    Computed from the whole frame (not per subplot) so a series keeps its
+    colour across figures and batch sizes.
+    """
+    cmap = matplotlib.colormaps["tab10"]
+    targets = sorted(df["target"].astype(str).unique())
+    labels = sorted({_series_label(t, p) for t, p in zip(df["target"], df["precision"])})
+    styles: dict[str, tuple[object, str]] = {}
+    for i, label in enumerate(labels):
+        target = label.split(" ", 1)[0]
+        styles[label] = (cmap(i % cmap.N), _MARKERS[targets.index(target) % len(_MARKERS)])
+    return styles
+
+
+def _batch_axes(fig: Figure, batches: list) -> list:
+    """One subplot per batch size: throughput regimes differ too much to share a panel."""
+    ncols = min(len(batches), _MAX_SUBPLOT_COLS)
+    nrows = -(-len(batches) // ncols)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[len(batches):]:
+        ax.set_axis_off()
+    return list(axes[: len(batches)])
+
+
+def _figure_for_batches(n: int, height: float = 3.8) -> Figure:
+    ncols = min(n, _MAX_SUBPLOT_COLS)
+    nrows = -(-n // ncols)
+    return Figure(figsize=(max(6.5, 4.6 * ncols), height * nrows + 0.9), layout="constrained")
+
+
+def _legend(fig: Figure, axes: Iterable) -> None:
+    """One legend for the whole figure, deduplicated across subplots."""
+    seen: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    if seen:
+        fig.legend(list(seen.values()), list(seen.keys()), loc="outside lower center",
+                   ncols=min(len(seen), 4), fontsize="small", frameon=False)
+
+
+def throughput_vs_keep(df: pd.DataFrame) -> bytes:
+    """Throughput against keep ratio, one line per target×precision, one panel per batch size.
+
+    Shows how much of the theoretical token-pruning gain each backend actually
+    realises (a flat line means the backend does not benefit from fewer tokens).
+    """
+    title = "Throughput vs keep ratio"
+    data = df[ok_mask(df) & column(df, "throughput_ips").notna()] if not df.empty else df
+    if data.empty:
+        return _message_png(NO_DATA, title)
+    styles = _styles(data)
+    batches = sorted(data["batch"].unique())
+    fig = _figure_for_batches(len(batches))
+    axes = _batch_axes(fig, batches)
+    for ax, batch in zip(axes, batches):
+        in_batch = data[data["batch"] == batch]
+        for (target, precision), group in in_batch.groupby(["target", "precision"], sort=True):
+            label = _series_label(target, precision)
+            color, marker = styles[label]
+            group = group.sort_values("keep")
+            ax.plot(group["keep"], group["throughput_ips"], marker=marker, color=color, label=label)
+        ax.set_title(f"batch {batch:g}")
+        ax.set_xlabel("keep ratio (fraction of tokens kept)")
+        ax.set_ylabel("throughput (images/s)")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    _legend(fig, axes)
+    return _png(fig)
+
+
+def map_vs_throughput(df: pd.DataFrame) -> bytes:
+    """mAP against throughput per batch size, with the Pareto front drawn through its points.
+
+    The front is the set of configurations worth deploying: anything off it is
+    both slower and less accurate than some other cell. Front points get a
+    large hollow ring and are joined by a dashed line; each point is labelled
+    with its keep ratio.
+    """
+    title = "mAP vs throughput (Pareto front per batch size)"
+    if df.empty:
+        return _message_png(NO_DATA, title)
+    derived = ensure_derived(df)
+    data = derived[ok_mask(derived) & column(derived, "throughput_ips").notna() & column(derived, "map").notna()]
+    if data.empty:
+        return _message_png(NO_DATA + " with mAP", title)
+    styles = _styles(data)
+    batches = sorted(data["batch"].unique())
+    fig = _figure_for_batches(len(batches), height=4.2)
+    axes = _batch_axes(fig, batches)
+    for ax, batch in zip(axes, batches):
+        in_batch = data[data["batch"] == batch]
+        for (target, precision), group in in_batch.groupby(["target", "precision"], sort=True):
+            label = _series_label(target, precision)
+            color, marker = styles[label]
+            ax.scatter(group["throughput_ips"], group["map"], color=color, marker=marker, s=45, label=label, zorder=3)
+            for x, y, keep in zip(group["throughput_ips"], group["map"], group["keep"]):
+                ax.annotate(f"k{keep:g}", (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7, color="0.3")
+        front = in_batch[in_batch["pareto"].astype(bool)].sort_values("throughput_ips")
+        if not front.empty:
+            ax.plot(front["throughput_ips"], front["map"], linestyle="--", color="black", linewidth=1, zorder=2)
+            ax.scatter(front["throughput_ips"], front["map"], s=190, facecolors="none", edgecolors="black",
+                       linewidths=1.4, label="Pareto front", zorder=4)
+        ax.set_title(f"batch {batch:g}")
+        ax.set_xlabel("throughput (images/s)")
+        ax.set_ylabel("mAP@[.5:.95]")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    _legend(fig, axes)
+    return _png(fig)
+
+
+def peak_memory(df: pd.DataFrame) -> bytes:
+    """Peak RSS per successful cell as horizontal bars, split into baseline and increase.
+
+    Splitting off the process baseline (interpreter + libraries before the
+    model loads) shows what the model itself costs, which is what differs
+    between backends. Horizontal bars keep long cell ids readable.
+    """
+    title = "Peak memory per cell"
+    data = df[ok_mask(df) & column(df, "peak_rss_mb").notna()] if not df.empty else df
+    if data.empty:
+        return _message_png(NO_DATA, title)
+    data = sort_cells(data)
+    styles = _styles(data)
+    peak = data["peak_rss_mb"].to_numpy(dtype=float)
+    baseline = np.clip(np.nan_to_num(column(data, "baseline_rss_mb").to_numpy(dtype=float)), 0, peak)
+    colors = [styles[_series_label(t, p)][0] for t, p in zip(data["target"], data["precision"])]
+    y = np.arange(len(data))[::-1]
+
+    fig = Figure(figsize=(9, 1.2 + 0.32 * len(data)), layout="constrained")
+    ax = fig.add_subplot()
+    if baseline.any():
+        ax.barh(y, baseline, color="0.85", label="process baseline RSS")
+    ax.barh(y, peak - baseline, left=baseline, color=colors)
+    for yi, value in zip(y, peak):
+        ax.annotate(f"{value:.0f}", (value, yi), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
+    ax.set_yticks(y, data["cell_id"].astype(str), fontsize=8)
+    ax.set_xlabel("peak RSS (MB)")
+    ax.set_xlim(right=peak.max() * 1.12)
+    ax.grid(axis="x", alpha=0.3)
+    if baseline.any():
+        fig.legend(loc="outside lower center", fontsize="small", frameon=False)
+    ax.set_title(title)
+    return _png(fig)
