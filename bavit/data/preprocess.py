@@ -1,0 +1,99 @@
+"""Fixed-shape preprocessing shared by PyTorch, exported and quantised models.
+
+Every model input is size x size: the image is resized so its longer side is
+`size` and padded bottom/right. A single static shape is what lets ONNX /
+OpenVINO / TFLite exports and their quantisers work without dynamic axes,
+and padding only bottom/right keeps the map back to original pixels a pure
+scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+from .base import DetectionDataset
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def resized_shape(height: int, width: int, size: int) -> tuple[int, int, float]:
+    """(new_h, new_w, scale) for a longer side of `size`.
+
+    Rounding makes the per-axis factor differ from `scale` by < 0.5 px over
+    the image; boxes use the single `scale`, which keeps the inverse map
+    trivial at the cost of that sub-pixel error.
+    """
+    scale = size / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale)), scale
+
+
+def preprocess(image: np.ndarray, size: int) -> tuple[np.ndarray, float]:
+    """(H, W, 3) uint8 RGB -> ((3, size, size) float32, scale).
+
+    Normalisation happens before padding so padded pixels are exactly 0 in
+    model space (the "mean colour"), matching what HF YOLOS padding produces.
+    """
+    h, w = image.shape[:2]
+    new_h, new_w, scale = resized_shape(h, w, size)
+    if (new_h, new_w) != (h, w):
+        image = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+    normalised = (image.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    out = np.zeros((3, size, size), dtype=np.float32)
+    out[:, :new_h, :new_w] = normalised.transpose(2, 0, 1)
+    return out, scale
+
+
+def preprocess_masks(masks: np.ndarray, scale: float, size: int) -> np.ndarray:
+    """(n, H, W) bool -> (n, size, size) bool, nearest-neighbour, padded with False.
+
+    Sampling at pixel centres (as PIL does) keeps the masks aligned with the
+    bilinear-resized image; one fancy-indexing gather resizes all n at once.
+    """
+    n, h, w = masks.shape
+    new_h, new_w, _ = resized_shape(h, w, size)
+    rows = np.minimum(((np.arange(new_h) + 0.5) * h / new_h).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(new_w) + 0.5) * w / new_w).astype(np.int64), w - 1)
+    out = np.zeros((n, size, size), dtype=bool)
+    out[:, :new_h, :new_w] = masks[:, rows[:, None], cols[None, :]]
+    return out
+
+
+def boxes_to_input(boxes_xyxy: np.ndarray, scale: float) -> np.ndarray:
+    """Original-pixel xyxy -> model-input-pixel xyxy (padding is bottom/right, so no offset)."""
+    return np.asarray(boxes_xyxy, dtype=np.float32) * np.float32(scale)
+
+
+def boxes_to_original(
+    boxes_cxcywh: np.ndarray,
+    scale: float,
+    size: int,
+    orig_size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Model boxes (cx, cy, w, h in [0, 1] of the size x size input) -> original-pixel xyxy.
+
+    With `orig_size` = (H, W) boxes are clipped to the real image, because a
+    box reaching into the padding cannot overlap any ground truth there.
+    """
+    b = np.asarray(boxes_cxcywh, dtype=np.float64)
+    half = b[..., 2:] / 2
+    xyxy = np.concatenate([b[..., :2] - half, b[..., :2] + half], axis=-1) * (size / scale)
+    if orig_size is not None:
+        h, w = orig_size
+        xyxy = np.clip(xyxy, 0, [w, h, w, h])
+    return xyxy.astype(np.float32)
+
+
+def batch(dataset: DetectionDataset, indices: Sequence[int], size: int) -> tuple[np.ndarray, list[float]]:
+    """Stack preprocessed images of `indices` into (B, 3, size, size) with their scales."""
+    arrays, scales = [], []
+    for i in indices:
+        arr, scale = preprocess(dataset[i].image, size)
+        arrays.append(arr)
+        scales.append(scale)
+    if not arrays:
+        return np.zeros((0, 3, size, size), dtype=np.float32), []
+    return np.stack(arrays), scales

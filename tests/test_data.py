@@ -1,0 +1,276 @@
+"""Data loaders (synthetic/COCO/VOC), preprocessing and input errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bavit.data import CocoDataset, DataError, VocDataset, load_dataset, make_synthetic, synthetic_dataset
+from bavit.data.preprocess import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    batch,
+    boxes_to_input,
+    boxes_to_original,
+    preprocess,
+    preprocess_masks,
+)
+from bavit.data.synthetic import CATEGORIES
+
+# ---------------------------------------------------------------- synthetic / COCO
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory) -> Path:
+    return make_synthetic(tmp_path_factory.mktemp("synth"), n_images=12, size=64, seed=3, split="val")
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_synthetic_layout_and_determinism(synth_root, tmp_path):
+    assert len(list((synth_root / "images" / "val").glob("*.png"))) == 12
+    again = make_synthetic(tmp_path / "again", n_images=12, size=64, seed=3, split="val")
+    assert _files(synth_root) == _files(again)  # byte-identical JSON and PNGs
+    other = make_synthetic(tmp_path / "other", n_images=12, size=64, seed=4, split="val")
+    assert _files(other) != _files(synth_root)
+
+
+def test_synthetic_splits_do_not_overlap(tmp_path):
+    val = make_synthetic(tmp_path / "v", 4, 32, 0, "val")
+    train = make_synthetic(tmp_path / "t", 4, 32, 0, "train")
+    for name in ("000001.png", "000002.png"):
+        assert (val / "images/val" / name).read_bytes() != (train / "images/train" / name).read_bytes()
+
+
+def test_synthetic_read_back_through_coco_loader(synth_root):
+    ann_file = synth_root / "annotations" / "instances_val.json"
+    data = json.loads(ann_file.read_text())
+    ds = CocoDataset(synth_root / "images" / "val", ann_file)
+    assert len(ds) == 12 and ds.image_ids() == list(range(1, 13))
+    assert ds.categories == list(CATEGORIES) and ds.cat_ids == [1, 2, 3, 4]
+    areas: dict[int, list[int]] = {}
+    for ann in data["annotations"]:
+        assert ann["iscrowd"] == 0
+        areas.setdefault(ann["image_id"], []).append(ann["area"])
+    n_objects = 0
+    for sample in ds:
+        assert sample.image.shape == (64, 64, 3) and sample.image.dtype == np.uint8
+        assert 1 <= len(sample.boxes) <= 6
+        assert sample.labels.dtype == np.int64 and set(sample.labels) <= {0, 1, 2, 3}
+        assert sample.masks is not None and sample.masks.shape == (len(sample.boxes), 64, 64)
+        assert not (sample.masks.sum(axis=0) > 1).any(), "visible masks must not overlap"
+        for box, mask in zip(sample.boxes, sample.masks):
+            ys, xs = np.nonzero(mask)
+            np.testing.assert_array_equal(box, [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        assert sample.masks.sum(axis=(1, 2)).tolist() == areas[sample.image_id]  # area = visible area
+        n_objects += len(sample.boxes)
+    assert n_objects == len(data["annotations"])
+    gt = ds.coco_gt([0, 2])
+    assert [im["id"] for im in gt["images"]] == [1, 3]
+    assert {a["image_id"] for a in gt["annotations"]} == {1, 3}
+    assert [a["id"] for a in gt["annotations"]] == list(range(1, len(gt["annotations"]) + 1))
+
+
+def test_synthetic_dataset_cache_is_reused(tmp_path, monkeypatch):
+    ds = synthetic_dataset("val", size=32, n_images=5, seed=0, root=tmp_path)
+    assert len(ds) == 5
+    folders = list(tmp_path.iterdir())
+    assert len(folders) == 1 and not folders[0].name.startswith(".")  # temp dir was renamed away
+    stamp = (ds.ann_file.stat().st_mtime_ns, ds.ann_file)
+    again = synthetic_dataset("val", size=32, n_images=5, seed=0, root=tmp_path)
+    assert (again.ann_file.stat().st_mtime_ns, again.ann_file) == stamp
+    monkeypatch.setenv("BAVIT_CACHE", str(tmp_path))
+    via_spec = load_dataset("synthetic", split="val", size=32, n_images=5)
+    assert via_spec.ann_file == ds.ann_file
+
+
+def test_coco_crowd_skipped_for_samples_but_kept_for_eval(tmp_path):
+    (tmp_path / "img").mkdir()
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "img" / "a.png")
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "img" / "b.png")
+    data = {
+        "images": [{"id": 7, "file_name": "a.png", "width": 30, "height": 20},
+                   {"id": 9, "file_name": "b.png", "width": 30, "height": 20}],
+        "annotations": [
+            {"id": 0, "image_id": 7, "category_id": 5, "bbox": [2, 3, 10, 5], "area": 50, "iscrowd": 0,
+             "segmentation": [[2, 3, 12, 3, 12, 8, 2, 8]]},
+            {"id": 1, "image_id": 7, "category_id": 3, "bbox": [0, 0, 30, 20], "area": 600, "iscrowd": 1,
+             "segmentation": {"size": [20, 30], "counts": [0, 600]}},
+        ],
+        "categories": [{"id": 5, "name": "dog"}, {"id": 3, "name": "cat"}],
+    }
+    (tmp_path / "ann.json").write_text(json.dumps(data))
+    ds = CocoDataset(tmp_path / "img", tmp_path / "ann.json")
+    assert ds.categories == ["cat", "dog"] and ds.cat_ids == [3, 5]
+    first, second = ds[0], ds[1]
+    np.testing.assert_array_equal(first.boxes, [[2, 3, 12, 8]])
+    np.testing.assert_array_equal(first.labels, [1])
+    assert first.masks.shape == (1, 20, 30) and first.masks[0, 3:8, 2:12].all()
+    assert len(second.boxes) == 0 and second.image_id == 9  # image without objects is kept
+    gt = ds.coco_gt()
+    assert [a["iscrowd"] for a in gt["annotations"]] == [0, 1]
+    assert all(a["id"] >= 1 for a in gt["annotations"])
+
+
+# ---------------------------------------------------------------- VOC
+
+
+def _voc_xml(name: str, w: int, h: int, objects: list[tuple[str, tuple[int, int, int, int], int]]) -> str:
+    objs = "".join(
+        f"<object><name>{cls}</name><difficult>{diff}</difficult><bndbox><xmin>{b[0]}</xmin>"
+        f"<ymin>{b[1]}</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
+        for cls, b, diff in objects
+    )
+    return f"<annotation><filename>{name}.jpg</filename><size><width>{w}</width><height>{h}</height>" \
+           f"<depth>3</depth></size>{objs}</annotation>"
+
+
+def _palette_png(arr: np.ndarray, path: Path) -> None:
+    im = Image.fromarray(arr.astype(np.uint8))
+    im.putpalette(np.random.default_rng(0).integers(0, 256, 768).astype(np.uint8).tobytes())
+    assert im.mode == "P"
+    im.save(path)
+
+
+@pytest.fixture()
+def voc_root(tmp_path) -> Path:
+    root = tmp_path / "VOC2012"
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Main", "SegmentationObject", "SegmentationClass"):
+        (root / sub).mkdir(parents=True)
+    (root / "ImageSets/Main/val.txt").write_text("2008_000001\n2008_000002\n")
+    for name in ("2008_000001", "2008_000002"):
+        Image.fromarray(np.full((24, 32, 3), 128, np.uint8)).save(root / "JPEGImages" / f"{name}.jpg")
+    # Image 1: a dog (1-based inclusive x 3..10, y 2..9) and a difficult person.
+    (root / "Annotations/2008_000001.xml").write_text(
+        _voc_xml("2008_000001", 32, 24, [("dog", (3, 2, 10, 9), 0), ("person", (15, 5, 30, 20), 1)])
+    )
+    (root / "Annotations/2008_000002.xml").write_text(_voc_xml("2008_000002", 32, 24, [("car", (1, 1, 32, 24), 0)]))
+    inst = np.zeros((24, 32), np.uint8)
+    inst[1:9, 2:10] = 1
+    inst[4:20, 14:30] = 2
+    inst[4, 14:30] = 255  # boundary pixels are not part of the instance
+    _palette_png(inst, root / "SegmentationObject/2008_000001.png")
+    cls = np.where(inst == 1, 12, np.where(inst == 2, 15, inst))  # dog = 12, person = 15 (1-based)
+    _palette_png(cls, root / "SegmentationClass/2008_000001.png")
+    return root
+
+
+def test_voc_boxes_labels_masks(voc_root):
+    ds = load_dataset(f"voc:{voc_root}", split="val")
+    assert isinstance(ds, VocDataset) and len(ds) == 2
+    assert ds.image_ids() == [2008000001, 2008000002]
+    assert ds.categories[11] == "dog" and ds.cat_ids[11] == 12
+    s = ds[0]
+    assert s.image.shape == (24, 32, 3)
+    np.testing.assert_array_equal(s.boxes, [[2, 1, 10, 9], [14, 4, 30, 20]])
+    np.testing.assert_array_equal(s.labels, [11, 14])
+    assert s.masks.shape == (2, 24, 32) and s.masks.dtype == bool
+    assert s.masks[0].sum() == 64 and s.masks[0, 1:9, 2:10].all()
+    assert s.masks[1].sum() == 15 * 16 and not s.masks[1, 4].any()
+    assert ds[1].masks is None  # no SegmentationObject for this image
+    np.testing.assert_array_equal(ds[1].boxes, [[0, 0, 32, 24]])
+    gt = ds.coco_gt()
+    assert [a["bbox"] for a in gt["annotations"]] == [[2, 1, 8, 8], [14, 4, 16, 16], [0, 0, 32, 24]]
+    assert [a["iscrowd"] for a in gt["annotations"]] == [0, 1, 0]  # difficult -> ignored in eval
+    assert [a["category_id"] for a in gt["annotations"]] == [12, 15, 7]
+
+
+def test_voc_mispaired_segmentation_is_refused(voc_root):
+    inst = np.asarray(Image.open(voc_root / "SegmentationObject/2008_000001.png"))
+    _palette_png(np.where(inst == 1, 2, np.where(inst == 2, 1, inst)), voc_root / "SegmentationObject/2008_000001.png")
+    with pytest.raises(DataError, match="disagrees"):
+        VocDataset(voc_root, "val")[0]
+
+
+def test_voc_split_fallback_to_segmentation(voc_root):
+    (voc_root / "ImageSets/Main/val.txt").unlink()
+    (voc_root / "ImageSets/Segmentation").mkdir()
+    (voc_root / "ImageSets/Segmentation/val.txt").write_text("2008_000001\n")
+    assert len(VocDataset(voc_root, "val")) == 1
+
+
+# ---------------------------------------------------------------- preprocessing
+
+
+def test_preprocess_resize_pad_and_normalise():
+    image = np.full((40, 80, 3), 200, np.uint8)  # H=40, W=80 -> 32 x 64 at size 64
+    arr, scale = preprocess(image, 64)
+    assert arr.shape == (3, 64, 64) and arr.dtype == np.float32 and scale == 0.8
+    expected = (200 / 255 - IMAGENET_MEAN) / IMAGENET_STD
+    np.testing.assert_allclose(arr[:, :32, :], np.broadcast_to(expected[:, None, None], (3, 32, 64)), rtol=1e-6)
+    assert not arr[:, 32:, :].any()  # bottom padding is exactly zero after normalisation
+
+
+def test_preprocess_masks_and_boxes_round_trip():
+    masks = np.zeros((2, 40, 80), bool)
+    masks[0, :20, :40] = True
+    out = preprocess_masks(masks, 0.8, 64)
+    assert out.shape == (2, 64, 64)
+    assert out[0, :16, :32].all() and out[0].sum() == 16 * 32 and not out[1].any()
+
+    boxes = np.array([[10.0, 5.0, 50.0, 35.0]])
+    inp = boxes_to_input(boxes, 0.8)
+    np.testing.assert_allclose(inp, [[8, 4, 40, 28]])
+    cxcywh = np.array([[(8 + 40) / 2, (4 + 28) / 2, 32, 24]]) / 64
+    np.testing.assert_allclose(boxes_to_original(cxcywh, 0.8, 64), boxes, atol=1e-4)
+    clipped = boxes_to_original(np.array([[0.5, 0.5, 1.0, 1.0]]), 0.8, 64, orig_size=(40, 80))
+    np.testing.assert_allclose(clipped, [[0, 0, 80, 40]])
+
+
+def test_batch_shapes(synth_root):
+    ds = CocoDataset(synth_root / "images" / "val", synth_root / "annotations" / "instances_val.json")
+    x, scales = batch(ds, [0, 1, 2], 32)
+    assert x.shape == (3, 3, 32, 32) and x.dtype == np.float32 and scales == [0.5, 0.5, 0.5]
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def _assert_one_line(exc: pytest.ExceptionInfo, culprit: str) -> None:
+    msg = str(exc.value)
+    assert culprit in msg and "\n" not in msg, msg
+
+
+def test_missing_image_folder(tmp_path):
+    (tmp_path / "ann.json").write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+    with pytest.raises(DataError) as exc:
+        CocoDataset(tmp_path / "nope", tmp_path / "ann.json")
+    _assert_one_line(exc, str(tmp_path / "nope"))
+    with pytest.raises(DataError) as exc:
+        load_dataset(f"coco:{tmp_path / 'absent'}")
+    _assert_one_line(exc, str(tmp_path / "absent"))
+
+
+@pytest.mark.parametrize("content", ['{"images": [], "categories": []}', "[1, 2]", "{not json"])
+def test_not_a_coco_file(tmp_path, content):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "bad.json").write_text(content)
+    with pytest.raises(DataError) as exc:
+        CocoDataset(tmp_path / "img", tmp_path / "bad.json")
+    _assert_one_line(exc, f"not a COCO instances file: {tmp_path / 'bad.json'}")
+
+
+def test_missing_annotation_file(tmp_path):
+    (tmp_path / "img").mkdir()
+    with pytest.raises(DataError) as exc:
+        CocoDataset(tmp_path / "img", tmp_path / "none.json")
+    _assert_one_line(exc, str(tmp_path / "none.json"))
+
+
+@pytest.mark.parametrize("spec", ["imagenet", "coco", "voc:", "synthetic:x", "lvis:/data"])
+def test_unknown_data_spec(spec):
+    with pytest.raises(DataError) as exc:
+        load_dataset(spec)
+    _assert_one_line(exc, f"'{spec}'")
+
+
+def test_voc_missing_root(tmp_path):
+    with pytest.raises(DataError) as exc:
+        load_dataset(f"voc:{tmp_path / 'VOCmissing'}")
+    _assert_one_line(exc, str(tmp_path / "VOCmissing"))
