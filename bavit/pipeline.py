@@ -62,3 +62,14 @@ def load_pipeline(detector_dir: str | Path, classifier_dir: str | Path | None, p
     detector = PrunedYolos.from_pretrained(detector_dir)
     classifier = TokenClassifier.from_pretrained(classifier_dir) if classifier_dir else None
     return Pipeline(detector, classifier, prune).eval()
+
+
+def weights_key(pipeline: Pipeline) -> str:
+    """Content hash of every weight: artifacts built from other weights never collide."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(pipeline.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().contiguous().numpy().tobytes())
+    return h.hexdigest()

@@ -1,0 +1,310 @@
+"""Training: `python -m bavit.train {detector,classifier,finetune} ...`.
+
+Recipe (../shared/notes/training-facts.md): zero-initialised HF embeddings re-initialised,
+anchored boxes and a conv stem (model options), deep supervision of the detection tokens of
+the upper half of the layers, and a dense per-patch class head (training only). Seeded, with
+a deterministic data order derived from the step, so a resumed run continues exactly where
+its last checkpoint stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from bavit.classifier import TokenClassifier
+from bavit.data import DataError, load_dataset
+from bavit.encode import encode, label_mode_for
+from bavit.losses import SetLoss
+from bavit.pipeline import Pipeline, PruneConfig
+from bavit.pruning import TokenSelector
+from bavit.validate import score
+from bavit.yolos import CONFIGS, PrunedYolos, init_embeddings
+
+STATE = "train_state.pt"
+DEFAULT_STEPS = {"detector": 6000, "classifier": 2000, "finetune": 1500}
+DEFAULT_LR = {"detector": 1e-3, "classifier": 5e-4, "finetune": 1e-4}
+
+
+class TensorSet:
+    """A data split held in memory as tensors; batch `step` is a pure function of (seed, step)."""
+
+    def __init__(self, dataset, size: int, patch: int, mode: str, n: int | None, desc: str) -> None:
+        n = len(dataset) if n is None else min(n, len(dataset))
+        enc = [encode(dataset[i], size, patch, mode) for i in tqdm(range(n), desc=desc, leave=False)]
+        self.pixels = torch.from_numpy(np.stack([e.pixels for e in enc])).half()
+        self.boxes = [torch.from_numpy(e.boxes) for e in enc]
+        self.labels = [torch.from_numpy(e.labels) for e in enc]
+        self.token_fg = torch.from_numpy(np.stack([e.token_fg for e in enc]))
+        self.patch_class = torch.from_numpy(np.stack([e.patch_class for e in enc]))
+        self.grid = (size // patch, size // patch)
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def batch(self, step: int, size: int, seed: int, augment: bool = True) -> dict:
+        per_epoch = len(self) // size
+        epoch, pos = divmod(step, per_epoch)
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+        idx = order[pos * size:(pos + 1) * size]
+        flips = torch.rand(size, 2, generator=torch.Generator().manual_seed(seed * 7919 + step)) < 0.5
+        pixels = self.pixels[idx].float()
+        fg = self.token_fg[idx].view(size, *self.grid)
+        pcls = self.patch_class[idx].view(size, *self.grid)
+        targets = []
+        for j, i in enumerate(idx.tolist()):
+            boxes = self.boxes[i].clone()
+            hflip, vflip = (flips[j] & augment).tolist()
+            if hflip:
+                pixels[j], fg[j], pcls[j] = pixels[j].flip(-1), fg[j].flip(-1), pcls[j].flip(-1)
+                boxes[:, 0] = 1 - boxes[:, 0]
+            if vflip:
+                pixels[j], fg[j], pcls[j] = pixels[j].flip(-2), fg[j].flip(-2), pcls[j].flip(-2)
+                boxes[:, 1] = 1 - boxes[:, 1]
+            targets.append({"boxes": boxes, "labels": self.labels[i]})
+        return {"pixels": pixels, "targets": targets, "token_fg": fg.reshape(size, -1).float(),
+                "patch_class": pcls.reshape(size, -1)}
+
+
+def detector_loss(model: PrunedYolos, dense_head: nn.Module, criterion: SetLoss, batch: dict,
+                  keep_idx: torch.Tensor | None = None) -> dict:
+    hidden = model.forward_features(batch["pixels"], keep_idx)
+    d = model.config.num_detection_tokens
+    n_layers = len(hidden)
+    out = {}
+    total = 0.0
+    for i in range(n_layers // 2 - 1, n_layers):            # deep supervision: upper half
+        tokens = model.det.vit.layernorm(hidden[i])
+        logits, boxes = model.heads(tokens[:, -d:])
+        losses = criterion(logits, boxes, batch["targets"])
+        total = total + losses["loss"]
+        if i == n_layers - 1:
+            out.update({k: v for k, v in losses.items() if k != "loss"})
+    patches = model.det.vit.layernorm(hidden[-1])[:, 1:-d]
+    pcls = batch["patch_class"] if keep_idx is None else batch["patch_class"].gather(1, keep_idx)
+    dense = F.cross_entropy(dense_head(patches).transpose(1, 2), pcls)
+    out["dense"] = dense.detach()
+    out["loss"] = total + dense
+    return out
+
+
+def param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for m in modules:
+        for name, p in m.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 or "token" in name or "position" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_at(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def torch_runner(model: nn.Module):
+    def run(pixels: np.ndarray):
+        with torch.no_grad():
+            return tuple(t.numpy() for t in model(torch.from_numpy(pixels)))
+    return run
+
+
+def build(args) -> tuple[dict[str, nn.Module], object]:
+    """Trainable modules, plus the frozen helper the mode needs (selector for finetune)."""
+    if args.mode == "classifier":
+        det = PrunedYolos.from_pretrained(args.init) if args.init else _fresh_detector(args)
+        return {"model": TokenClassifier.from_detector(det, args.layers)}, None
+    if args.mode == "detector":
+        det = PrunedYolos.from_pretrained(args.init) if args.init else _fresh_detector(args)
+        dense = nn.Linear(det.config.hidden_size, det.config.num_labels + 1)
+        return {"model": det, "dense_head": dense}, None
+    det = PrunedYolos.from_pretrained(args.detector)
+    cls = TokenClassifier.from_pretrained(args.classifier).eval()
+    dense = nn.Linear(det.config.hidden_size, det.config.num_labels + 1)
+    return {"model": det, "dense_head": dense}, (cls, TokenSelector(det.grid, args.keep))
+
+
+def _fresh_detector(args) -> PrunedYolos:
+    torch.manual_seed(args.seed)
+    det = PrunedYolos(CONFIGS[args.size]())
+    init_embeddings(det, seed=args.seed)
+    return det
+
+
+def validate(args, modules, frozen, val_set_ds, image_size: int, patch: int) -> dict:
+    model = modules["model"].eval()
+    idx = list(range(min(args.val_images, len(val_set_ds))))
+    try:
+        if args.mode == "classifier":
+            pipe_run = lambda px: (np.zeros((len(px), 1, 2)), np.zeros((len(px), 1, 4)),  # noqa: E731
+                                   model(torch.from_numpy(px)).detach().numpy())
+            res = score(pipe_run, val_set_ds, image_size, patch, idx, batch=32, label_mode=args.labels,
+                        with_map=False)
+        else:
+            cls = frozen[0] if frozen else None
+            pipe = Pipeline(model, cls, PruneConfig(keep=args.keep if frozen else 1.0)).eval()
+            res = score(torch_runner(pipe), val_set_ds, image_size, patch, idx, batch=32, label_mode=args.labels)
+    finally:
+        model.train()
+    res.pop("detections", None)
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / STATE
+    modules, frozen = build(args)
+    model = modules["model"]
+    cfg = model.config
+    image_size, patch = cfg.image_size[0], cfg.patch_size
+    try:
+        train_ds = load_dataset(args.data, "train", size=image_size, n_images=args.train_images)
+        val_ds = load_dataset(args.data, "val", size=image_size, n_images=args.val_data_images)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    mode = label_mode_for(train_ds, args.labels)
+    train_set = TensorSet(train_ds, image_size, patch, mode, args.train_images, "encoding train split")
+    optim = torch.optim.AdamW(param_groups(list(modules.values()), 1e-4), lr=args.lr)
+    step, wall = 0, 0.0
+    if state_path.exists() and not args.fresh:
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        for k, m in modules.items():
+            m.load_state_dict(state[k])
+        optim.load_state_dict(state["optim"])
+        step, wall = state["step"], state["wall_s"]
+        print(f"resumed from {state_path} at step {step}")
+    criterion = SetLoss(num_classes=cfg.num_labels)
+    for m in modules.values():
+        m.train()
+    last_ckpt = time.monotonic()
+    t0 = time.monotonic() - wall
+    history = []
+    bar = tqdm(total=args.steps, initial=step, desc=args.mode, dynamic_ncols=True)
+    while step < args.steps:
+        for g in optim.param_groups:
+            g["lr"] = args.lr * lr_at(step, args.steps, args.warmup)
+        batch = train_set.batch(step, args.batch, args.seed)
+        if args.mode == "classifier":
+            logits = model(batch["pixels"])
+            loss = F.binary_cross_entropy_with_logits(logits, batch["token_fg"])
+            stats = {"loss": loss}
+        else:
+            keep_idx = None
+            if frozen:
+                with torch.no_grad():
+                    keep_idx = frozen[1](frozen[0](batch["pixels"]))
+            stats = detector_loss(model, modules["dense_head"], criterion, batch, keep_idx)
+            loss = stats["loss"]
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for m in modules.values() for p in m.parameters()], 1.0)
+        optim.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix({k: f"{float(v.detach()):.3f}" for k, v in stats.items()})
+        done = step == args.steps
+        if args.eval_every and (step % args.eval_every == 0 or done):
+            res = validate(args, modules, frozen, val_ds, image_size, patch)
+            history.append({"step": step, "wall_s": round(time.monotonic() - t0, 1), **_figures(res)})
+            bar.write(json.dumps(history[-1]))
+        if done or time.monotonic() - last_ckpt > args.ckpt_minutes * 60:
+            _save_state(state_path, modules, optim, step, time.monotonic() - t0, args)
+            last_ckpt = time.monotonic()
+    bar.close()
+    wall = time.monotonic() - t0
+    res = validate(args, modules, frozen, val_ds, image_size, patch)
+    figures = _figures(res)
+    model.save_pretrained(out)
+    _write_card(out, args, figures, wall, history)
+    print(json.dumps({"out": str(out), "step": step, "wall_s": round(wall, 1), **figures}))
+    return 0
+
+
+def _figures(res: dict) -> dict:
+    keys = ("map", "ap50", "ap75", "token_acc", "fg_recall", "fg_precision", "images")
+    return {k: (round(float(res[k]), 4) if isinstance(res.get(k), float) else res.get(k)) for k in keys if k in res}
+
+
+def _save_state(path: Path, modules, optim, step: int, wall: float, args) -> None:
+    state = {k: m.state_dict() for k, m in modules.items()}
+    state.update(optim=optim.state_dict(), step=step, wall_s=wall, args=vars(args))
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _write_card(out: Path, args, figures: dict, wall: float, history: list[dict]) -> None:
+    cmd = "python -m bavit.train " + " ".join(shlex.quote(a) for a in args.argv)
+    lines = [f"# {out.name}", "", f"- command: `{cmd}`", f"- mode: {args.mode}", f"- seed: {args.seed}",
+             f"- data: {args.data} (train images {args.train_images or 'all'}, validation images {args.val_images})",
+             f"- steps: {args.steps}, batch {args.batch}, lr {args.lr}, threads {args.threads}",
+             f"- wall time: {wall / 60:.1f} min (summed over resumed sittings)",
+             f"- validation: `{json.dumps(figures)}`", "", "## Validation curve", "",
+             "| step | wall s | mAP | token acc |", "|---|---|---|---|"]
+    lines += [f"| {h['step']} | {h['wall_s']} | {h.get('map', '')} | {h.get('token_acc', '')} |" for h in history]
+    (out / "CARD.md").write_text("\n".join(lines) + "\n")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(prog="python -m bavit.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="mode", required=True)
+    for name, hlp in (("detector", "train a YOLOS detector"), ("classifier", "train a BAViT token classifier"),
+                      ("finetune", "sparse fine-tuning of a detector with BAViT pruning in the loop")):
+        s = sub.add_parser(name, help=hlp)
+        s.add_argument("--data", default="synthetic", help="synthetic | coco:PATH | voc:PATH")
+        s.add_argument("--size", choices=sorted(CONFIGS), default="tiny", help="model scale for a fresh detector")
+        s.add_argument("--labels", choices=["masks", "boxes"], default=None,
+                       help="token labels from masks or boxes (default: masks when the data set has them)")
+        s.add_argument("--out", required=True, help="output folder (checkpoint, weights, CARD.md)")
+        s.add_argument("--steps", type=int, default=DEFAULT_STEPS[name])
+        s.add_argument("--batch", type=int, default=32)
+        s.add_argument("--lr", type=float, default=DEFAULT_LR[name])
+        s.add_argument("--warmup", type=int, default=200)
+        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1)))
+        s.add_argument("--train-images", type=int, default=None, help="cap on training images")
+        s.add_argument("--val-images", type=int, default=256, help="validation images scored")
+        s.add_argument("--val-data-images", type=int, default=None, help=argparse.SUPPRESS)
+        s.add_argument("--eval-every", type=int, default=500, help="steps between validations (0: end only)")
+        s.add_argument("--ckpt-minutes", type=float, default=3.0, help="minutes between resumable checkpoints")
+        s.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out")
+        if name == "classifier":
+            s.add_argument("--layers", type=int, default=2, help="BAViT depth (paper: 2 or 10)")
+            s.add_argument("--init", default=None, help="detector folder whose first blocks start BAViT")
+        elif name == "detector":
+            s.add_argument("--init", default=None, help="local checkpoint to start from (HF YOLOS folder)")
+        else:
+            s.add_argument("--detector", required=True, help="dense detector folder to fine-tune")
+            s.add_argument("--classifier", required=True, help="BAViT folder that prunes in the loop")
+            s.add_argument("--keep", type=float, default=0.5)
+    args = p.parse_args(argv)
+    args.argv = argv
+    if getattr(args, "keep", None) is not None and not 0 < args.keep <= 1:
+        p.error(f"--keep must be in (0, 1], got {args.keep}")
+    if args.mode != "finetune":
+        args.keep = 1.0
+    return args
+
+
+if __name__ == "__main__":
+    sys.exit(main())

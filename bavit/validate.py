@@ -1,0 +1,43 @@
+"""Scores any runner (eager model, OpenVINO, TFLite...) on a data split: mAP through
+faster-coco-eval and BAViT token accuracy, from the runner's own outputs."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from bavit.data import DetectionDataset
+from bavit.encode import LabelMode, encode, label_mode_for
+from bavit.evaluate import coco_map, detections_from_outputs
+from bavit.labels import token_metrics
+
+# (B, 3, S, S) float32 -> (logits (B, D, C+1), boxes (B, D, 4), token_logits (B, N))
+Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def score(run: Runner, dataset: DetectionDataset, size: int, patch: int, indices: Sequence[int],
+          batch: int = 8, label_mode: LabelMode | None = None, pad_batches: bool = True,
+          with_map: bool = True) -> dict:
+    """Runs `run` over the samples in fixed-size batches. Static-shape models need every
+    batch full: the last one is padded with copies and the copies' outputs are dropped."""
+    mode = label_mode_for(dataset, label_mode)
+    dets: list[dict] = []
+    counts = np.zeros(4, dtype=np.int64)  # tp fp fn tn
+    for start in range(0, len(indices), batch):
+        chunk = [encode(dataset[i], size, patch, mode) for i in indices[start:start + batch]]
+        pixels = np.stack([e.pixels for e in chunk])
+        n = len(chunk)
+        if pad_batches and n < batch:
+            pixels = np.concatenate([pixels, np.repeat(pixels[-1:], batch - n, axis=0)])
+        logits, boxes, token_logits = (np.asarray(a)[:n] for a in run(pixels))
+        if with_map:
+            dets += detections_from_outputs(logits, boxes, [e.scale for e in chunk], [e.image_id for e in chunk],
+                                            dataset.cat_ids, size, [e.orig_size for e in chunk])
+        m = token_metrics(token_logits >= 0, np.stack([e.token_fg for e in chunk]))
+        counts += [m["tp"], m["fp"], m["fn"], m["tn"]]
+    tp, fp, fn, tn = counts.tolist()
+    result = coco_map(dataset.coco_gt(list(indices)), dets) if with_map else {}
+    result.update(token_acc=(tp + tn) / max(counts.sum(), 1), fg_recall=tp / max(tp + fn, 1),
+                  fg_precision=tp / max(tp + fp, 1), images=len(indices), label_mode=mode)
+    result["detections"] = dets
+    return result

@@ -1,0 +1,141 @@
+"""The system-under-test interface every backend implements.
+
+Two halves, run in different processes:
+- `prepare` (build process: imports torch, converts, quantizes) writes an artifact folder
+  with an `artifact.json` manifest into a content-addressed cache;
+- `load` (measured process) imports only the backend's runtime and returns a `Runner`.
+This module, and every backend module at import time, must not import torch: an OpenVINO or
+LiteRT cell that imported it would report torch's ~220 MB as its own memory.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from bavit.pipeline import Pipeline
+
+MANIFEST = "artifact.json"
+
+
+class ConversionError(RuntimeError):
+    """A backend failed to build an artifact; the message names backend, keep and precision."""
+
+
+@dataclass
+class Artifact:
+    target: str
+    precision: str
+    keep: float
+    batch: int
+    path: Path                     # the artifact folder in the cache
+    files: list[str]               # model files inside it, relative
+    convert_s: float               # conversion + quantization time when it was built
+    size_bytes: int                # model files on disk
+    recipe: str = "none"           # quantization recipe name ("none" for fp32)
+    recipe_settings: dict = field(default_factory=dict)
+    fp32_kept: str = ""            # what a quantized model keeps in floating point
+    extra: dict = field(default_factory=dict)
+    cached: bool = False           # True when this call found it in the cache
+
+    def save(self) -> None:
+        data = asdict(self)
+        data["path"] = str(self.path)
+        data.pop("cached")
+        (self.path / MANIFEST).write_text(json.dumps(data, indent=1, sort_keys=True))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Artifact":
+        path = Path(path)
+        data = json.loads((path / MANIFEST).read_text())
+        data["path"] = path
+        return cls(**data, cached=True)
+
+
+class Runner:
+    """Static-shape inference: (B, 3, S, S) float32 -> (logits, boxes, token_logits) numpy."""
+
+    executed_precision: str = "unknown"
+
+    def __init__(self, fn: Callable[[np.ndarray], tuple[np.ndarray, ...]], executed_precision: str) -> None:
+        self._fn = fn
+        self.executed_precision = executed_precision
+
+    def __call__(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self._fn(pixels)
+
+
+class Target(ABC):
+    name: str
+    precisions: tuple[str, ...]
+
+    @abstractmethod
+    def available(self) -> str | None:
+        """None when usable, else the reason (e.g. 'openvino is not installed')."""
+
+    def supports(self, precision: str) -> str | None:
+        """None when this machine can run `precision` on this backend, else why not."""
+        return None if precision in self.precisions else f"{self.name} has no {precision} precision"
+
+    @abstractmethod
+    def versions(self) -> dict[str, str]:
+        """Package versions that shape the artifact (part of the cache key)."""
+
+    @abstractmethod
+    def build(self, pipeline: "Pipeline", precision: str, batch: int, calibration: np.ndarray | None,
+              out: Path) -> dict[str, Any]:
+        """Write the model files into `out`; return Artifact fields (files, recipe, ...)."""
+
+    @abstractmethod
+    def load(self, artifact: Artifact, threads: int) -> Runner:
+        """Import only the runtime, compile/load the artifact with `threads` threads."""
+
+    # -- shared ---------------------------------------------------------------------------------
+    def prepare(self, pipeline: "Pipeline", precision: str, batch: int, calibration: np.ndarray | None,
+                cache_dir: Path, weights_key: str) -> Artifact:
+        """Cached build: the key covers weights, pruning config, shape, precision, calibration
+        and package versions, so a second run with the same inputs does not convert again."""
+        reason = self.available() or self.supports(precision)
+        if reason:
+            raise ConversionError(f"{self.name} {precision} unavailable: {reason}")
+        keep = pipeline.prune.keep
+        key = _hash({"target": self.name, "precision": precision, "batch": batch, "weights": weights_key,
+                     "prune": pipeline.prune.as_dict(), "versions": self.versions(),
+                     "calibration": _array_hash(calibration) if precision == "int8" else None})
+        folder = Path(cache_dir) / f"{self.name}-{precision}-keep{keep:g}-b{batch}-{key[:16]}"
+        if (folder / MANIFEST).is_file():
+            return Artifact.load(folder)
+        tmp = folder.with_name(folder.name + ".tmp")
+        if tmp.exists():
+            import shutil
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        start = time.perf_counter()
+        try:
+            fields = self.build(pipeline, precision, batch, calibration, tmp)
+        except Exception as err:  # one clear line naming backend, keep and precision
+            msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConversionError(f"{self.name} conversion failed (keep {keep:g}, {precision}, batch {batch}): "
+                                  f"{type(err).__name__}: {msg}") from err
+        convert_s = time.perf_counter() - start
+        files = fields.pop("files")
+        size = sum((tmp / f).stat().st_size for f in files)
+        art = Artifact(self.name, precision, keep, batch, folder, files, round(convert_s, 3), size, **fields)
+        tmp.rename(folder)
+        art.save()
+        return art
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _array_hash(a: np.ndarray | None) -> str | None:
+    return None if a is None else hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
