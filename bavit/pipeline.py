@@ -73,3 +73,52 @@ def weights_key(pipeline: Pipeline) -> str:
         h.update(name.encode())
         h.update(t.detach().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+DEFAULT_WEIGHTS_ROOT = Path(__file__).resolve().parents[1] / "weights"
+
+
+def resolve_weights(spec: str | None, bavit_layers: int = 2) -> tuple[str, Path | None, Path | None]:
+    """-> (label, detector dir, classifier dir); dirs are None for a random model.
+
+    `spec` is a folder holding `detector/` and `bavit{N}/` (our layout), or `random:tiny` /
+    `random:ti` for an untrained model of that scale (speed figures only). None means the
+    project's demo weights: `weights/ti`, else `weights/tiny`, else random tiny."""
+    if spec is None:
+        for scale in ("ti", "tiny"):
+            root = DEFAULT_WEIGHTS_ROOT / scale
+            if (root / "detector" / "config.json").is_file():
+                spec = str(root)
+                break
+        else:
+            spec = "random:tiny"
+    if spec.startswith("random:"):
+        scale = spec.split(":", 1)[1]
+        from bavit.yolos import CONFIGS
+        if scale not in CONFIGS:
+            raise ValueError(f"--weights {spec}: unknown scale '{scale}' (choose from {', '.join(CONFIGS)})")
+        return spec, None, None
+    root = Path(spec)
+    detector = root / "detector"
+    if not (detector / "config.json").is_file():
+        raise FileNotFoundError(f"--weights {root}: no detector/config.json in this folder")
+    classifier = root / f"bavit{bavit_layers}"
+    return str(root), detector, classifier if (classifier / "config.json").is_file() else None
+
+
+def build_pipeline(spec: str | None, prune: PruneConfig, bavit_layers: int = 2, seed: int = 0) -> Pipeline:
+    """The pipeline a benchmark cell runs, from `resolve_weights` spec."""
+    label, det_dir, cls_dir = resolve_weights(spec, bavit_layers)
+    if det_dir is None:
+        from bavit.yolos import CONFIGS, init_embeddings
+
+        torch.manual_seed(seed)
+        detector = PrunedYolos(CONFIGS[label.split(":", 1)[1]]()).eval()
+        init_embeddings(detector, seed=seed)
+        classifier = TokenClassifier.from_detector(detector, bavit_layers)
+        with torch.no_grad():  # untrained head would score every token 0: rank them at random
+            classifier.head.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(seed))
+        return Pipeline(detector, classifier.eval(), prune).eval()
+    if cls_dir is None and prune.keep < 1.0:
+        raise FileNotFoundError(f"--weights {label}: no bavit{bavit_layers}/ classifier for keep {prune.keep:g}")
+    return load_pipeline(det_dir, cls_dir, prune)

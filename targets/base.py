@@ -10,6 +10,7 @@ LiteRT cell that imported it would report torch's ~220 MB as its own memory.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import time
 from abc import ABC, abstractmethod
@@ -75,6 +76,16 @@ class Runner:
 class Target(ABC):
     name: str
     precisions: tuple[str, ...]
+    runtime_modules: tuple[str, ...] = ()  # alternatives: the first importable one is the runtime
+
+    def import_runtime(self) -> None:
+        """Imports the runtime alone, so a cell's memory baseline holds it but no model."""
+        for name in self.runtime_modules:
+            try:
+                importlib.import_module(name)
+                return
+            except ImportError:
+                continue
 
     @abstractmethod
     def available(self) -> str | None:

@@ -1,0 +1,54 @@
+"""Machine fingerprint put on every result row: numbers from two machines are only
+comparable when it is known what each was."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+from importlib import metadata
+
+import psutil
+
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "avx_vnni")
+PACKAGES = ("torch", "transformers", "torchao", "openvino", "nncf", "litert-torch", "ai-edge-litert",
+            "tflite-runtime", "numpy", "faster-coco-eval")
+
+
+def _cpuinfo() -> tuple[str, set[str]]:
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model in ("unknown", "", "x86_64"):
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    return model, flags
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def fingerprint() -> dict:
+    model, flags = _cpuinfo()
+    return {
+        "sys_cpu": model,
+        "sys_cores": os.cpu_count(),
+        "sys_isa": " ".join(f for f in ISA_FLAGS if f in flags),
+        "sys_ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "sys_os": f"{platform.system()} {platform.release()}",
+        "sys_python": platform.python_version(),
+        "sys_versions": json.dumps(versions(), sort_keys=True),
+        "sys_host": socket.gethostname(),
+    }

@@ -1,0 +1,190 @@
+"""OpenVINO CPU backend: fp32, bf16 and NNCF int8.
+
+Build (imports torch): `openvino.convert_model` traces the pipeline at the static batch size
+(input shape fixed to (batch, 3, S, S)), outputs are named logits / boxes / token_logits and
+the IR is saved with `compress_to_fp16=False` (otherwise weights are stored as fp16).
+fp32 and bf16 cells hold the same IR: the precision is a runtime hint. int8 runs
+quant/nncf_recipe.py on the IR.
+
+Load (measured process) imports only `openvino` - never torch - and compiles with
+INFERENCE_NUM_THREADS, PERFORMANCE_HINT (LATENCY; `hint=` or env BAVIT_OV_HINT) and
+INFERENCE_PRECISION_HINT:
+- fp32: "f32". This CPU supports bf16, where OpenVINO's default is bf16: without the hint
+  an "fp32" cell would run bf16.
+- bf16: "bf16".
+- int8: "f32" for the layers left in floating point (heads, norms, softmax), so the int8
+  cell differs from the fp32 cell by quantization alone, like the torch and LiteRT int8
+  cells. OpenVINO's own default here would run them in bf16 ("i8+bf16"): measured on the tiny
+  model about 2-3x the output error of "i8+f32". `int8_float=` or env BAVIT_OV_INT8_FLOAT
+  ("bf16") selects that instead.
+The runner's `executed_precision` is read back from the compiled model's runtime graph, not
+taken from the request: "i8" when any FullyConnected/Convolution/MatMul runs in i8/u8, plus the
+float precisions those and the normalisation layers (MVN) execute in (e.g. "i8+f32",
+"i8+bf16", "bf16", "f32"). `runner.details` holds the per-layer-type counts.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections import Counter
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from targets.base import Artifact, Runner, Target
+
+if TYPE_CHECKING:
+    import openvino as ov
+
+    from bavit.pipeline import Pipeline
+
+XML, BIN = "model.xml", "model.bin"
+OUTPUT_NAMES = ("logits", "boxes", "token_logits")
+FLOAT_HINT = {"fp32": "f32", "bf16": "bf16"}
+DEFAULT_INT8_FLOAT = "f32"
+MATRIX_LAYERS = {"FullyConnected", "Convolution", "GroupConvolution", "Deconvolution", "MatMul"}
+# the layers whose float precision names the cell (fused "Subgraph"/"Eltwise" nodes keep a few
+# f32 steps even under bf16; they are in `details` but do not name it)
+FLOAT_LAYERS = MATRIX_LAYERS | {"MVN", "Softmax", "ScaledDotProductAttention"}
+DETAIL_LAYERS = FLOAT_LAYERS | {"Subgraph", "Eltwise"}
+INT8_TYPES = {"i8", "u8"}
+FLOAT_TYPES = ("f32", "bf16", "f16")
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+class OpenVinoTarget(Target):
+    name = "openvino"
+    precisions = ("fp32", "bf16", "int8")
+
+    def available(self) -> str | None:
+        try:
+            import openvino  # noqa: F401 - light (~54 MB), imports no torch
+        except Exception as err:  # noqa: BLE001
+            return f"openvino is not importable ({type(err).__name__}: {err})"
+        return None
+
+    def supports(self, precision: str) -> str | None:
+        reason = super().supports(precision)
+        if reason is not None:
+            return reason
+        if precision == "bf16":
+            caps = cpu_capabilities()
+            if "BF16" not in caps:
+                return f"this CPU reports no BF16 support to OpenVINO (capabilities: {', '.join(caps) or 'none'})"
+        if precision == "int8" and importlib.util.find_spec("nncf") is None:
+            return "nncf is not installed (needed for OpenVINO int8)"
+        return None
+
+    def versions(self) -> dict[str, str]:
+        # torch and transformers shape the traced graph the converter sees
+        return {p: _version(p) for p in ("openvino", "nncf", "torch", "transformers")}
+
+    # -- build process ----------------------------------------------------------------------
+    def build(self, pipeline: "Pipeline", precision: str, batch: int, calibration: np.ndarray | None,
+              out: Path) -> dict[str, Any]:
+        import openvino as ov
+        import torch
+
+        if precision not in self.precisions:
+            raise ValueError(f"openvino has no {precision} precision")
+        if precision == "int8" and calibration is None:
+            raise ValueError("int8 needs calibration images")
+        h, w = pipeline.input_size
+        shape = [batch, 3, h, w]
+        was_training = pipeline.training
+        pipeline.eval()
+        try:
+            with torch.no_grad():
+                model = ov.convert_model(pipeline, example_input=torch.zeros(*shape), input=[tuple(shape)])
+        finally:
+            pipeline.train(was_training)
+        if len(model.outputs) != len(OUTPUT_NAMES):
+            raise RuntimeError(f"converted model has {len(model.outputs)} outputs, expected {len(OUTPUT_NAMES)}")
+        for output in model.outputs:      # traced names are arbitrary ("logits" can land on any)
+            output.get_tensor().set_names(set())
+        for output, name in zip(model.outputs, OUTPUT_NAMES):
+            output.get_tensor().set_names({name})
+        fields: dict[str, Any] = {}
+        if precision == "int8":
+            from quant import nncf_recipe
+
+            settings: dict = {}
+            model = nncf_recipe.quantize(model, calibration, batch, settings_out=settings)
+            fields.update(recipe=nncf_recipe.NAME, recipe_settings=settings, fp32_kept=nncf_recipe.FP32_KEPT)
+            float_hint = f"{DEFAULT_INT8_FLOAT} (default; BAVIT_OV_INT8_FLOAT overrides at load)"
+        else:
+            float_hint = FLOAT_HINT[precision]
+        ov.save_model(model, out / XML, compress_to_fp16=False)
+        fields.update(files=[XML, BIN], extra={
+            "converter": "openvino.convert_model (TorchScript trace), static input shape",
+            "input_shape": shape, "outputs": list(OUTPUT_NAMES), "weights_stored": "f32",
+            "inference_precision_hint": float_hint})
+        return fields
+
+    # -- measured process -------------------------------------------------------------------
+    def load(self, artifact: Artifact, threads: int, hint: str | None = None,
+             int8_float: str | None = None) -> Runner:
+        import openvino as ov
+
+        if artifact.precision == "int8":
+            precision_hint = int8_float or os.environ.get("BAVIT_OV_INT8_FLOAT") or DEFAULT_INT8_FLOAT
+        else:
+            precision_hint = FLOAT_HINT[artifact.precision]
+        config = {"INFERENCE_NUM_THREADS": int(threads),
+                  "PERFORMANCE_HINT": hint or os.environ.get("BAVIT_OV_HINT") or "LATENCY",
+                  "INFERENCE_PRECISION_HINT": precision_hint}
+        core = ov.Core()
+        model = core.read_model(Path(artifact.path) / artifact.files[0])
+        compiled = core.compile_model(model, "CPU", config)
+        executed, details = executed_precision(compiled)
+        request = compiled.create_infer_request()
+        n_out = len(compiled.outputs)
+
+        def run(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            x = np.ascontiguousarray(pixels, dtype=np.float32)
+            request.infer({0: x}, share_inputs=True)  # outputs copied below: the request reuses them
+            logits, boxes, tokens = (request.get_output_tensor(i).data.copy() for i in range(n_out))
+            return logits, boxes, tokens
+
+        runner = Runner(run, executed)
+        runner.details = dict(details, config={k: str(v) for k, v in config.items()})
+        return runner
+
+
+def cpu_capabilities() -> list[str]:
+    import openvino as ov
+
+    return list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def executed_precision(compiled: "ov.CompiledModel") -> tuple[str, dict]:
+    """What the CPU plugin really runs, from the runtime graph's per-layer `runtimePrecision`."""
+    counts: Counter = Counter()
+    for op in compiled.get_runtime_model().get_ops():
+        rt = op.get_rt_info()
+        if "runtimePrecision" not in rt:
+            continue
+        layer = rt["layerType"].astype(str) if "layerType" in rt else op.get_type_name()
+        counts[(layer, rt["runtimePrecision"].astype(str))] += 1
+    int8 = any(layer in MATRIX_LAYERS and prec in INT8_TYPES for (layer, prec) in counts)
+    floats = {prec for (layer, prec) in counts if layer in FLOAT_LAYERS and prec in FLOAT_TYPES}
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+    hint = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+    if not floats:  # e.g. every matrix layer int8 and no normalisation layer listed
+        floats = {hint}
+    parts = (["i8"] if int8 else []) + [p for p in FLOAT_TYPES if p in floats]
+    details = {"inference_precision_hint": hint,
+               "layers": {f"{layer}:{prec}": n for (layer, prec), n in sorted(counts.items())
+                          if layer in DETAIL_LAYERS}}
+    return "+".join(parts), details
+
+
+TARGET = OpenVinoTarget()

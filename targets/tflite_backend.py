@@ -1,0 +1,312 @@
+"""TFLite / LiteRT backend: litert-torch converts the pipeline to one static-shape .tflite file;
+the LiteRT interpreter runs it.
+
+Build side (imports torch, litert_torch; only inside `build`):
+- fp32: `torch.export` -> sort rewrite (below) -> `litert_torch.convert(...).export(model.tflite)`.
+- int8: PT2E static quantization, see quant/litert_recipe.py.
+- Sort rewrite: the token selector sorts its kept indices (`aten.sort`). litert-torch lowers
+  that to STABLEHLO_SORT, which the LiteRT interpreter does not run ("Didn't find op for
+  builtin opcode 'STABLEHLO_SORT'"), and a top-k of a top-k is fused back into the same sort.
+  `export_for_litert` therefore replaces every `aten.sort` in the exported graph with an exact,
+  stable, sort-free rank computation (pairwise comparisons + one-hot sums: LESS/EQUAL/SUM/MUL
+  builtins every interpreter has, tflite-runtime 2.14 included). Outputs are bit-identical.
+
+Run side (`load`): imports only an interpreter - `ai_edge_litert.interpreter.Interpreter`, or
+`tflite_runtime.interpreter.Interpreter` (same API) where only that is installed (edge boards,
+numpy < 2). Never torch. Outputs are mapped to (logits, boxes, token_logits) by the signature's
+output names (output_0..2 in the torch return order), checked against the expected shapes;
+int8 model I/O is quantized / dequantized with each tensor's (scale, zero_point).
+
+`available()` means "can run artifacts" (an interpreter imports). Building also needs
+litert-torch; without it `build` raises an ImportError that `prepare` turns into a
+ConversionError naming backend, keep and precision. `build_unavailable()` tells beforehand.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from targets.base import Artifact, Runner, Target
+
+if TYPE_CHECKING:
+    from bavit.pipeline import Pipeline
+
+MODEL_FILE = "model.tflite"
+INTERPRETERS = ("ai_edge_litert", "tflite_runtime")   # preference order
+_PACKAGES = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime"}
+_COMPUTE_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "BATCH_MATMUL")
+
+
+def _dist_version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def interpreter_class() -> tuple[type, str]:
+    """(Interpreter class, module name): ai_edge_litert first, tflite_runtime as fallback."""
+    errors = []
+    for name in INTERPRETERS:
+        try:
+            module = importlib.import_module(f"{name}.interpreter")
+        except Exception as err:  # ImportError, or tflite_runtime's numpy-ABI failure
+            errors.append(f"{name}: {type(err).__name__}: {err}")
+            continue
+        return module.Interpreter, name
+    raise ImportError("no TFLite interpreter: install ai-edge-litert (or tflite-runtime); " + "; ".join(errors))
+
+
+class TfliteTarget(Target):
+    name = "tflite"
+    precisions = ("fp32", "int8")
+
+    def available(self) -> str | None:
+        try:
+            interpreter_class()
+        except ImportError as err:
+            return str(err)
+        return None
+
+    def build_unavailable(self) -> str | None:
+        """None when this environment can build artifacts (litert-torch and torch import)."""
+        for dist in ("torch", "litert-torch"):
+            if _dist_version(dist) is None:
+                return f"{dist} is not installed (pip install 'bavit-bench[tflite]')"
+        return None
+
+    def versions(self) -> dict[str, str]:
+        # importlib.metadata reads versions without importing torch or the converter
+        out = {}
+        for dist in ("litert-torch", "ai-edge-litert", "tflite-runtime", "torch"):
+            v = _dist_version(dist)
+            if v is not None:
+                out[dist] = v
+        return out
+
+    def import_runtime(self) -> str:
+        """Imports the interpreter only (the measured process's baseline); returns its module."""
+        return interpreter_class()[1]
+
+    # -- build (torch side) ---------------------------------------------------------------------
+    def build(self, pipeline: "Pipeline", precision: str, batch: int, calibration: np.ndarray | None,
+              out: Path) -> dict[str, Any]:
+        reason = self.build_unavailable()
+        if reason:
+            raise ImportError(reason)
+        path = Path(out) / MODEL_FILE
+        if precision == "fp32":
+            import litert_torch
+            import torch
+
+            example = (torch.zeros(batch, 3, *pipeline.input_size),)
+            module, rewrites = export_for_litert(pipeline, example)
+            litert_torch.convert(module, example).export(str(path))
+            fields: dict[str, Any] = {"extra": {"sort_rewrites": rewrites}}
+        elif precision == "int8":
+            if calibration is None or len(calibration) == 0:
+                raise ValueError("int8 needs calibration images")
+            from quant import litert_recipe
+
+            fields = litert_recipe.quantize_and_convert(pipeline, calibration, batch, path)
+        else:
+            raise ValueError(f"tflite has no {precision} precision")
+        fields["extra"] = {"converter": "litert_torch.convert", "file": MODEL_FILE, **fields.get("extra", {})}
+        return {"files": [MODEL_FILE], **fields}
+
+    # -- load (runtime side: no torch) ----------------------------------------------------------
+    def load(self, artifact: Artifact, threads: int) -> Runner:
+        cls, module = interpreter_class()
+        model_path = Path(artifact.path) / (artifact.files[0] if artifact.files else MODEL_FILE)
+        interp = cls(model_path=str(model_path), num_threads=threads)
+        interp.allocate_tensors()
+        (inp,) = interp.get_input_details()
+        outputs = _map_outputs(interp, artifact.batch)
+        info = _model_info(interp)
+        info.update(interpreter=module, interpreter_version=_dist_version(_PACKAGES[module]), threads=threads)
+        precision = info["executed_precision"]
+        in_index, in_shape, in_dtype = inp["index"], tuple(int(s) for s in inp["shape"]), inp["dtype"]
+        in_q = inp["quantization"]
+        out_plan = [(d["index"], d["dtype"], d["quantization"]) for d in outputs]
+
+        def run(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            pixels = np.asarray(pixels, dtype=np.float32)
+            if pixels.shape != in_shape:
+                raise ValueError(f"tflite artifact takes {in_shape} (static shape), got {pixels.shape}")
+            interp.set_tensor(in_index, _quantize(pixels, in_dtype, in_q))
+            interp.invoke()
+            return tuple(_dequantize(interp.get_tensor(i), dt, q) for i, dt, q in out_plan)  # type: ignore[return-value]
+
+        runner = Runner(run, precision)
+        runner.info = info  # type: ignore[attr-defined]
+        return runner
+
+
+def _quantize(x: np.ndarray, dtype: Any, quant: tuple[float, int]) -> np.ndarray:
+    if np.dtype(dtype) == np.float32:
+        return np.ascontiguousarray(x)
+    scale, zero = quant
+    if not scale:
+        raise ValueError(f"{np.dtype(dtype)} model input without quantization parameters")
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)
+
+
+def _dequantize(x: np.ndarray, dtype: Any, quant: tuple[float, int]) -> np.ndarray:
+    if np.dtype(dtype) == np.float32:
+        return x.copy()
+    scale, zero = quant
+    if not scale:  # an integer output that is not quantized (none in this pipeline)
+        return x.astype(np.float32)
+    return ((x.astype(np.float32) - zero) * scale).astype(np.float32)
+
+
+def _map_outputs(interp: Any, batch: int) -> list[dict]:
+    """Output details in (logits, boxes, token_logits) order.
+
+    litert-torch names a signature's outputs output_0, output_1, ... in the order the torch
+    module returns them; the flatbuffer's output list may be in another order. Names first,
+    then shapes ((B,D,C+1), (B,D,4), (B,N)) as a check and as the fallback."""
+    details = {d["index"]: d for d in interp.get_output_details()}
+    if len(details) != 3:
+        raise ValueError(f"expected 3 model outputs (logits, boxes, token_logits), found {len(details)}")
+    ordered = None
+    try:
+        sigs = interp._get_full_signature_list()
+    except Exception:
+        sigs = {}
+    if len(sigs) == 1:
+        names = next(iter(sigs.values())).get("outputs", {})
+        if sorted(names) == ["output_0", "output_1", "output_2"]:
+            ordered = [details[names[f"output_{i}"]] for i in range(3)]
+    shapes_ok = lambda o: (len(o[0]["shape"]) == 3 and len(o[1]["shape"]) == 3 and o[1]["shape"][-1] == 4  # noqa: E731
+                          and len(o[2]["shape"]) == 2 and o[0]["shape"][1] == o[1]["shape"][1]
+                          and all(int(d["shape"][0]) == batch for d in o))
+    if ordered is not None and shapes_ok(ordered):
+        return ordered
+    rest = list(details.values())
+    tokens = [d for d in rest if len(d["shape"]) == 2]
+    three = [d for d in rest if len(d["shape"]) == 3]
+    boxes = [d for d in three if d["shape"][-1] == 4]
+    logits = [d for d in three if d["shape"][-1] != 4]
+    if len(tokens) == 1 and len(boxes) == 1 and len(logits) == 1:
+        return [logits[0], boxes[0], tokens[0]]
+    raise ValueError("cannot tell logits from boxes among the model outputs "
+                     f"{[(d['name'], tuple(d['shape'])) for d in rest]}")
+
+
+def _model_info(interp: Any) -> dict:
+    """What the model computes in: int8 when its matmul/conv activations are int8."""
+    tensors = interp.get_tensor_details()
+    dtypes = {d["index"]: np.dtype(d["dtype"]) for d in tensors}
+    counts: dict[str, int] = {}
+    for dt in dtypes.values():
+        counts[dt.name] = counts.get(dt.name, 0) + 1
+    i8_ops = f32_ops = 0
+    try:
+        ops = interp._get_ops_details()   # the plan before delegation
+    except Exception:
+        ops = []
+    for op in ops:
+        if op.get("op_name") in _COMPUTE_OPS and len(op.get("inputs", [])):
+            dt = dtypes.get(int(op["inputs"][0]))
+            if dt == np.int8:
+                i8_ops += 1
+            elif dt == np.float32:
+                f32_ops += 1
+    if ops:
+        int8 = i8_ops > 0
+    else:  # no op list: fall back to the tensor dtypes
+        int8 = counts.get("int8", 0) > 0
+    precision = ("i8+f32" if f32_ops or counts.get("float32", 0) else "i8") if int8 else "f32"
+    return {"executed_precision": precision, "tensor_dtypes": counts, "int8_matmul_ops": i8_ops,
+            "f32_matmul_ops": f32_ops}
+
+
+# -- export (build side only; imports torch lazily) ---------------------------------------------
+def export_for_litert(pipeline: Any, example: tuple) -> tuple[Any, int]:
+    """torch.export the pipeline and rewrite what the LiteRT interpreter cannot run.
+    Returns (graph module, number of sorts replaced)."""
+    import torch
+
+    gm = torch.export.export(pipeline.eval(), example).module()
+    return gm, replace_sorts(gm)
+
+
+def _rank_sort(x: Any, descending: bool) -> tuple[Any, Any]:
+    """Stable sort along the last dim without a sort op: rank_i = #{j: x_j before x_i} +
+    #{j < i: x_j == x_i}; values / indices are one-hot sums over ranks. Exact for float32
+    and for integers below 2**24 (token indices)."""
+    import torch
+
+    k = x.shape[-1]
+    xf = x if x.dtype == torch.float32 else x.to(torch.float32)
+    a, b = xf.unsqueeze(-1), xf.unsqueeze(-2)                  # x_i down, x_j across
+    before = (b > a) if descending else (b < a)
+    pos = torch.arange(k, device=x.device)
+    earlier = pos.unsqueeze(0) < pos.unsqueeze(1)               # [i, j]: j < i
+    rank = (before | ((b == a) & earlier)).sum(-1)              # (..., K)
+    onehot = (rank.unsqueeze(-1) == pos).to(torch.float32)      # [i, r]
+    values = (onehot * xf.unsqueeze(-1)).sum(-2)
+    indices = (onehot * pos.to(torch.float32).unsqueeze(-1)).sum(-2).to(torch.int64)
+    return (values if x.dtype == torch.float32 else values.to(x.dtype)), indices
+
+
+def _sorter(descending: bool):
+    return lambda t: _rank_sort(t, descending)
+
+
+def replace_sorts(gm: Any) -> int:
+    """Replace each `aten.sort` in an exported graph module by `_rank_sort`'s aten ops, in
+    place. The new nodes inherit the sort's metadata (nn_module_stack: quantizers that keep
+    the token selector in float keep them in float too)."""
+    import operator
+
+    import torch
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    aten = torch.ops.aten
+    graph = gm.graph
+    count = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target not in (aten.sort.default, aten.sort.stable):
+            continue
+        src = node.args[0]
+        if node.target is aten.sort.stable:
+            dim, desc = node.kwargs.get("dim", -1), node.kwargs.get("descending", False)
+        else:
+            dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", -1)
+            desc = node.args[2] if len(node.args) > 2 else node.kwargs.get("descending", False)
+        val = src.meta["val"]
+        if dim not in (-1, val.dim() - 1):
+            raise NotImplementedError(f"sort over dim {dim} of a {val.dim()}-d tensor")
+        example = torch.zeros(tuple(int(s) for s in val.shape), dtype=val.dtype)
+        sub = make_fx(_sorter(bool(desc)))(example)
+        (placeholder,) = [n for n in sub.graph.nodes if n.op == "placeholder"]
+        before = set(graph.nodes)
+        with graph.inserting_before(node):
+            values, indices = graph.graph_copy(sub.graph, {placeholder: src})
+        for new in set(graph.nodes) - before:
+            for key in ("nn_module_stack", "stack_trace", "source_fn_stack"):
+                if key in node.meta:
+                    new.meta[key] = node.meta[key]
+        for user in list(node.users):
+            if user.op == "call_function" and user.target is operator.getitem:
+                user.replace_all_uses_with(values if user.args[1] == 0 else indices)
+                graph.erase_node(user)
+            else:
+                raise NotImplementedError(f"sort output used by {user.format_node()}")
+        graph.erase_node(node)
+        count += 1
+    if count:
+        graph.eliminate_dead_code()
+        graph.lint()
+        gm.recompile()
+    return count
+
+
+TARGET = TfliteTarget()

@@ -1,0 +1,117 @@
+"""PyTorch eager backend: fp32 and torchao dynamic int8.
+
+Artifact: the pipeline exported with `torch.export` at the static batch size and saved as a
+`.pt2` (`torch.export.save`); the runner loads it with `torch.export.load(...).module()`,
+an `nn.Module` that executes the graph's aten ops eagerly (no torch.compile, same kernels
+as the Python model: fp32 latency within noise of the original module). The loaded module
+needs neither `bavit` nor `transformers`, only torch (and torchao's ops for int8). Should
+export fail, the full module is pickled with `torch.save` instead (`pipeline.pt`); the
+manifest's `extra["format"]` says which.
+
+This module imports no torch at import time: torch comes in `build` and `load` only.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from targets.base import Artifact, Runner, Target
+
+if TYPE_CHECKING:
+    from bavit.pipeline import Pipeline
+
+EXPORTED = "pipeline.pt2"
+PICKLED = "pipeline.pt"
+FORMATS = {EXPORTED: "torch.export .pt2, run eagerly via ExportedProgram.module()",
+           PICKLED: "torch.save full nn.Module (torch.export failed), run eagerly"}
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+class TorchTarget(Target):
+    name = "torch"
+    precisions = ("fp32", "int8")
+
+    def available(self) -> str | None:
+        if importlib.util.find_spec("torch") is None:  # no import: torch is ~220 MB
+            return "torch is not installed"
+        return None
+
+    def supports(self, precision: str) -> str | None:
+        reason = super().supports(precision)
+        if reason is None and precision == "int8" and importlib.util.find_spec("torchao") is None:
+            reason = "torchao is not installed (needed for torch int8)"
+        return reason
+
+    def versions(self) -> dict[str, str]:
+        return {p: _version(p) for p in ("torch", "torchao", "transformers")}
+
+    # -- build process ----------------------------------------------------------------------
+    def build(self, pipeline: "Pipeline", precision: str, batch: int, calibration: np.ndarray | None,
+              out: Path) -> dict[str, Any]:
+        import torch
+
+        model = copy.deepcopy(pipeline).eval()  # quantize_ works in place; the caller keeps fp32
+        fields: dict[str, Any] = {}
+        if precision == "int8":
+            from quant import torchao_recipe
+
+            torchao_recipe.quantize(model)
+            n = torchao_recipe.quantized_layers(model)
+            if n == 0:
+                raise RuntimeError("torchao quantized no Linear layer")
+            fields.update(recipe=torchao_recipe.NAME,
+                          recipe_settings=dict(torchao_recipe.SETTINGS, quantized_linears=n),
+                          fp32_kept=torchao_recipe.FP32_KEPT)
+        elif precision != "fp32":
+            raise ValueError(f"torch has no {precision} precision")
+        h, w = pipeline.input_size
+        example = torch.zeros(batch, 3, h, w)
+        try:
+            with torch.no_grad():
+                program = torch.export.export(model, (example,))
+            torch.export.save(program, out / EXPORTED)
+            file, export_error = EXPORTED, None
+        except Exception as err:  # noqa: BLE001 - fall back to the pickled module, say why
+            (out / EXPORTED).unlink(missing_ok=True)
+            torch.save(model, out / PICKLED)
+            file, export_error = PICKLED, f"{type(err).__name__}: {str(err).strip()[:300]}"
+        extra = {"format": FORMATS[file], "execution": "eager", "input_shape": [batch, 3, h, w]}
+        if export_error:
+            extra["export_error"] = export_error
+        fields.update(files=[file], extra=extra)
+        return fields
+
+    # -- measured process -------------------------------------------------------------------
+    def load(self, artifact: Artifact, threads: int) -> Runner:
+        import torch
+
+        torch.set_num_threads(threads)
+        if artifact.precision == "int8":
+            import torchao  # noqa: F401 - registers the torchao quantization ops / tensor types
+        path = Path(artifact.path) / artifact.files[0]
+        if path.name == EXPORTED:
+            module = torch.export.load(path).module()
+        else:
+            module = torch.load(path, weights_only=False).eval()
+
+        def run(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
+            with torch.inference_mode():
+                logits, boxes, tokens = module(x)
+            return logits.numpy(), boxes.numpy(), tokens.numpy()
+
+        return Runner(run, "i8-dynamic+f32" if artifact.precision == "int8" else "f32")
+
+
+TARGET = TorchTarget()

@@ -1,0 +1,56 @@
+"""Targets that misbehave on purpose, plugged in through $BAVIT_TARGET_PLUGINS, so the
+harness's failure, memory and resume handling is tested without slow conversions."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from targets.base import Runner, Target
+
+
+class FakeTarget(Target):
+    precisions = ("fp32", "int8")
+
+    def __init__(self, name: str, behaviour: str = "ok") -> None:
+        self.name = name
+        self.behaviour = behaviour
+
+    def available(self) -> str | None:
+        return "fake runtime is not installed" if self.behaviour == "unavailable" else None
+
+    def versions(self) -> dict[str, str]:
+        return {"fake": self.behaviour}
+
+    def build(self, pipeline, precision: str, batch: int, calibration, out: Path) -> dict:
+        cfg = pipeline.detector.config
+        shapes = {"d": cfg.num_detection_tokens, "c": cfg.num_labels + 1, "n": pipeline.selector.num_tokens}
+        np.save(out / "model.npy", np.zeros(16, dtype=np.float32))
+        return {"files": ["model.npy"], "extra": shapes, "recipe": "fake" if precision == "int8" else "none"}
+
+    def load(self, artifact, threads: int) -> Runner:
+        if self.behaviour == "raise":
+            raise RuntimeError("boom: this target always fails")
+        if self.behaviour == "hang":
+            time.sleep(3600)
+        ballast = np.ones(200 * 2**20, dtype=np.uint8) if self.behaviour == "alloc200" else None
+        d, c, n = (artifact.extra[k] for k in "dcn")
+
+        def run(pixels: np.ndarray):
+            b = len(pixels)
+            boxes = np.full((b, d, 4), 0.25, dtype=np.float32)
+            if ballast is not None:
+                boxes += ballast[0] * 0
+            return np.zeros((b, d, c), np.float32), boxes, np.zeros((b, n), np.float32)
+        return Runner(run, "f32")
+
+
+FAKE = FakeTarget("fake")
+FAKE_RAISE = FakeTarget("fake-raise", "raise")
+FAKE_ALLOC = FakeTarget("fake-alloc", "alloc200")
+FAKE_HANG = FakeTarget("fake-hang", "hang")
+FAKE_UNAVAILABLE = FakeTarget("fake-missing", "unavailable")
+PLUGINS = ",".join(f"{t.name}=tests.fake_targets:{var}" for var, t in
+                   [("FAKE", FAKE), ("FAKE_RAISE", FAKE_RAISE), ("FAKE_ALLOC", FAKE_ALLOC),
+                    ("FAKE_HANG", FAKE_HANG), ("FAKE_UNAVAILABLE", FAKE_UNAVAILABLE)])
