@@ -47,9 +47,11 @@ class TokenClassifier(nn.Module):
     @classmethod
     def from_detector(cls, detector: PrunedYolos, num_layers: int) -> "TokenClassifier":
         """Starts from the detector's patch embedding, patch position embeddings (as the
-        detector interpolates them at its own input size) and first `num_layers` blocks."""
-        if not 1 <= num_layers <= detector.config.num_hidden_layers:
-            raise ValueError(f"num_layers must be in [1, {detector.config.num_hidden_layers}], got {num_layers}")
+        detector interpolates them at its own input size) and first `num_layers` blocks; a
+        BAViT deeper than the detector (BAViT-10 before a 4-layer tiny detector) copies all
+        its blocks and starts the rest fresh."""
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         config = copy.deepcopy(detector.config)
         config.num_hidden_layers = num_layers
         model = cls(config)
