@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from collections import Counter
 from importlib import metadata
 from pathlib import Path
@@ -63,6 +64,7 @@ def _version(package: str) -> str:
 class OpenVinoTarget(Target):
     name = "openvino"
     precisions = ("fp32", "bf16", "int8")
+    runtime_modules = ("openvino",)
 
     def available(self) -> str | None:
         try:
@@ -102,7 +104,13 @@ class OpenVinoTarget(Target):
         was_training = pipeline.training
         pipeline.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), warnings.catch_warnings():
+                # convert_model traces with torch.jit.trace (deprecated in torch 2.13, still
+                # OpenVINO's nn.Module path); the tracer's "constant in the trace" warnings are
+                # about shape checks that are static here.
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace", category=DeprecationWarning)
+                warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing", category=FutureWarning)
                 model = ov.convert_model(pipeline, example_input=torch.zeros(*shape), input=[tuple(shape)])
         finally:
             pipeline.train(was_training)

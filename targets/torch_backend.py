@@ -41,6 +41,7 @@ def _version(package: str) -> str:
 class TorchTarget(Target):
     name = "torch"
     precisions = ("fp32", "int8")
+    runtime_modules = ("torch",)
 
     def available(self) -> str | None:
         if importlib.util.find_spec("torch") is None:  # no import: torch is ~220 MB
@@ -86,7 +87,10 @@ class TorchTarget(Target):
             (out / EXPORTED).unlink(missing_ok=True)
             torch.save(model, out / PICKLED)
             file, export_error = PICKLED, f"{type(err).__name__}: {str(err).strip()[:300]}"
-        extra = {"format": FORMATS[file], "execution": "eager", "input_shape": [batch, 3, h, w]}
+        # the file also holds the serialized graph and the example input: weights_bytes is the
+        # model's own size (int8 weights + scales, fp32 rest)
+        extra = {"format": FORMATS[file], "execution": "eager", "input_shape": [batch, 3, h, w],
+                 "weights_bytes": _weights_bytes(model)}
         if export_error:
             extra["export_error"] = export_error
         fields.update(files=[file], extra=extra)
@@ -112,6 +116,17 @@ class TorchTarget(Target):
             return logits.numpy(), boxes.numpy(), tokens.numpy()
 
         return Runner(run, "i8-dynamic+f32" if artifact.precision == "int8" else "f32")
+
+
+def _weights_bytes(model) -> int:
+    total = 0
+    for tensor in model.state_dict().values():
+        if hasattr(tensor, "__tensor_flatten__"):  # torchao subclass: int8 data, scales, zero points
+            names, _ = tensor.__tensor_flatten__()
+            total += sum(getattr(tensor, n).numel() * getattr(tensor, n).element_size() for n in names)
+        else:
+            total += tensor.numel() * tensor.element_size()
+    return int(total)
 
 
 TARGET = TorchTarget()
