@@ -129,3 +129,37 @@ def test_unwritable_out_dir(tmp_path):
     proc = bench(blocker / "run", "--target", "fake")
     assert proc.returncode == 2 and "--out" in proc.stderr and "not writable" in proc.stderr
     assert proc.stderr.strip().count("\n") == 0
+
+
+EXPECTED_COLUMNS = {"cell_id", "target", "precision", "keep", "batch", "threads", "status", "error",
+                    "executed_precision", "recipe", "recipe_settings", "fp32_kept", "throughput_ips",
+                    "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "iterations", "peak_rss_mb",
+                    "baseline_rss_mb", "rss_increase_mb", "map", "ap50", "ap75", "token_acc", "fg_recall",
+                    "fg_precision", "tokens_kept", "tokens_total", "images", "convert_s", "artifact_bytes",
+                    "load_start", "load_end", "sys_cpu", "sys_cores", "sys_isa", "sys_ram_gb", "sys_os",
+                    "sys_python", "sys_versions", "model", "data", "started_at", "wall_s"}
+
+
+def test_two_target_two_keep_sweep_rows_and_columns(tmp_path):
+    """Real backends on a tiny random model: 2 targets x 2 keeps x fp32 x batch 2."""
+    out = tmp_path / "run"
+    bench(out, "--target", "torch,openvino", "--keep", "1.0,0.5", "--batch", "2", "--precision", "fp32",
+          check=True)
+    got = rows(out)
+    assert sorted(r["cell_id"] for r in got) == sorted(
+        f"{t}/fp32/keep{k}/b2" for t in ("torch", "openvino") for k in ("1", "0.5"))
+    for r in got:
+        assert r["status"] == "ok", r.get("error")
+        assert EXPECTED_COLUMNS <= set(r), EXPECTED_COLUMNS - set(r)
+        assert r["tokens_kept"] == (64 if r["keep"] == 1.0 else 32)
+        assert r["executed_precision"] == "f32"
+        assert 0.0 <= r["token_acc"] <= 1.0 and r["images"] == 4
+    ov = [r for r in got if r["target"] == "openvino"]
+    assert all(r["baseline_rss_mb"] < 200 for r in ov), "OpenVINO cells must not carry torch's memory"
+    csv = pd.read_csv(out / "report.csv")
+    assert len(csv) == 4 and {"speedup_vs_target_dense_fp32", "map_drop_pts"} <= set(csv.columns)
+    # a second run finds every artifact in the cache
+    again = tmp_path / "again"
+    bench(again, "--target", "torch,openvino", "--keep", "1.0,0.5", "--batch", "2", "--precision", "fp32",
+          "--images", "0", check=True)
+    assert all(r["artifact_cached"] for r in rows(again))
