@@ -42,7 +42,9 @@ def build(spec: dict) -> dict:
     calib = None
     if spec["precision"] == "int8":
         size = pipeline.input_size[0]
-        calib_ds = load_dataset(spec["calib_data"], spec["calib_split"], size=size)
+        # the synthetic train split is generated on demand: a small one is enough to draw from
+        n = max(512, spec["calib_images"]) if spec["calib_data"] == "synthetic" else None
+        calib_ds = load_dataset(spec["calib_data"], spec["calib_split"], size=size, n_images=n)
         calib = calibration_images(calib_ds, size, spec["calib_images"], seed=0)
     art = target.prepare(pipeline, spec["precision"], spec["batch"], calib, Path(spec["cache_dir"]),
                          weights_key(pipeline))
