@@ -16,6 +16,9 @@ Run side (`load`): imports only an interpreter - `ai_edge_litert.interpreter.Int
 numpy < 2). Never torch. Outputs are mapped to (logits, boxes, token_logits) by the signature's
 output names (output_0..2 in the torch return order), checked against the expected shapes;
 int8 model I/O is quantized / dequantized with each tensor's (scale, zero_point).
+`executed_precision` is "i8+f32" when matmul/conv ops take int8 activations (read from the
+loaded model), else "f32"; `runner.details` holds the interpreter used (ai_edge_litert or
+tflite_runtime, with version), op and tensor dtype counts and the I/O dtypes.
 
 `available()` means "can run artifacts" (an interpreter imports). Building also needs
 litert-torch; without it `build` raises an ImportError that `prepare` turns into a
@@ -52,18 +55,25 @@ def interpreter_class() -> tuple[type, str]:
     """(Interpreter class, module name): ai_edge_litert first, tflite_runtime as fallback."""
     errors = []
     for name in INTERPRETERS:
+        if name == "tflite_runtime" and int(np.__version__.split(".")[0]) >= 2 and _dist_version("tflite-runtime"):
+            # its last wheels (2.14) import under numpy 2 but fail to create an Interpreter
+            errors.append(f"tflite_runtime: tflite-runtime {_dist_version('tflite-runtime')} needs numpy < 2 "
+                          f"(numpy {np.__version__} is installed)")
+            continue
         try:
             module = importlib.import_module(f"{name}.interpreter")
-        except Exception as err:  # ImportError, or tflite_runtime's numpy-ABI failure
+        except Exception as err:  # noqa: BLE001 - ImportError, or a broken binary wheel
             errors.append(f"{name}: {type(err).__name__}: {err}")
             continue
         return module.Interpreter, name
-    raise ImportError("no TFLite interpreter: install ai-edge-litert (or tflite-runtime); " + "; ".join(errors))
+    raise ImportError("no TFLite interpreter: install ai-edge-litert (or tflite-runtime with numpy < 2); "
+                      + "; ".join(errors))
 
 
 class TfliteTarget(Target):
     name = "tflite"
     precisions = ("fp32", "int8")
+    runtime_modules = tuple(f"{m}.interpreter" for m in INTERPRETERS)
 
     def available(self) -> str | None:
         try:
@@ -80,17 +90,14 @@ class TfliteTarget(Target):
         return None
 
     def versions(self) -> dict[str, str]:
-        # importlib.metadata reads versions without importing torch or the converter
-        out = {}
-        for dist in ("litert-torch", "ai-edge-litert", "tflite-runtime", "torch"):
-            v = _dist_version(dist)
-            if v is not None:
-                out[dist] = v
-        return out
+        # read from package metadata: nothing is imported. torch/transformers shape the exported
+        # graph, litert-torch the flatbuffer; the interpreter is recorded with the artifact.
+        return {d: _dist_version(d) or "not installed"
+                for d in ("litert-torch", "ai-edge-litert", "tflite-runtime", "torch", "transformers")}
 
-    def import_runtime(self) -> str:
-        """Imports the interpreter only (the measured process's baseline); returns its module."""
-        return interpreter_class()[1]
+    def import_runtime(self) -> None:
+        """Imports the interpreter only (the measured process's memory baseline)."""
+        interpreter_class()
 
     # -- build (torch side) ---------------------------------------------------------------------
     def build(self, pipeline: "Pipeline", precision: str, batch: int, calibration: np.ndarray | None,
@@ -105,7 +112,7 @@ class TfliteTarget(Target):
 
             example = (torch.zeros(batch, 3, *pipeline.input_size),)
             module, rewrites = export_for_litert(pipeline, example)
-            litert_torch.convert(module, example).export(str(path))
+            litert_torch.convert(mark_eval(module), example).export(str(path))
             fields: dict[str, Any] = {"extra": {"sort_rewrites": rewrites}}
         elif precision == "int8":
             if calibration is None or len(calibration) == 0:
@@ -126,9 +133,11 @@ class TfliteTarget(Target):
         interp.allocate_tensors()
         (inp,) = interp.get_input_details()
         outputs = _map_outputs(interp, artifact.batch)
-        info = _model_info(interp)
-        info.update(interpreter=module, interpreter_version=_dist_version(_PACKAGES[module]), threads=threads)
-        precision = info["executed_precision"]
+        details = _model_info(interp)
+        details.update(interpreter=module, interpreter_version=_dist_version(_PACKAGES[module]), threads=threads,
+                       input_dtype=np.dtype(inp["dtype"]).name,
+                       output_dtypes=[np.dtype(d["dtype"]).name for d in outputs])
+        precision = details["executed_precision"]
         in_index, in_shape, in_dtype = inp["index"], tuple(int(s) for s in inp["shape"]), inp["dtype"]
         in_q = inp["quantization"]
         out_plan = [(d["index"], d["dtype"], d["quantization"]) for d in outputs]
@@ -139,10 +148,11 @@ class TfliteTarget(Target):
                 raise ValueError(f"tflite artifact takes {in_shape} (static shape), got {pixels.shape}")
             interp.set_tensor(in_index, _quantize(pixels, in_dtype, in_q))
             interp.invoke()
-            return tuple(_dequantize(interp.get_tensor(i), dt, q) for i, dt, q in out_plan)  # type: ignore[return-value]
+            logits, boxes, tokens = (_dequantize(interp.get_tensor(i), dt, q) for i, dt, q in out_plan)
+            return logits, boxes, tokens
 
         runner = Runner(run, precision)
-        runner.info = info  # type: ignore[attr-defined]
+        runner.details = details  # type: ignore[attr-defined]  (as the OpenVINO runner)
         return runner
 
 
@@ -158,7 +168,7 @@ def _quantize(x: np.ndarray, dtype: Any, quant: tuple[float, int]) -> np.ndarray
 
 def _dequantize(x: np.ndarray, dtype: Any, quant: tuple[float, int]) -> np.ndarray:
     if np.dtype(dtype) == np.float32:
-        return x.copy()
+        return x                      # get_tensor returns a copy, never the interpreter's buffer
     scale, zero = quant
     if not scale:  # an integer output that is not quantized (none in this pipeline)
         return x.astype(np.float32)
@@ -183,9 +193,12 @@ def _map_outputs(interp: Any, batch: int) -> list[dict]:
         names = next(iter(sigs.values())).get("outputs", {})
         if sorted(names) == ["output_0", "output_1", "output_2"]:
             ordered = [details[names[f"output_{i}"]] for i in range(3)]
-    shapes_ok = lambda o: (len(o[0]["shape"]) == 3 and len(o[1]["shape"]) == 3 and o[1]["shape"][-1] == 4  # noqa: E731
-                          and len(o[2]["shape"]) == 2 and o[0]["shape"][1] == o[1]["shape"][1]
-                          and all(int(d["shape"][0]) == batch for d in o))
+
+    def shapes_ok(o: list[dict]) -> bool:
+        logits, boxes, tokens = (tuple(int(s) for s in d["shape"]) for d in o)
+        return (len(logits) == 3 and len(boxes) == 3 and boxes[-1] == 4 and len(tokens) == 2
+                and logits[:2] == boxes[:2] and all(s[0] == batch for s in (logits, boxes, tokens)))
+
     if ordered is not None and shapes_ok(ordered):
         return ordered
     rest = list(details.values())
@@ -235,6 +248,13 @@ def export_for_litert(pipeline: Any, example: tuple) -> tuple[Any, int]:
 
     gm = torch.export.export(pipeline.eval(), example).module()
     return gm, replace_sorts(gm)
+
+
+def mark_eval(gm: Any) -> Any:
+    """Exported graph modules refuse `.eval()`; the graph was captured in eval mode already,
+    so only the flag litert-torch warns about ("converted in training mode") is set."""
+    gm.training = False
+    return gm
 
 
 def _rank_sort(x: Any, descending: bool) -> tuple[Any, Any]:

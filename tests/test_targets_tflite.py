@@ -1,0 +1,322 @@
+"""TFLite / LiteRT target on the tiny random pipeline (64x64, batch 2): fp32 parity with eager,
+int8 (PT2E static) within tolerance of fp32, the artifact cache, a runner process without
+torch, output mapping, the sort rewrite, and the committed tflite-runtime fixtures.
+Three conversions per run (fp32 keep 1.0 / 0.5, int8 keep 0.5), shared by every test."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import make_tiny_pipeline
+from quant import litert_recipe
+from targets import ConversionError, get_target
+from targets import tflite_backend
+from targets.base import MANIFEST, Artifact
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "tflite_runtime" / "fixtures"
+BATCH = 2
+KEEPS = (1.0, 0.5)
+NAMES = ("logits", "boxes", "token_logits")
+FP32_TOL = {"logits": 1e-3, "boxes": 1e-4, "token_logits": 1e-4}   # max abs diff vs eager
+TARGET = get_target("tflite")
+
+if TARGET.build_unavailable() or TARGET.available():
+    pytest.skip(f"tflite target cannot build here: {TARGET.build_unavailable() or TARGET.available()}",
+                allow_module_level=True)
+
+
+def _pipeline(keep: float):
+    import torch
+
+    pipe = make_tiny_pipeline(keep)
+    with torch.no_grad():  # HF's init leaves both heads' outputs near-constant: widen them
+        gen = torch.Generator().manual_seed(3)
+        for head in (pipe.detector.det.class_labels_classifier, pipe.detector.det.bbox_predictor):
+            head.layers[-1].weight.normal_(0, 0.5, generator=gen)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def pipes():
+    return {keep: _pipeline(keep) for keep in KEEPS}
+
+
+@pytest.fixture(scope="module")
+def pixels():
+    return np.random.default_rng(1).normal(size=(BATCH, 3, 64, 64)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def calib():
+    return np.random.default_rng(0).normal(size=(8, 3, 64, 64)).astype(np.float32)
+
+
+def _eager(pipe, pixels):
+    import torch
+
+    with torch.no_grad():
+        return [t.numpy() for t in pipe(torch.from_numpy(pixels))]
+
+
+@pytest.fixture(scope="module")
+def reference(pipes, pixels):
+    return {keep: _eager(p, pixels) for keep, p in pipes.items()}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("tflite-artifacts")
+
+
+@pytest.fixture(scope="module")
+def build(pipes, calib, cache):
+    """Memoised prepare(precision, keep)."""
+    built: dict = {}
+
+    def get(precision: str, keep: float) -> Artifact:
+        if (precision, keep) not in built:
+            built[precision, keep] = TARGET.prepare(pipes[keep], precision, BATCH, calib, cache, "tiny-seed0")
+        return built[precision, keep]
+
+    return get
+
+
+def _max_diff(ref, out):
+    return {n: float(np.abs(r - o).max()) for n, r, o in zip(NAMES, ref, out)}
+
+
+# -- fp32 parity ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("keep", KEEPS)
+def test_fp32_matches_eager(keep, build, reference, pixels):
+    art = build("fp32", keep)
+    runner = TARGET.load(art, threads=1)
+    out = runner(pixels)
+    assert [o.shape for o in out] == [r.shape for r in reference[keep]]
+    assert all(o.dtype == np.float32 for o in out)
+    diff = _max_diff(reference[keep], out)
+    assert all(diff[n] <= FP32_TOL[n] for n in NAMES), diff
+    assert runner.executed_precision == "f32"
+    assert runner.details["interpreter"] == "ai_edge_litert" and runner.details["int8_matmul_ops"] == 0
+    assert art.files == ["model.tflite"] and art.recipe == "none" and art.keep == keep and art.batch == BATCH
+    assert art.extra["sort_rewrites"] == (0 if keep == 1.0 else 1)   # the selector's index sort
+    again = runner(pixels)
+    assert again[1] is not out[1] and np.array_equal(again[1], out[1])  # outputs are not reused buffers
+    with pytest.raises(ValueError, match="static shape"):
+        runner(pixels[:1])
+
+
+def test_versions_need_no_import():
+    versions = TARGET.versions()
+    assert {"litert-torch", "ai-edge-litert", "torch"} <= set(versions)
+    assert versions["litert-torch"] != "not installed"
+
+
+# -- int8 -----------------------------------------------------------------------------------------
+def test_int8_close_to_fp32(build, pipes, reference, pixels):
+    art = build("int8", 0.5)
+    fp32 = build("fp32", 0.5)
+    assert art.recipe == litert_recipe.NAME and art.fp32_kept == litert_recipe.FP32_KEPT
+    settings = art.recipe_settings
+    assert settings["per_channel"] is True and settings["symmetric"] is True
+    assert settings["calibration_images"] == 8 and settings["calibration_batches"] == 4   # 8 images, batch 2
+    assert settings["float_modules"] == list(litert_recipe.FLOAT_MODULES)
+    assert art.size_bytes < 0.5 * fp32.size_bytes, (art.size_bytes, fp32.size_bytes)
+    runner = TARGET.load(art, threads=1)
+    assert runner.executed_precision == "i8+f32"
+    assert runner.details["int8_matmul_ops"] > 0 and runner.details["input_dtype"] == "int8"
+    out = runner(pixels)
+    ref = TARGET.load(fp32, threads=1)(pixels)
+    for name, r, o in zip(NAMES, ref, out):
+        rel = float(np.abs(r - o).max() / np.abs(r).max())
+        assert rel <= litert_recipe.TOLERANCE[name], (name, rel)
+    # quantization worked on an exported copy: the caller's pipeline is untouched
+    assert all(np.array_equal(a, b) for a, b in zip(_eager(pipes[0.5], pixels), reference[0.5]))
+
+
+def test_int8_without_calibration_fails_clearly(pipes, tmp_path):
+    with pytest.raises(ConversionError, match=r"tflite conversion failed \(keep 0.5, int8, batch 2\).*calibration"):
+        TARGET.prepare(pipes[0.5], "int8", BATCH, None, tmp_path, "w")
+
+
+def test_calibration_batches():
+    imgs = np.zeros((5, 3, 4, 4), np.float32)
+    assert [b.shape[0] for b in litert_recipe.calibration_batches(imgs, 2)] == [2, 2]
+    assert [b.shape[0] for b in litert_recipe.calibration_batches(imgs[:1], 4)] == [4]
+    with pytest.raises(ValueError):
+        litert_recipe.calibration_batches(imgs[:0], 2)
+
+
+# -- cache ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_second_prepare_is_cached(precision, build, pipes, calib, cache, monkeypatch):
+    first = build(precision, 0.5)
+    mtime = (first.path / MANIFEST).stat().st_mtime_ns
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("converted again")
+
+    monkeypatch.setattr(TARGET, "build", no_build)
+    again = TARGET.prepare(pipes[0.5], precision, BATCH, calib, cache, "tiny-seed0")
+    assert again.cached and not first.cached
+    assert again.path == first.path and again.files == first.files and again.recipe == first.recipe
+    assert (again.path / MANIFEST).stat().st_mtime_ns == mtime
+    if precision == "int8":  # other calibration images -> another artifact (build called, here refused)
+        with pytest.raises(ConversionError, match="converted again"):
+            TARGET.prepare(pipes[0.5], precision, BATCH, calib[:4], cache, "tiny-seed0")
+
+
+# -- the measured process -------------------------------------------------------------------------
+def test_runner_process_never_imports_torch(build, pixels, tmp_path):
+    arts = [build("fp32", 0.5), build("int8", 0.5)]
+    np.save(tmp_path / "x.npy", pixels)
+    script = textwrap.dedent(f"""
+        import json, sys
+        import numpy as np
+        import targets.tflite_backend, quant.litert_recipe
+        from targets import get_target
+        from targets.base import Artifact
+        imported = sorted(m for m in ('torch', 'litert_torch', 'transformers') if m in sys.modules)
+        target = get_target('tflite')
+        target.import_runtime()
+        runners = [target.load(Artifact.load(p), threads=1) for p in {[str(a.path) for a in arts]!r}]
+        for r, name in zip(runners, ('fp32', 'int8')):
+            for i, o in enumerate(r(np.load({str(tmp_path / 'x.npy')!r}))):
+                np.save({str(tmp_path)!r} + f'/{{name}}{{i}}.npy', o)
+        print(json.dumps({{'at_import': imported,
+                          'after_run': sorted(m for m in ('torch', 'litert_torch', 'transformers') if m in sys.modules),
+                          'precisions': [r.executed_precision for r in runners],
+                          'interpreter': runners[0].details['interpreter']}}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report == {"at_import": [], "after_run": [], "precisions": ["f32", "i8+f32"],
+                      "interpreter": "ai_edge_litert"}
+    for art, name in zip(arts, ("fp32", "int8")):  # same file, same interpreter: same numbers
+        here = TARGET.load(art, threads=1)(pixels)
+        for i, o in enumerate(here):
+            np.testing.assert_allclose(np.load(tmp_path / f"{name}{i}.npy"), o, rtol=0, atol=1e-6)
+
+
+# -- failures -------------------------------------------------------------------------------------
+def test_build_without_litert_torch_names_the_cell(monkeypatch, pipes, tmp_path):
+    real = tflite_backend._dist_version
+    monkeypatch.setattr(tflite_backend, "_dist_version", lambda d: None if d == "litert-torch" else real(d))
+    assert "litert-torch is not installed" in TARGET.build_unavailable()
+    with pytest.raises(ConversionError,
+                       match=r"tflite conversion failed \(keep 0.5, fp32, batch 2\): ImportError: litert-torch"):
+        TARGET.prepare(pipes[0.5], "fp32", BATCH, None, tmp_path, "w")
+    assert not any(p.suffix != ".tmp" for p in tmp_path.iterdir())  # nothing cached
+
+
+def test_no_interpreter(monkeypatch):
+    for name in ("ai_edge_litert", "ai_edge_litert.interpreter", "tflite_runtime", "tflite_runtime.interpreter"):
+        monkeypatch.setitem(sys.modules, name, None)   # `import name` now raises ImportError
+    reason = TARGET.available()
+    assert reason and "ai-edge-litert" in reason and "tflite" in reason
+
+
+def test_numpy2_rules_out_tflite_runtime(monkeypatch):
+    real = tflite_backend._dist_version
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+    monkeypatch.setattr(tflite_backend, "_dist_version", lambda d: "2.14.0" if d == "tflite-runtime" else real(d))
+    monkeypatch.setattr(np, "__version__", "2.3.0")
+    assert "needs numpy < 2" in TARGET.available()
+
+
+# -- output mapping (no conversion) ---------------------------------------------------------------
+class _FakeInterpreter:
+    def __init__(self, shapes: dict[str, tuple], order: list[str], signature: bool = True) -> None:
+        self._details = [{"index": 10 + i, "name": f"serving_default_{n}_output", "shape": np.array(shapes[n]),
+                          "dtype": np.float32, "quantization": (0.0, 0)} for i, n in enumerate(order)]
+        self._signature = signature
+
+    def get_output_details(self):
+        return self._details
+
+    def _get_full_signature_list(self):
+        if not self._signature:
+            raise AttributeError("old interpreter")
+        return {"serving_default": {"inputs": {"args_0": 0},
+                                    "outputs": {d["name"].split("_", 2)[2].rsplit("_", 1)[0]: d["index"]
+                                                for d in self._details}}}
+
+
+@pytest.mark.parametrize("classes", [4, 3])   # 3 labels: logits (B, D, 4) look like boxes
+@pytest.mark.parametrize("signature", [True, False])
+def test_outputs_mapped_by_name_then_shape(classes, signature):
+    shapes = {"output_0": (2, 16, classes + 1), "output_1": (2, 16, 4), "output_2": (2, 64)}
+    interp = _FakeInterpreter(shapes, ["output_2", "output_1", "output_0"], signature)
+    if not signature and classes + 1 == 4:
+        with pytest.raises(ValueError, match="cannot tell logits from boxes"):
+            tflite_backend._map_outputs(interp, 2)
+        return
+    mapped = tflite_backend._map_outputs(interp, 2)
+    assert [d["name"] for d in mapped] == [f"serving_default_output_{i}_output" for i in range(3)]
+
+
+def test_int8_io_roundtrip():
+    x = np.linspace(-3, 3, 13, dtype=np.float32)
+    q = tflite_backend._quantize(x, np.int8, (0.05, 3))
+    assert q.dtype == np.int8 and q.max() == 63 and q.min() == -57
+    np.testing.assert_allclose(tflite_backend._dequantize(q, np.int8, (0.05, 3)), x, atol=0.025 + 1e-6)
+    assert tflite_backend._quantize(np.float32([100]), np.int8, (0.05, 3))[0] == 127   # saturates
+
+
+# -- the sort rewrite -----------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", ["int64", "float32"])
+@pytest.mark.parametrize("descending", [False, True])
+def test_rank_sort_equals_stable_sort(dtype, descending):
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 6, (3, 2, 9), generator=gen).to(getattr(torch, dtype))  # many ties
+    values, indices = tflite_backend._rank_sort(x, descending)
+    want = torch.sort(x, dim=-1, descending=descending, stable=True)
+    assert values.dtype == x.dtype and torch.equal(values, want.values) and torch.equal(indices, want.indices)
+
+
+def test_replace_sorts_in_exported_graph():
+    import torch
+
+    class M(torch.nn.Module):
+        def forward(self, x):
+            idx = x.topk(5, dim=1).indices
+            s = idx.sort(dim=1)
+            return s.values, torch.sort(x, dim=-1, descending=True).values
+
+    x = torch.randn(2, 12)
+    gm, n = tflite_backend.export_for_litert(M(), (x,))
+    assert n == 2 and not any("sort" in str(node.target) for node in gm.graph.nodes)
+    assert all(torch.equal(a, b) for a, b in zip(gm(x), M()(x)))
+
+
+# -- the committed tflite-runtime fixtures --------------------------------------------------------
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_committed_fixtures_reproduce_their_reference(precision):
+    """The fixtures tests/tflite_runtime/test_fallback.py runs on tflite-runtime: still loadable by
+    this loader and still giving the outputs recorded with ai_edge_litert (rebuild them with
+    tests/tflite_runtime/make_artifacts.py when this fails after a backend change)."""
+    with np.load(FIXTURES / "reference.npz") as ref:
+        ref = {k: ref[k] for k in ref.files}
+    art = Artifact.load(FIXTURES / precision)
+    runner = TARGET.load(art, threads=1)
+    out = runner(ref["pixels"])
+    for name, o in zip(NAMES, out):
+        np.testing.assert_allclose(o, ref[f"{precision}_{name}"], rtol=0, atol=1e-5, err_msg=name)
+        if precision == "fp32":
+            assert np.abs(o - ref[f"eager_{name}"]).max() <= FP32_TOL[name]
+    assert ("i8" in runner.executed_precision) == (precision == "int8")
+    size = sum((FIXTURES / precision / f).stat().st_size for f in art.files)
+    assert size == art.size_bytes and size < 400_000   # small enough to live in git
