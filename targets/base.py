@@ -15,6 +15,7 @@ import json
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -24,6 +25,14 @@ if TYPE_CHECKING:
     from bavit.pipeline import Pipeline
 
 MANIFEST = "artifact.json"
+
+
+def package_version(dist: str) -> str | None:
+    """Installed version of a distribution, from its metadata (nothing is imported)."""
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 class ConversionError(RuntimeError):

@@ -28,13 +28,12 @@ import importlib.util
 import os
 import warnings
 from collections import Counter
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from targets.base import Artifact, Runner, Target
+from targets.base import Artifact, Runner, Target, package_version
 
 if TYPE_CHECKING:
     import openvino as ov
@@ -52,13 +51,6 @@ FLOAT_LAYERS = MATRIX_LAYERS | {"MVN", "Softmax", "ScaledDotProductAttention"}
 DETAIL_LAYERS = FLOAT_LAYERS | {"Subgraph", "Eltwise"}
 INT8_TYPES = {"i8", "u8"}
 FLOAT_TYPES = ("f32", "bf16", "f16")
-
-
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "not installed"
 
 
 class OpenVinoTarget(Target):
@@ -87,7 +79,7 @@ class OpenVinoTarget(Target):
 
     def versions(self) -> dict[str, str]:
         # torch and transformers shape the traced graph the converter sees
-        return {p: _version(p) for p in ("openvino", "nncf", "torch", "transformers")}
+        return {p: package_version(p) or "not installed" for p in ("openvino", "nncf", "torch", "transformers")}
 
     # -- build process ----------------------------------------------------------------------
     def build(self, pipeline: "Pipeline", precision: str, batch: int, calibration: np.ndarray | None,

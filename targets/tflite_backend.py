@@ -27,13 +27,12 @@ ConversionError naming backend, keep and precision. `build_unavailable()` tells 
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from targets.base import Artifact, Runner, Target
+from targets.base import Artifact, Runner, Target, package_version
 
 if TYPE_CHECKING:
     from bavit.pipeline import Pipeline
@@ -44,20 +43,13 @@ _PACKAGES = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runti
 _COMPUTE_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "BATCH_MATMUL")
 
 
-def _dist_version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def interpreter_class() -> tuple[type, str]:
     """(Interpreter class, module name): ai_edge_litert first, tflite_runtime as fallback."""
     errors = []
     for name in INTERPRETERS:
-        if name == "tflite_runtime" and int(np.__version__.split(".")[0]) >= 2 and _dist_version("tflite-runtime"):
+        if name == "tflite_runtime" and int(np.__version__.split(".")[0]) >= 2 and package_version("tflite-runtime"):
             # its last wheels (2.14) import under numpy 2 but fail to create an Interpreter
-            errors.append(f"tflite_runtime: tflite-runtime {_dist_version('tflite-runtime')} needs numpy < 2 "
+            errors.append(f"tflite_runtime: tflite-runtime {package_version('tflite-runtime')} needs numpy < 2 "
                           f"(numpy {np.__version__} is installed)")
             continue
         try:
@@ -85,14 +77,14 @@ class TfliteTarget(Target):
     def build_unavailable(self) -> str | None:
         """None when this environment can build artifacts (litert-torch and torch import)."""
         for dist in ("torch", "litert-torch"):
-            if _dist_version(dist) is None:
+            if package_version(dist) is None:
                 return f"{dist} is not installed (pip install 'bavit-bench[tflite]')"
         return None
 
     def versions(self) -> dict[str, str]:
         # read from package metadata: nothing is imported. torch/transformers shape the exported
         # graph, litert-torch the flatbuffer; the interpreter is recorded with the artifact.
-        return {d: _dist_version(d) or "not installed"
+        return {d: package_version(d) or "not installed"
                 for d in ("litert-torch", "ai-edge-litert", "tflite-runtime", "torch", "transformers")}
 
     def import_runtime(self) -> None:
@@ -134,7 +126,7 @@ class TfliteTarget(Target):
         (inp,) = interp.get_input_details()
         outputs = _map_outputs(interp, artifact.batch)
         details = _model_info(interp)
-        details.update(interpreter=module, interpreter_version=_dist_version(_PACKAGES[module]), threads=threads,
+        details.update(interpreter=module, interpreter_version=package_version(_PACKAGES[module]), threads=threads,
                        input_dtype=np.dtype(inp["dtype"]).name,
                        output_dtypes=[np.dtype(d["dtype"]).name for d in outputs])
         precision = details["executed_precision"]

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from targets.base import Artifact, Runner, Target
+from targets.base import Artifact, Runner, Target, package_version
 
 if TYPE_CHECKING:
     from bavit.pipeline import Pipeline
@@ -29,13 +28,6 @@ EXPORTED = "pipeline.pt2"
 PICKLED = "pipeline.pt"
 FORMATS = {EXPORTED: "torch.export .pt2, run eagerly via ExportedProgram.module()",
            PICKLED: "torch.save full nn.Module (torch.export failed), run eagerly"}
-
-
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "not installed"
 
 
 class TorchTarget(Target):
@@ -55,7 +47,7 @@ class TorchTarget(Target):
         return reason
 
     def versions(self) -> dict[str, str]:
-        return {p: _version(p) for p in ("torch", "torchao", "transformers")}
+        return {p: package_version(p) or "not installed" for p in ("torch", "torchao", "transformers")}
 
     # -- build process ----------------------------------------------------------------------
     def build(self, pipeline: "Pipeline", precision: str, batch: int, calibration: np.ndarray | None,

@@ -8,8 +8,10 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
-def make_tiny_pipeline(keep: float = 1.0, seed: int = 0, **config):
-    """A ~1M-parameter pipeline with randomised embeddings (HF zero-inits them)."""
+def make_tiny_pipeline(keep: float = 1.0, seed: int = 0, widen_heads: bool = False, **config):
+    """A ~1M-parameter pipeline with randomised embeddings (HF zero-inits them). With
+    `widen_heads`, the heads' last layers are randomised too: HF's init leaves class logits
+    near-constant and ours zeroes the box layer, so backend comparisons would prove little."""
     import torch
 
     from bavit.classifier import TokenClassifier
@@ -22,7 +24,33 @@ def make_tiny_pipeline(keep: float = 1.0, seed: int = 0, **config):
     cls = TokenClassifier.from_detector(det, 2)
     with torch.no_grad():  # a head that ranks tokens differently from zero
         cls.head.weight.normal_(0, 0.5)
+        if widen_heads:
+            gen = torch.Generator().manual_seed(seed + 3)
+            for head in (det.det.class_labels_classifier, det.det.bbox_predictor):
+                head.layers[-1].weight.normal_(0, 0.5, generator=gen)
     return Pipeline(det, cls, PruneConfig(keep=keep)).eval()
+
+
+# -- backend tests share these: tiny pipelines at two keep ratios, batch 2 -------------------
+BACKEND_BATCH = 2
+BACKEND_KEEPS = (1.0, 0.5)
+
+
+@pytest.fixture(scope="module")
+def pipes():
+    return {keep: make_tiny_pipeline(keep, widen_heads=True) for keep in BACKEND_KEEPS}
+
+
+@pytest.fixture(scope="module")
+def pixels():
+    import numpy as np
+    return np.random.default_rng(1).normal(size=(BACKEND_BATCH, 3, 64, 64)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def calib():
+    import numpy as np
+    return np.random.default_rng(0).normal(size=(8, 3, 64, 64)).astype(np.float32)
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_tiny_pipeline
+from conftest import BACKEND_BATCH as BATCH
+from conftest import BACKEND_KEEPS as KEEPS
 from quant import litert_recipe
 from targets import ConversionError, get_target
 from targets import tflite_backend
@@ -24,8 +25,6 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "tflite_runtime" / "fixtures"
-BATCH = 2
-KEEPS = (1.0, 0.5)
 NAMES = ("logits", "boxes", "token_logits")
 FP32_TOL = {"logits": 1e-3, "boxes": 1e-4, "token_logits": 1e-4}   # max abs diff vs eager
 TARGET = get_target("tflite")
@@ -33,32 +32,6 @@ TARGET = get_target("tflite")
 if TARGET.build_unavailable() or TARGET.available():
     pytest.skip(f"tflite target cannot build here: {TARGET.build_unavailable() or TARGET.available()}",
                 allow_module_level=True)
-
-
-def _pipeline(keep: float):
-    import torch
-
-    pipe = make_tiny_pipeline(keep)
-    with torch.no_grad():  # HF's init leaves both heads' outputs near-constant: widen them
-        gen = torch.Generator().manual_seed(3)
-        for head in (pipe.detector.det.class_labels_classifier, pipe.detector.det.bbox_predictor):
-            head.layers[-1].weight.normal_(0, 0.5, generator=gen)
-    return pipe
-
-
-@pytest.fixture(scope="module")
-def pipes():
-    return {keep: _pipeline(keep) for keep in KEEPS}
-
-
-@pytest.fixture(scope="module")
-def pixels():
-    return np.random.default_rng(1).normal(size=(BATCH, 3, 64, 64)).astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def calib():
-    return np.random.default_rng(0).normal(size=(8, 3, 64, 64)).astype(np.float32)
 
 
 def _eager(pipe, pixels):
@@ -211,8 +184,8 @@ def test_runner_process_never_imports_torch(build, pixels, tmp_path):
 
 # -- failures -------------------------------------------------------------------------------------
 def test_build_without_litert_torch_names_the_cell(monkeypatch, pipes, tmp_path):
-    real = tflite_backend._dist_version
-    monkeypatch.setattr(tflite_backend, "_dist_version", lambda d: None if d == "litert-torch" else real(d))
+    real = tflite_backend.package_version
+    monkeypatch.setattr(tflite_backend, "package_version", lambda d: None if d == "litert-torch" else real(d))
     assert "litert-torch is not installed" in TARGET.build_unavailable()
     with pytest.raises(ConversionError,
                        match=r"tflite conversion failed \(keep 0.5, fp32, batch 2\): ImportError: litert-torch"):
@@ -228,9 +201,9 @@ def test_no_interpreter(monkeypatch):
 
 
 def test_numpy2_rules_out_tflite_runtime(monkeypatch):
-    real = tflite_backend._dist_version
+    real = tflite_backend.package_version
     monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
-    monkeypatch.setattr(tflite_backend, "_dist_version", lambda d: "2.14.0" if d == "tflite-runtime" else real(d))
+    monkeypatch.setattr(tflite_backend, "package_version", lambda d: "2.14.0" if d == "tflite-runtime" else real(d))
     monkeypatch.setattr(np, "__version__", "2.3.0")
     assert "needs numpy < 2" in TARGET.available()
 

@@ -13,14 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_tiny_pipeline
+from conftest import BACKEND_BATCH as BATCH
+from conftest import BACKEND_KEEPS as KEEPS
 from quant import nncf_recipe, torchao_recipe
 from targets import ConversionError, get_target
 from targets.base import MANIFEST, Artifact
 
 ROOT = Path(__file__).resolve().parents[1]
-BATCH = 2
-KEEPS = (1.0, 0.5)
 FP32_TOL = {"logits": 1e-3, "boxes": 1e-4, "token_logits": 1e-4}   # max abs diff vs eager
 # int8 (and bf16) vs eager fp32: mean abs diff / std of the fp32 output, random weights and
 # inputs. Measured at keep 0.5 / 1.0 with 8 random calibration images: torch 0.0003 (boxes) to
@@ -31,30 +30,6 @@ FP32_TOL = {"logits": 1e-3, "boxes": 1e-4, "token_logits": 1e-4}   # max abs dif
 INT8_REL_TOL = 0.05
 INT8_BOX_MEAN_TOL = 2e-3
 NAMES = ("logits", "boxes", "token_logits")
-
-
-def _pipeline(keep: float):
-    import torch
-
-    pipe = make_tiny_pipeline(keep)
-    with torch.no_grad():  # init_embeddings zeroes the last box layer: boxes would be constant
-        pipe.detector.det.bbox_predictor.layers[-1].weight.normal_(0, 0.5)
-    return pipe
-
-
-@pytest.fixture(scope="module")
-def pipes():
-    return {keep: _pipeline(keep) for keep in KEEPS}
-
-
-@pytest.fixture(scope="module")
-def pixels():
-    return np.random.default_rng(1).normal(size=(BATCH, 3, 64, 64)).astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def calib():
-    return np.random.default_rng(0).normal(size=(8, 3, 64, 64)).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
