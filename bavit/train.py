@@ -182,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     mode = label_mode_for(train_ds, args.labels)
     train_set = TensorSet(train_ds, image_size, patch, mode, args.train_images, "encoding train split")
+    args.image_size, args.train_count = image_size, len(train_set)
     optim = torch.optim.AdamW(param_groups(list(modules.values()), 1e-4), lr=args.lr)
     step, wall = 0, 0.0
     if state_path.exists() and not args.fresh:
@@ -251,10 +252,17 @@ def _save_state(path: Path, modules, optim, step: int, wall: float, args) -> Non
     os.replace(tmp, path)
 
 
+def _start(args) -> str:
+    if args.mode == "finetune":
+        return f"detector {args.detector}, pruned in the loop by {args.classifier} at keep {args.keep:g}"
+    return args.init or "fresh initialisation (seeded)"
+
+
 def _write_card(out: Path, args, figures: dict, wall: float, history: list[dict]) -> None:
     cmd = "python -m bavit.train " + " ".join(shlex.quote(a) for a in args.argv)
-    lines = [f"# {out.name}", "", f"- command: `{cmd}`", f"- mode: {args.mode}", f"- seed: {args.seed}",
-             f"- data: {args.data} (train images {args.train_images or 'all'}, validation images {args.val_images})",
+    lines = [f"# {out.name}", "", f"- command: `{cmd}`", f"- mode: {args.mode}; starts from: {_start(args)}", f"- seed: {args.seed}",
+             f"- data: {args.data}, {args.image_size}x{args.image_size}; train split {args.train_count} images; "
+             f"validation: first {args.val_images} images of the val split (synthetic: seed 0, 500 images)",
              f"- steps: {args.steps}, batch {args.batch}, lr {args.lr}, threads {args.threads}",
              f"- wall time: {wall / 60:.1f} min (summed over resumed sittings)",
              f"- validation: `{json.dumps(figures)}`", "", "## Validation curve", "",
