@@ -78,16 +78,18 @@ def weights_key(pipeline: Pipeline) -> str:
 DEFAULT_WEIGHTS_ROOT = Path(__file__).resolve().parents[1] / "weights"
 
 
-def resolve_weights(spec: str | None, bavit_layers: int = 2) -> tuple[str, Path | None, Path | None]:
+def resolve_weights(spec: str | None, bavit_layers: int = 2, detector: str = "detector"
+                    ) -> tuple[str, Path | None, Path | None]:
     """-> (label, detector dir, classifier dir); dirs are None for a random model.
 
-    `spec` is a folder holding `detector/` and `bavit{N}/` (our layout), or `random:tiny` /
+    `spec` is a folder holding `detector/` (or the `detector` variant named, e.g.
+    `detector-sparse-keep0.5`) and `bavit{N}/` (our layout), or `random:tiny` /
     `random:ti` for an untrained model of that scale (speed figures only). None means the
     project's demo weights: `weights/ti`, else `weights/tiny`, else random tiny."""
     if spec is None:
         for scale in ("ti", "tiny"):
             root = DEFAULT_WEIGHTS_ROOT / scale
-            if (root / "detector" / "config.json").is_file():
+            if (root / detector / "config.json").is_file():
                 spec = str(root)
                 break
         else:
@@ -99,16 +101,17 @@ def resolve_weights(spec: str | None, bavit_layers: int = 2) -> tuple[str, Path 
             raise ValueError(f"--weights {spec}: unknown scale '{scale}' (choose from {', '.join(CONFIGS)})")
         return spec, None, None
     root = Path(spec)
-    detector = root / "detector"
-    if not (detector / "config.json").is_file():
-        raise FileNotFoundError(f"--weights {root}: no detector/config.json in this folder")
+    det_dir = root / detector
+    if not (det_dir / "config.json").is_file():
+        raise FileNotFoundError(f"--weights {root}: no {detector}/config.json in this folder")
     classifier = root / f"bavit{bavit_layers}"
-    return str(root), detector, classifier if (classifier / "config.json").is_file() else None
+    return str(root), det_dir, classifier if (classifier / "config.json").is_file() else None
 
 
-def build_pipeline(spec: str | None, prune: PruneConfig, bavit_layers: int = 2, seed: int = 0) -> Pipeline:
+def build_pipeline(spec: str | None, prune: PruneConfig, bavit_layers: int = 2, seed: int = 0,
+                   detector: str = "detector") -> Pipeline:
     """The pipeline a benchmark cell runs, from `resolve_weights` spec."""
-    label, det_dir, cls_dir = resolve_weights(spec, bavit_layers)
+    label, det_dir, cls_dir = resolve_weights(spec, bavit_layers, detector)
     if det_dir is None:
         from bavit.yolos import CONFIGS, init_embeddings
 

@@ -63,6 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="folder with detector/ and bavit2/ (default: the project's demo weights; "
                         "random:tiny or random:ti for untrained models, speed only)")
     p.add_argument("--bavit-layers", type=int, default=2, help="BAViT depth to load: bavit{N}/ (default 2)")
+    p.add_argument("--detector", default="detector",
+                   help="detector folder inside --weights, e.g. detector-sparse-keep0.5 (default detector)")
     p.add_argument("--bg-share", type=float, default=0.0, help="partial pruning: share of kept slots for background")
     p.add_argument("--dilate", type=int, default=0, help="post-processing convolution kernel over the token mask")
     p.add_argument("--images", type=int, default=500, help="images in the accuracy pass (0: speed only)")
@@ -154,7 +156,7 @@ def run(argv: list[str] | None = None) -> int:
         plan = check(args)
         from bavit.data import DataError, load_dataset
         from bavit.pipeline import resolve_weights
-        label, det_dir, _ = resolve_weights(args.weights, args.bavit_layers)
+        label, det_dir, _ = resolve_weights(args.weights, args.bavit_layers, args.detector)
     except UsageError as err:
         print(f"bench.run: error: {err}", file=sys.stderr)
         return 2
@@ -193,7 +195,8 @@ def run(argv: list[str] | None = None) -> int:
         started = time.time()
         row = {"cell_id": cell.cell_id, **cell.as_dict(), "threads": args.threads, "model": label,
                "data": f"{args.data}:{args.split}", "started_at": datetime.now(timezone.utc).isoformat(),
-               "bavit_layers": args.bavit_layers, "bg_share": args.bg_share, "dilate": args.dilate, **system}
+               "bavit_layers": args.bavit_layers, "detector": args.detector, "bg_share": args.bg_share,
+               "dilate": args.dilate, **system}
         target = get_target(cell.target)
         reason = target.available() or target.supports(cell.precision)
         if reason:
@@ -212,7 +215,7 @@ def run(argv: list[str] | None = None) -> int:
 def _run_cell(cell: Cell, args, label: str, calib_split: str, size: int, out: Path, cache: Path, bar,
               accuracy_note: str | None) -> dict:
     spec = {"target": cell.target, "precision": cell.precision, "batch": cell.batch, "weights": label,
-            "bavit_layers": args.bavit_layers,
+            "bavit_layers": args.bavit_layers, "detector": args.detector,
             "prune": {"keep": cell.keep, "bg_share": args.bg_share, "dilate": args.dilate},
             "calib_data": args.data, "calib_split": calib_split, "calib_images": args.calib_images,
             "cache_dir": str(cache)}

@@ -38,7 +38,8 @@ def build(spec: dict) -> dict:
     from targets import get_target
 
     target = get_target(spec["target"])
-    pipeline = build_pipeline(spec["weights"], PruneConfig(**spec["prune"]), spec["bavit_layers"])
+    pipeline = build_pipeline(spec["weights"], PruneConfig(**spec["prune"]), spec["bavit_layers"],
+                              detector=spec["detector"])
     calib = None
     if spec["precision"] == "int8":
         size = pipeline.input_size[0]
