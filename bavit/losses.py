@@ -21,7 +21,8 @@ class SetLoss:
     no_object_weight: float = 0.1
 
     @torch.no_grad()
-    def match(self, logits: torch.Tensor, boxes: torch.Tensor, targets: list[dict]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def match(self, logits: torch.Tensor, boxes: torch.Tensor,
+              targets: list[dict]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         prob = logits.softmax(-1)
         out = []
         for p, b, t in zip(prob, boxes, targets):

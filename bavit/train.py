@@ -260,7 +260,8 @@ def _start(args) -> str:
 
 def _write_card(out: Path, args, figures: dict, wall: float, history: list[dict]) -> None:
     cmd = "python -m bavit.train " + " ".join(shlex.quote(a) for a in args.argv)
-    lines = [f"# {out.name}", "", f"- command: `{cmd}`", f"- mode: {args.mode}; starts from: {_start(args)}", f"- seed: {args.seed}",
+    lines = [f"# {out.name}", "", f"- command: `{cmd}`", f"- mode: {args.mode}; starts from: {_start(args)}",
+             f"- seed: {args.seed}",
              f"- data: {args.data}, {args.image_size}x{args.image_size}; train split {args.train_count} images; "
              f"validation: first {args.val_images} images of the val split (synthetic: seed 0, 500 images)",
              f"- steps: {args.steps}, batch {args.batch}, lr {args.lr}, threads {args.threads}",

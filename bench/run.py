@@ -163,12 +163,14 @@ def run(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"bench.run: error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2
-    from targets import get_target
     from tqdm import tqdm
+
+    from targets import get_target
 
     out: Path = plan["out"]
     (out / "logs").mkdir(exist_ok=True)
-    cache = Path(args.cache) if args.cache else Path(os.environ.get("BAVIT_CACHE", Path.home() / ".cache" / "bavit_bench")) / "artifacts"
+    from bavit.data.synthetic import cache_root
+    cache = Path(args.cache) if args.cache else cache_root() / "artifacts"
     model_info = _model_info(label, det_dir)
     size = model_info["size"]
     try:

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import BACKEND_BATCH as BATCH
 from conftest import BACKEND_KEEPS as KEEPS
+
 from quant import litert_recipe
-from targets import ConversionError, get_target
-from targets import tflite_backend
+from targets import ConversionError, get_target, tflite_backend
 from targets.base import MANIFEST, Artifact
 
 pytestmark = pytest.mark.slow

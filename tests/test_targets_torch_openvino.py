@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import BACKEND_BATCH as BATCH
 from conftest import BACKEND_KEEPS as KEEPS
+
 from quant import nncf_recipe, torchao_recipe
 from targets import ConversionError, get_target
 from targets.base import MANIFEST, Artifact
