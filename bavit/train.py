@@ -184,20 +184,20 @@ def main(argv: list[str] | None = None) -> int:
     train_set = TensorSet(train_ds, image_size, patch, mode, args.train_images, "encoding train split")
     args.image_size, args.train_count = image_size, len(train_set)
     optim = torch.optim.AdamW(param_groups(list(modules.values()), 1e-4), lr=args.lr)
-    step, wall = 0, 0.0
+    step, wall, history = 0, 0.0, []
     if state_path.exists() and not args.fresh:
         state = torch.load(state_path, map_location="cpu", weights_only=False)
         for k, m in modules.items():
             m.load_state_dict(state[k])
         optim.load_state_dict(state["optim"])
         step, wall = state["step"], state["wall_s"]
+        history = state.get("history", [])
         print(f"resumed from {state_path} at step {step}")
     criterion = SetLoss(num_classes=cfg.num_labels)
     for m in modules.values():
         m.train()
     last_ckpt = time.monotonic()
     t0 = time.monotonic() - wall
-    history = []
     bar = tqdm(total=args.steps, initial=step, desc=args.mode, dynamic_ncols=True)
     while step < args.steps:
         for g in optim.param_groups:
@@ -224,29 +224,31 @@ def main(argv: list[str] | None = None) -> int:
         done = step == args.steps
         if args.eval_every and (step % args.eval_every == 0 or done):
             res = validate(args, modules, frozen, val_ds, image_size, patch)
-            history.append({"step": step, "wall_s": round(time.monotonic() - t0, 1), **_figures(res)})
+            history.append({"step": step, "wall_s": round(time.monotonic() - t0, 1), **_figures(res, args.mode)})
             bar.write(json.dumps(history[-1]))
         if done or time.monotonic() - last_ckpt > args.ckpt_minutes * 60:
-            _save_state(state_path, modules, optim, step, time.monotonic() - t0, args)
+            _save_state(state_path, modules, optim, step, time.monotonic() - t0, args, history)
             last_ckpt = time.monotonic()
     bar.close()
     wall = time.monotonic() - t0
     res = validate(args, modules, frozen, val_ds, image_size, patch)
-    figures = _figures(res)
+    figures = _figures(res, args.mode)
     model.save_pretrained(out)
     _write_card(out, args, figures, wall, history)
     print(json.dumps({"out": str(out), "step": step, "wall_s": round(wall, 1), **figures}))
     return 0
 
 
-def _figures(res: dict) -> dict:
-    keys = ("map", "ap50", "ap75", "token_acc", "fg_recall", "fg_precision", "images")
+def _figures(res: dict, mode: str) -> dict:
+    """A dense detector has no BAViT: its token figures would be meaningless, so they go."""
+    keys = ("map", "ap50", "ap75", "images") if mode == "detector" else (
+        "map", "ap50", "ap75", "token_acc", "fg_recall", "fg_precision", "images")
     return {k: (round(float(res[k]), 4) if isinstance(res.get(k), float) else res.get(k)) for k in keys if k in res}
 
 
-def _save_state(path: Path, modules, optim, step: int, wall: float, args) -> None:
+def _save_state(path: Path, modules, optim, step: int, wall: float, args, history: list[dict]) -> None:
     state = {k: m.state_dict() for k, m in modules.items()}
-    state.update(optim=optim.state_dict(), step=step, wall_s=wall, args=vars(args))
+    state.update(optim=optim.state_dict(), step=step, wall_s=wall, args=vars(args), history=history)
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
