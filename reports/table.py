@@ -94,9 +94,8 @@ def load_results(run_dir: str | Path) -> pd.DataFrame:
     if missing:
         raise ValueError(f"{path}: missing required column(s): {', '.join(missing)}")
 
-    for col in NUMERIC_COLUMNS:
-        if col in df.columns:
-            df[col] = pd.to_numeric(df[col], errors="coerce")
+    for col in NUMERIC_COLUMNS:  # a speed-only run (--images 0) has no mAP: the column is NaN
+        df[col] = pd.to_numeric(df[col], errors="coerce") if col in df.columns else float("nan")
     return df.drop_duplicates("cell_id", keep="last").reset_index(drop=True)
 
 

@@ -303,3 +303,14 @@ def test_cli_missing_dir_exits_2_with_one_line(tmp_path: Path) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "run directory not found" in lines[0] and "missing" in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_speed_only_run_builds_a_report(tmp_path: Path) -> None:
+    """--images 0 writes no accuracy fields at all; the report must still build."""
+    rows = [{k: v for k, v in r.items() if k not in ("map", "ap50", "ap75", "token_acc", "fg_recall",
+                                                    "fg_precision")} for r in sample_rows()]
+    paths = build(write_run(tmp_path / "speed", rows))
+    df = pd.read_csv(paths["csv"])
+    assert df["map"].isna().all() and df["map_drop_pts"].isna().all()
+    assert df["speedup_vs_target_dense_fp32"].notna().any()
+    assert paths["html"].read_text().count("data:image/png;base64") == 3
