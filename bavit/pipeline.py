@@ -26,7 +26,8 @@ class PruneConfig:
 class Pipeline(nn.Module):
     """`forward(pixels) -> (logits, boxes, token_logits)`. token_logits are BAViT's
     per-patch foreground logits, returned so token accuracy is measured on the very model
-    a backend runs. Without a classifier (dense baseline) they are zeros."""
+    a backend runs. At keep 1.0 the pipeline is the dense detector alone, the baseline
+    every speed-up is measured against: BAViT does not run and token_logits are zeros."""
 
     def __init__(self, detector: PrunedYolos, classifier: TokenClassifier | None, prune: PruneConfig) -> None:
         super().__init__()
@@ -44,17 +45,20 @@ class Pipeline(nn.Module):
         return tuple(self.detector.config.image_size)
 
     @property
+    def prunes(self) -> bool:
+        return self.selector.k < self.selector.num_tokens
+
+    @property
     def tokens_kept(self) -> int:
         return self.selector.k
 
     def forward(self, pixel_values: torch.Tensor):
-        if self.classifier is None:
+        if self.classifier is None or not self.prunes:
             scores = pixel_values.new_zeros(pixel_values.shape[0], self.detector.num_patches)
             logits, boxes = self.detector(pixel_values)
             return logits, boxes, scores
         scores = self.classifier(pixel_values)
-        keep_idx = None if self.selector.k == self.selector.num_tokens else self.selector(scores)
-        logits, boxes = self.detector(pixel_values, keep_idx)
+        logits, boxes = self.detector(pixel_values, self.selector(scores))
         return logits, boxes, scores
 
 

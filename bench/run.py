@@ -232,7 +232,7 @@ def _run_cell(cell: Cell, args, label: str, calib_split: str, size: int, out: Pa
            "artifact_cached": built["cached"], "tokens_kept": built["tokens_kept"],
            "tokens_total": built["tokens_total"], "accuracy_note": accuracy_note}
     bar.set_description(f"{cell.cell_id} [measure]")
-    mspec = {"target": cell.target, "artifact": built["artifact"], "threads": args.threads, "batch": cell.batch,
+    mspec = {"target": cell.target, "artifact": built["artifact"], "prunes": built["prunes"], "threads": args.threads, "batch": cell.batch,
              "input_size": size, "patch": built["patch"], "data": args.data, "split": args.split,
              "images": 0 if accuracy_note else args.images, "warmup": args.warmup, "min_iters": args.min_iters,
              "min_seconds": args.min_seconds, "detections": str(out / "detections" / f"{cell.slug}.json")}

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from bavit.pipeline import Pipeline
 
 MANIFEST = "artifact.json"
+# Part of every cache key: bump when what a Pipeline computes changes without its weights or
+# config changing (2: keep 1.0 runs the dense detector alone, without BAViT).
+ARTIFACT_FORMAT = 2
 
 
 def package_version(dist: str) -> str | None:
@@ -126,7 +129,7 @@ class Target(ABC):
         if reason:
             raise ConversionError(f"{self.name} {precision} unavailable: {reason}")
         keep = pipeline.prune.keep
-        key = _hash({"target": self.name, "precision": precision, "batch": batch, "weights": weights_key,
+        key = _hash({"format": ARTIFACT_FORMAT, "target": self.name, "precision": precision, "batch": batch, "weights": weights_key,
                      "prune": pipeline.prune.as_dict(), "versions": self.versions(),
                      "calibration": _array_hash(calibration) if precision == "int8" else None})
         folder = Path(cache_dir) / f"{self.name}-{precision}-keep{keep:g}-b{batch}-{key[:16]}"

@@ -173,3 +173,17 @@ def test_missing_weights_folder_is_one_line(tmp_path):
     with pytest.raises(FileNotFoundError, match="no config.json in weights folder") as err:
         PrunedYolos.from_pretrained(tmp_path / "nope")
     assert "\n" not in str(err.value)
+
+
+def test_keep_all_is_the_dense_detector_alone():
+    """The baseline of every speed-up: at keep 1.0 BAViT does not run at all."""
+    pipe = _tiny_pipeline(1.0)
+    calls = []
+    pipe.classifier.register_forward_hook(lambda *a: calls.append(1))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        logits, boxes, tokens = pipe(x)
+        ref_l, ref_b = pipe.detector(x)
+    assert not calls and torch.equal(logits, ref_l) and torch.equal(boxes, ref_b)
+    assert not tokens.any()
+    assert not pipe.prunes and _tiny_pipeline(0.5).prunes
