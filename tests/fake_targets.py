@@ -51,6 +51,7 @@ FAKE_RAISE = FakeTarget("fake-raise", "raise")
 FAKE_ALLOC = FakeTarget("fake-alloc", "alloc200")
 FAKE_HANG = FakeTarget("fake-hang", "hang")
 FAKE_UNAVAILABLE = FakeTarget("fake-missing", "unavailable")
-PLUGINS = ",".join(f"{t.name}=tests.fake_targets:{var}" for var, t in
+# the harness's subprocesses import this as `fake_targets` (tests/ on their PYTHONPATH)
+PLUGINS = ",".join(f"{t.name}=fake_targets:{var}" for var, t in
                    [("FAKE", FAKE), ("FAKE_RAISE", FAKE_RAISE), ("FAKE_ALLOC", FAKE_ALLOC),
                     ("FAKE_HANG", FAKE_HANG), ("FAKE_UNAVAILABLE", FAKE_UNAVAILABLE)])

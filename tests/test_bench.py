@@ -12,15 +12,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.fake_targets import PLUGINS
+from fake_targets import PLUGINS
 
 ROOT = Path(__file__).resolve().parents[1]
+CHILD_PATH = os.pathsep.join([str(ROOT), str(ROOT / "tests")])
 FAST = ["--weights", "random:tiny", "--images", "4", "--warmup", "0", "--min-iters", "2", "--min-seconds", "0",
         "--calib-images", "8", "--threads", "1"]
 
 
 def bench(out: Path, *args: str, env_extra: dict | None = None, check: bool = False, **kw):
-    env = dict(os.environ, BAVIT_TARGET_PLUGINS=PLUGINS, PYTHONPATH=str(ROOT), **(env_extra or {}))
+    env = dict(os.environ, BAVIT_TARGET_PLUGINS=PLUGINS, PYTHONPATH=CHILD_PATH, **(env_extra or {}))
     env.setdefault("BAVIT_CACHE", str(out.parent / "cache"))
     proc = subprocess.run([sys.executable, "-m", "bench.run", "--out", str(out), *FAST, *args],
                           capture_output=True, text=True, env=env, cwd=ROOT, **kw)
@@ -85,7 +86,7 @@ def test_peak_memory_belongs_to_the_cell(tmp_path):
 
 def test_killed_run_resumes_without_redoing_cells(tmp_path):
     out = tmp_path / "run"
-    env = dict(os.environ, BAVIT_TARGET_PLUGINS=PLUGINS, PYTHONPATH=str(ROOT), BAVIT_CACHE=str(tmp_path / "cache"))
+    env = dict(os.environ, BAVIT_TARGET_PLUGINS=PLUGINS, PYTHONPATH=CHILD_PATH, BAVIT_CACHE=str(tmp_path / "cache"))
     args = [sys.executable, "-m", "bench.run", "--out", str(out), *FAST, "--target", "fake", "--keep",
             "1.0,0.75,0.5,0.25", "--batch", "1", "--precision", "fp32", "--no-report"]
     proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
