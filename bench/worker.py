@@ -89,7 +89,8 @@ def measure(spec: dict) -> dict:
     dataset = load_dataset(spec["data"], spec["split"], size=size)
     pixels = np.stack([preprocess(dataset[i % len(dataset)].image, size)[0] for i in range(batch)])
     result = speed(runner, pixels, spec["warmup"], spec["min_iters"], spec["min_seconds"])
-    result.update(peak_rss_mb=_peak_mb(), baseline_rss_mb=baseline, executed_precision=runner.executed_precision)
+    result.update(peak_rss_mb=_peak_mb(), baseline_rss_mb=baseline, executed_precision=runner.executed_precision,
+                  runtime_details=json.dumps(runner.details, sort_keys=True, default=str))
     result["rss_increase_mb"] = result["peak_rss_mb"] - baseline
     if spec["images"] > 0 and spec.get("accuracy", True):
         from bavit.validate import score

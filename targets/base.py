@@ -77,9 +77,13 @@ class Runner:
 
     executed_precision: str = "unknown"
 
-    def __init__(self, fn: Callable[[np.ndarray], tuple[np.ndarray, ...]], executed_precision: str) -> None:
+    def __init__(self, fn: Callable[[np.ndarray], tuple[np.ndarray, ...]], executed_precision: str,
+                 details: dict | None = None) -> None:
         self._fn = fn
         self.executed_precision = executed_precision
+        # what the runtime really did (interpreter and version, per-layer precisions, config):
+        # recorded on the result row as runtime_details
+        self.details: dict = details or {}
 
     def __call__(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return self._fn(pixels)

@@ -161,6 +161,7 @@ def test_two_target_two_keep_sweep_rows_and_columns(tmp_path):
         else:
             assert 0.0 <= r["token_acc"] <= 1.0
     ov = [r for r in got if r["target"] == "openvino"]
+    assert all(json.loads(r["runtime_details"]).get("inference_precision_hint") for r in ov)
     assert all(r["baseline_rss_mb"] < 200 for r in ov), "OpenVINO cells must not carry torch's memory"
     csv = pd.read_csv(out / "report.csv")
     assert len(csv) == 4 and {"speedup_vs_target_dense_fp32", "map_drop_pts"} <= set(csv.columns)
