@@ -82,6 +82,26 @@ def _figure_for_batches(n: int, height: float = 3.8) -> Figure:
     return Figure(figsize=(max(6.5, 4.6 * ncols), height * nrows + 0.9), layout="constrained")
 
 
+def _panels(data: pd.DataFrame, height: float = 3.8) -> tuple[Figure, list, list]:
+    """A figure with one titled panel per batch size, each with its target x precision series
+    as (label, colour, marker, rows): the layout every per-batch plot shares."""
+    styles = _styles(data)
+    batches = sorted(data["batch"].unique())
+    fig = _figure_for_batches(len(batches), height)
+    axes = _batch_axes(fig, batches)
+    panels = []
+    for ax, batch in zip(axes, batches):
+        in_batch = data[data["batch"] == batch]
+        series = []
+        for (target, precision), group in in_batch.groupby(["target", "precision"], sort=True):
+            label = _series_label(target, precision)
+            series.append((label, *styles[label], group))
+        ax.set_title(f"batch {batch:g}")
+        ax.grid(alpha=0.3)
+        panels.append((ax, in_batch, series))
+    return fig, axes, panels
+
+
 def _legend(fig: Figure, axes: Iterable) -> None:
     """One legend for the whole figure, deduplicated across subplots."""
     seen: dict[str, object] = {}
@@ -103,22 +123,14 @@ def throughput_vs_keep(df: pd.DataFrame) -> bytes:
     data = df[ok_mask(df) & column(df, "throughput_ips").notna()] if not df.empty else df
     if data.empty:
         return _message_png(NO_DATA, title)
-    styles = _styles(data)
-    batches = sorted(data["batch"].unique())
-    fig = _figure_for_batches(len(batches))
-    axes = _batch_axes(fig, batches)
-    for ax, batch in zip(axes, batches):
-        in_batch = data[data["batch"] == batch]
-        for (target, precision), group in in_batch.groupby(["target", "precision"], sort=True):
-            label = _series_label(target, precision)
-            color, marker = styles[label]
+    fig, axes, panels = _panels(data)
+    for ax, _, series in panels:
+        for label, color, marker, group in series:
             group = group.sort_values("keep")
             ax.plot(group["keep"], group["throughput_ips"], marker=marker, color=color, label=label)
-        ax.set_title(f"batch {batch:g}")
         ax.set_xlabel("keep ratio (fraction of tokens kept)")
         ax.set_ylabel("throughput (images/s)")
         ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
     fig.suptitle(title)
     _legend(fig, axes)
     return _png(fig)
@@ -139,15 +151,9 @@ def map_vs_throughput(df: pd.DataFrame) -> bytes:
     data = derived[ok_mask(derived) & column(derived, "throughput_ips").notna() & column(derived, "map").notna()]
     if data.empty:
         return _message_png(NO_DATA + " with mAP", title)
-    styles = _styles(data)
-    batches = sorted(data["batch"].unique())
-    fig = _figure_for_batches(len(batches), height=4.2)
-    axes = _batch_axes(fig, batches)
-    for ax, batch in zip(axes, batches):
-        in_batch = data[data["batch"] == batch]
-        for (target, precision), group in in_batch.groupby(["target", "precision"], sort=True):
-            label = _series_label(target, precision)
-            color, marker = styles[label]
+    fig, axes, panels = _panels(data, height=4.2)
+    for ax, in_batch, series in panels:
+        for label, color, marker, group in series:
             ax.scatter(group["throughput_ips"], group["map"], color=color, marker=marker, s=45, label=label, zorder=3)
             for x, y, keep in zip(group["throughput_ips"], group["map"], group["keep"]):
                 ax.annotate(f"k{keep:g}", (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7, color="0.3")
@@ -156,10 +162,8 @@ def map_vs_throughput(df: pd.DataFrame) -> bytes:
             ax.plot(front["throughput_ips"], front["map"], linestyle="--", color="black", linewidth=1, zorder=2)
             ax.scatter(front["throughput_ips"], front["map"], s=190, facecolors="none", edgecolors="black",
                        linewidths=1.4, label="Pareto front", zorder=4)
-        ax.set_title(f"batch {batch:g}")
         ax.set_xlabel("throughput (images/s)")
         ax.set_ylabel("mAP@[.5:.95]")
-        ax.grid(alpha=0.3)
     fig.suptitle(title)
     _legend(fig, axes)
     return _png(fig)
