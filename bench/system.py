@@ -6,9 +6,10 @@ import json
 import os
 import platform
 import socket
-from importlib import metadata
 
 import psutil
+
+from targets.base import package_version
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "avx_vnni")
 PACKAGES = ("torch", "transformers", "torchao", "openvino", "nncf", "litert-torch", "ai-edge-litert",
@@ -31,13 +32,7 @@ def _cpuinfo() -> tuple[str, set[str]]:
 
 
 def versions() -> dict[str, str]:
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+    return {name: v for name in PACKAGES if (v := package_version(name))}
 
 
 def fingerprint() -> dict:

@@ -17,3 +17,17 @@ def calibration_images(dataset: DetectionDataset, size: int, n: int = DEFAULT_IM
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(dataset), size=min(n, len(dataset)), replace=False)
     return np.stack([preprocess(dataset[int(i)].image, size)[0] for i in sorted(idx)]).astype(np.float32)
+
+
+def calibration_batches(calibration: np.ndarray, batch: int) -> list[np.ndarray]:
+    """(N, 3, S, S) -> full (batch, 3, S, S) float32 batches for a static-batch model: the
+    remainder is dropped, and a set smaller than one batch is repeated to fill one."""
+    calibration = np.asarray(calibration, dtype=np.float32)
+    if calibration.ndim != 4 or len(calibration) == 0:
+        raise ValueError(f"calibration must be a non-empty (N, 3, S, S) array, got shape {calibration.shape}")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    if len(calibration) < batch:
+        calibration = np.resize(calibration, (batch,) + calibration.shape[1:])
+    n = len(calibration) // batch
+    return [np.ascontiguousarray(calibration[i * batch:(i + 1) * batch]) for i in range(n)]

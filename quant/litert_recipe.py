@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from quant.calibration import calibration_batches
+
 NAME = "litert-pt2e-static-int8"
 FLOAT_MODULES = ("selector", "classifier.head", "detector.det.class_labels_classifier",
                  "detector.det.bbox_predictor")
@@ -57,18 +59,6 @@ FP32_KEPT = ("token selector (top-k ranking and index logic), BAViT token head, 
              "run in float as litert-torch does not quantize them")
 # max |int8 - fp32| / max |fp32| per output (tests/test_targets_tflite.py; see the docstring)
 TOLERANCE = {"logits": 0.05, "boxes": 0.05, "token_logits": 0.05}
-
-
-def calibration_batches(calibration: np.ndarray, batch: int) -> list[np.ndarray]:
-    """Full batches of `batch` images; the remainder is dropped; at least one batch."""
-    calibration = np.asarray(calibration, dtype=np.float32)
-    if len(calibration) == 0:
-        raise ValueError("empty calibration set")
-    if len(calibration) < batch:
-        reps = -(-batch // len(calibration))
-        calibration = np.concatenate([calibration] * reps)[:batch]
-    n = len(calibration) // batch
-    return [calibration[i * batch:(i + 1) * batch] for i in range(n)]
 
 
 def _module_paths(node: Any) -> list[str]:

@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from quant.calibration import calibration_batches
+
 if TYPE_CHECKING:
     import openvino as ov
 
@@ -60,19 +62,6 @@ SETTINGS = {
     "activations": "int8 asymmetric per-tensor",
     "ignored_scope": list(HEAD_PATTERNS + BAVIT_HEAD_PATTERNS),
 }
-
-
-def calibration_batches(calibration: np.ndarray, batch: int) -> list[np.ndarray]:
-    """(N, 3, S, S) -> list of (batch, 3, S, S) float32; at least one batch."""
-    calibration = np.asarray(calibration, dtype=np.float32)
-    if calibration.ndim != 4 or len(calibration) == 0:
-        raise ValueError(f"calibration must be a non-empty (N, 3, S, S) array, got shape {calibration.shape}")
-    if batch < 1:
-        raise ValueError(f"batch must be >= 1, got {batch}")
-    if len(calibration) < batch:  # too few images for one static batch: repeat them
-        calibration = np.resize(calibration, (batch,) + calibration.shape[1:])
-    n = len(calibration) // batch
-    return [np.ascontiguousarray(calibration[i * batch:(i + 1) * batch]) for i in range(n)]
 
 
 def ignored_patterns(ov_model: "ov.Model") -> list[str]:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from fake_targets import PLUGINS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -120,13 +120,6 @@ def test_int8_without_calibration_fails_clearly(pipes, tmp_path):
         TARGET.prepare(pipes[0.5], "int8", BATCH, None, tmp_path, "w")
 
 
-def test_calibration_batches():
-    imgs = np.zeros((5, 3, 4, 4), np.float32)
-    assert [b.shape[0] for b in litert_recipe.calibration_batches(imgs, 2)] == [2, 2]
-    assert [b.shape[0] for b in litert_recipe.calibration_batches(imgs[:1], 4)] == [4]
-    with pytest.raises(ValueError):
-        litert_recipe.calibration_batches(imgs[:0], 2)
-
 
 # -- cache ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("precision", ["fp32", "int8"])

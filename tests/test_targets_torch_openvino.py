@@ -143,13 +143,6 @@ def test_openvino_int8_default_float_is_bf16_when_asked(build):
     assert runner.executed_precision == "i8+bf16"
 
 
-def test_calibration_batches():
-    imgs = np.zeros((5, 3, 4, 4), np.float32)
-    assert [b.shape[0] for b in nncf_recipe.calibration_batches(imgs, 2)] == [2, 2]
-    assert [b.shape[0] for b in nncf_recipe.calibration_batches(imgs[:1], 4)] == [4]
-    with pytest.raises(ValueError):
-        nncf_recipe.calibration_batches(imgs[:0], 2)
-
 
 # -- cache ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("target", ["torch", "openvino"])
