@@ -183,6 +183,7 @@ def run(argv: list[str] | None = None) -> int:
         accuracy_note = (f"model has {model_info['num_labels']} classes, data set {len(dataset.categories)}: "
                          "mAP not measured")
     calib_split = "train" if args.data == "synthetic" else _calibration_split(args.data)
+    _write_inputs(dataset, size, plan["batches"], out / "work")
     system = fingerprint()
     done = finished_cells(out) if args.resume else set()
     cells = enumerate_cells(plan["targets"], plan["precisions"], plan["keeps"], plan["batches"])
@@ -232,7 +233,8 @@ def _run_cell(cell: Cell, args, label: str, calib_split: str, size: int, out: Pa
            "artifact_cached": built["cached"], "tokens_kept": built["tokens_kept"],
            "tokens_total": built["tokens_total"], "accuracy_note": accuracy_note}
     bar.set_description(f"{cell.cell_id} [measure]")
-    mspec = {"target": cell.target, "artifact": built["artifact"], "prunes": built["prunes"], "threads": args.threads, "batch": cell.batch,
+    mspec = {"target": cell.target, "artifact": built["artifact"], "prunes": built["prunes"],
+             "threads": args.threads, "batch": cell.batch, "pixels": str(out / "work" / f"inputs-b{cell.batch}.npy"),
              "input_size": size, "patch": built["patch"], "data": args.data, "split": args.split,
              "images": 0 if accuracy_note else args.images, "warmup": args.warmup, "min_iters": args.min_iters,
              "min_seconds": args.min_seconds, "detections": str(out / "detections" / f"{cell.slug}.json")}
@@ -241,6 +243,19 @@ def _run_cell(cell: Cell, args, label: str, calib_split: str, size: int, out: Pa
         return {**row, "status": "failed", "error": f"measure: {measured['error']}"}
     measured.pop("ok")
     return {**row, **measured, "status": "ok", "error": None}
+
+
+def _write_inputs(dataset, size: int, batches: list[int], work: Path) -> None:
+    """The timed batch of each size, preprocessed once here, so measured processes time the
+    same real images without loading the data set before their speed pass."""
+    import numpy as np
+
+    from bavit.data.preprocess import batch as preprocess_batch
+
+    work.mkdir(exist_ok=True)
+    for b in batches:
+        pixels, _ = preprocess_batch(dataset, [i % len(dataset) for i in range(b)], size)
+        np.save(work / f"inputs-b{b}.npy", pixels)
 
 
 def _model_info(label: str, det_dir: Path | None) -> dict:
