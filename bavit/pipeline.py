@@ -117,12 +117,14 @@ def build_pipeline(spec: str | None, prune: PruneConfig, bavit_layers: int = 2, 
     """The pipeline a benchmark cell runs, from `resolve_weights` spec."""
     label, det_dir, cls_dir = resolve_weights(spec, bavit_layers, detector)
     if det_dir is None:
+        from bavit.classifier import DEFAULT_WIDTH
         from bavit.yolos import CONFIGS, init_embeddings
 
+        scale = label.split(":", 1)[1]
         torch.manual_seed(seed)
-        detector = PrunedYolos(CONFIGS[label.split(":", 1)[1]]()).eval()
+        detector = PrunedYolos(CONFIGS[scale]()).eval()
         init_embeddings(detector, seed=seed)
-        classifier = TokenClassifier.from_detector(detector, bavit_layers)
+        classifier = TokenClassifier.for_detector(detector, bavit_layers, DEFAULT_WIDTH[scale])
         with torch.no_grad():  # untrained head would score every token 0: rank them at random
             classifier.head.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(seed))
         return Pipeline(detector, classifier.eval(), prune).eval()

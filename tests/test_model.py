@@ -148,6 +148,28 @@ def test_classifier_from_detector_shares_first_blocks():
             assert torch.equal(a, b), k
 
 
+def test_light_bavit_has_its_own_width_and_plain_patch_projection(tmp_path):
+    """The ti-style BAViT: narrower than the detector, no conv stem, same token grid; it
+    round-trips through save/load and prunes the detector it was sized for."""
+    torch.manual_seed(0)
+    det = PrunedYolos(tiny_config(stem_width=8)).eval()
+    init_embeddings(det, seed=0)
+    assert det.patch_embeddings.projection.body[0].out_channels == 8
+    cls = TokenClassifier.for_detector(det, 2, width=64)
+    assert cls.config.hidden_size == 64 and cls.config.intermediate_size == 256
+    assert isinstance(cls.patch_embeddings.projection, torch.nn.Conv2d)
+    assert det.config.hidden_size == 128 and det.config.conv_stem  # the detector's config is untouched
+    cls.save_pretrained(tmp_path / "bavit")
+    pipe = Pipeline(det, TokenClassifier.from_pretrained(tmp_path / "bavit"), PruneConfig(keep=0.5)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        logits, boxes, scores = pipe(x)
+        assert torch.allclose(scores, cls.eval()(x), atol=1e-6)
+    assert logits.shape == (2, 16, 5) and scores.shape == (2, 64)
+    with pytest.raises(ValueError, match="not a multiple of 4 heads"):
+        TokenClassifier.for_detector(det, 2, width=66)
+
+
 def test_save_and_load_from_local_folder(tmp_path):
     pipe = _tiny_pipeline(0.5)
     pipe.detector.save_pretrained(tmp_path / "det")
