@@ -78,14 +78,15 @@ def test_committed_tiny_weights_are_trained():
     assert res["map"] >= 0.45, res
 
 
-@pytest.mark.parametrize("layers,bar", [(2, 0.90), (10, 0.95)])
-def test_committed_bavit_weights_separate_tokens(layers, bar):
-    """The issue's token-accuracy bars, on the same fixed 64-image validation slice."""
+@pytest.mark.parametrize("scale,layers,bar", [("tiny", 2, 0.90), ("tiny", 10, 0.95), ("ti", 2, 0.90)])
+def test_committed_bavit_weights_separate_tokens(scale, layers, bar):
+    """The issue's token-accuracy bars, on a fixed 64-image validation slice."""
     from bavit.classifier import TokenClassifier
     from bavit.validate import score
 
-    cls = TokenClassifier.from_pretrained(TINY / f"bavit{layers}")
-    val = load_dataset("synthetic", "val", size=64)
+    cls = TokenClassifier.from_pretrained(ROOT / "weights" / scale / f"bavit{layers}")
+    size, patch = cls.config.image_size[0], cls.config.patch_size
+    val = load_dataset("synthetic", "val", size=size, n_images=64)
 
     def run(px):
         import numpy as np
@@ -93,5 +94,5 @@ def test_committed_bavit_weights_separate_tokens(layers, bar):
             tokens = cls(torch.from_numpy(px)).numpy()
         return np.zeros((len(px), 1, 5)), np.zeros((len(px), 1, 4)), tokens
 
-    res = score(run, val, 64, 8, list(range(64)), batch=32, with_map=False)
+    res = score(run, val, size, patch, list(range(64)), batch=32, with_map=False)
     assert res["token_acc"] >= bar, res
