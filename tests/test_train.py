@@ -78,7 +78,7 @@ def test_committed_tiny_weights_are_trained():
     assert res["map"] >= 0.45, res
 
 
-@pytest.mark.parametrize("scale,layers,bar", [("tiny", 2, 0.90), ("tiny", 10, 0.95), ("ti", 2, 0.90)])
+@pytest.mark.parametrize("scale,layers,bar", [("tiny", 2, 0.90), ("tiny", 10, 0.95), ("ti", 2, 0.90), ("ti", 10, 0.95)])
 def test_committed_bavit_weights_separate_tokens(scale, layers, bar):
     """The issue's token-accuracy bars, on a fixed 64-image validation slice."""
     from bavit.classifier import TokenClassifier
