@@ -287,8 +287,8 @@ def _write_card(out: Path, args, figures: dict, wall: float, history: list[dict]
              f"- seed: {args.seed}",
              f"- data: {args.data}, {args.image_size}x{args.image_size}; train split {args.train_count} images; "
              f"validation: first {args.val_images} images of the val split (synthetic: seed 0, 500 images)",
-             f"- steps: {args.steps}, batch {args.batch}, lr {args.lr}, threads {args.threads}"
-             f"{', bf16 autocast (encoder)' if args.bf16 else ', fp32'}",
+             f"- steps: {args.steps}, batch {args.batch}, lr {args.lr}, threads {args.threads}, "
+             + ("bf16 autocast (encoder)" if args.bf16 else "fp32"),
              f"- wall time: {wall / 60:.1f} min (summed over resumed sittings)",
              f"- validation: `{json.dumps(figures)}`", "", "## Validation curve", "",
              "| step | wall s | mAP | token acc |", "|---|---|---|---|"]

@@ -163,7 +163,7 @@ def test_light_bavit_has_its_own_width_and_plain_patch_projection(tmp_path):
     pipe = Pipeline(det, TokenClassifier.from_pretrained(tmp_path / "bavit"), PruneConfig(keep=0.5)).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        logits, boxes, scores = pipe(x)
+        logits, _, scores = pipe(x)
         assert torch.allclose(scores, cls.eval()(x), atol=1e-6)
     assert logits.shape == (2, 16, 5) and scores.shape == (2, 64)
     with pytest.raises(ValueError, match="not a multiple of 4 heads"):
