@@ -73,10 +73,9 @@ class TokenClassifier(nn.Module):
     @classmethod
     def for_detector(cls, detector: PrunedYolos, num_layers: int, width: int | None = None) -> "TokenClassifier":
         """A fresh BAViT-N for `detector`: at its width, started from its first blocks."""
-        config = bavit_config(detector.config, num_layers, width)
-        if config.hidden_size == detector.config.hidden_size:
+        if width in (None, detector.config.hidden_size):
             return cls.from_detector(detector, num_layers)
-        return cls(config)
+        return cls(bavit_config(detector.config, num_layers, width))
 
     @classmethod
     def from_detector(cls, detector: PrunedYolos, num_layers: int) -> "TokenClassifier":

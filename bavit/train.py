@@ -146,7 +146,7 @@ def build(args) -> tuple[dict[str, nn.Module], object]:
     """Trainable modules, plus the frozen helper the mode needs (selector for finetune)."""
     if args.mode == "classifier":
         det = PrunedYolos.from_pretrained(args.init) if args.init else _fresh_detector(args)
-        width = args.width if args.width else DEFAULT_WIDTH.get(args.size)
+        width = args.width or DEFAULT_WIDTH.get(args.size)
         return {"model": TokenClassifier.for_detector(det, args.layers, width)}, None
     if args.mode == "detector":
         det = PrunedYolos.from_pretrained(args.init) if args.init else _fresh_detector(args)
