@@ -37,7 +37,12 @@ def enumerate_cells(targets, precisions, keeps, batches) -> list[Cell]:
 
 
 def append_row(run_dir: Path, row: dict) -> None:
-    with open(run_dir / RESULTS, "a") as f:
+    path = run_dir / RESULTS
+    data = path.read_bytes() if path.is_file() else b""
+    if data and not data.endswith(b"\n"):  # a line cut by a crash: drop it, not glue a row to it
+        with open(path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+    with open(path, "a") as f:
         f.write(json.dumps(row, default=str) + "\n")
         f.flush()
         os.fsync(f.fileno())

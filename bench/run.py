@@ -68,6 +68,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bg-share", type=float, default=0.0, help="partial pruning: share of kept slots for background")
     p.add_argument("--dilate", type=int, default=0, help="post-processing convolution kernel over the token mask")
     p.add_argument("--images", type=int, default=500, help="images in the accuracy pass (0: speed only)")
+    p.add_argument("--labels", choices=["masks", "boxes"], default=None,
+                   help="token labels for token accuracy (default: masks when the data set has them)")
     p.add_argument("--calib-images", type=int, default=128, help="calibration images for int8 (default 128)")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls before timing")
     p.add_argument("--min-iters", type=int, default=20, help="timed calls, at least")
@@ -99,6 +101,15 @@ def check(args: argparse.Namespace) -> dict:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
     if not 0.0 <= args.bg_share < 1.0:
         raise UsageError(f"--bg-share must be in [0, 1), got {args.bg_share}")
+    if args.dilate < 0 or (args.dilate > 1 and args.dilate % 2 == 0):
+        raise UsageError(f"--dilate must be 0 (off), 1 or an odd kernel size, got {args.dilate}")
+    for option, value, low in (("--images", args.images, 0), ("--calib-images", args.calib_images, 1),
+                               ("--warmup", args.warmup, 0), ("--min-iters", args.min_iters, 1),
+                               ("--bavit-layers", args.bavit_layers, 1)):
+        if value < low:
+            raise UsageError(f"{option} must be >= {low}, got {value}")
+    if args.min_seconds < 0 or args.timeout <= 0:
+        raise UsageError(f"--min-seconds must be >= 0 and --timeout > 0, got {args.min_seconds:g} and {args.timeout:g}")
     kind, _, path = args.data.partition(":")
     if kind not in ("synthetic", "coco", "voc") or (kind != "synthetic" and not path):
         raise UsageError(f"--data: expected synthetic, coco:PATH or voc:PATH, got '{args.data}'")
@@ -145,6 +156,15 @@ def _child(mode: str, spec: dict, run_dir: Path, slug: str, timeout: float, thre
     return {"ok": False, "error": f"{mode} process died (exit code {proc.returncode}); see logs/{slug}.{mode}.log"}
 
 
+def _quiet_import_noise() -> None:
+    """Importing transformers imports torchao, which logs that its CUDA-only kernels do not
+    load and that it registers enums torch now handles: noise on a CPU machine that would
+    come before every line of ours, errors included. Real errors still show."""
+    import logging
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def _terminate(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -152,11 +172,20 @@ def _terminate(signum, frame):
 def run(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
+    _quiet_import_noise()
+    from bavit.data import DataError, load_dataset
     try:
         plan = check(args)
-        from bavit.data import DataError, load_dataset
         from bavit.pipeline import resolve_weights
-        label, det_dir, _ = resolve_weights(args.weights, args.bavit_layers, args.detector)
+        label, det_dir, cls_dir = resolve_weights(args.weights, args.bavit_layers, args.detector)
+        if det_dir is not None and cls_dir is None and min(plan["keeps"]) < 1.0:
+            raise UsageError(f"--weights {label}: no bavit{args.bavit_layers}/ classifier to prune with "
+                             f"(--keep {args.keep}; --bavit-layers picks bavitN/)")
+        settings = _settings(args, label)
+        if args.resume:
+            _check_resumable(plan["out"], settings)
+        model_info = _model_info(label, det_dir)
+        size = model_info["size"]
     except UsageError as err:
         print(f"bench.run: error: {err}", file=sys.stderr)
         return 2
@@ -171,10 +200,11 @@ def run(argv: list[str] | None = None) -> int:
     (out / "logs").mkdir(exist_ok=True)
     from bavit.data.synthetic import cache_root
     cache = Path(args.cache) if args.cache else cache_root() / "artifacts"
-    model_info = _model_info(label, det_dir)
-    size = model_info["size"]
     try:
         dataset = load_dataset(args.data, args.split, size=size)
+        if len(dataset) == 0:
+            raise DataError(f"the {args.split} split has no images")
+        _write_inputs(dataset, size, plan["batches"], out / "work")
     except DataError as err:
         print(f"bench.run: error: --data {args.data}: {err}", file=sys.stderr)
         return 2
@@ -183,12 +213,12 @@ def run(argv: list[str] | None = None) -> int:
         accuracy_note = (f"model has {model_info['num_labels']} classes, data set {len(dataset.categories)}: "
                          "mAP not measured")
     calib_split = "train" if args.data == "synthetic" else _calibration_split(args.data)
-    _write_inputs(dataset, size, plan["batches"], out / "work")
     system = fingerprint()
     done = finished_cells(out) if args.resume else set()
     cells = enumerate_cells(plan["targets"], plan["precisions"], plan["keeps"], plan["batches"])
     (out / "run.json").write_text(json.dumps({"argv": sys.argv if argv is None else argv, "model": label,
-                                              "cells": [c.cell_id for c in cells]}, indent=1))
+                                              "settings": settings, "cells": [c.cell_id for c in cells]},
+                                             indent=1))
     failed = 0
     todo = [c for c in cells if c.cell_id not in done]
     if len(todo) < len(cells):
@@ -225,6 +255,11 @@ def _run_cell(cell: Cell, args, label: str, calib_split: str, size: int, out: Pa
     bar.set_description(f"{cell.cell_id} [build]")
     built = _child("build", spec, out, cell.slug, args.timeout, args.threads)
     if not built["ok"]:
+        # a cached artifact needs no converter, so a missing one is known only now
+        from targets import get_target
+        missing = get_target(cell.target).build_unavailable()
+        if missing:
+            return {"status": "unavailable", "error": f"cannot build: {missing}"}
         return {"status": "failed", "error": f"build: {built['error']}"}
     from targets.base import Artifact
     art = Artifact.load(built["artifact"])
@@ -236,13 +271,33 @@ def _run_cell(cell: Cell, args, label: str, calib_split: str, size: int, out: Pa
     mspec = {"target": cell.target, "artifact": built["artifact"], "prunes": built["prunes"],
              "threads": args.threads, "batch": cell.batch, "pixels": str(out / "work" / f"inputs-b{cell.batch}.npy"),
              "input_size": size, "patch": built["patch"], "data": args.data, "split": args.split,
-             "images": 0 if accuracy_note else args.images, "warmup": args.warmup, "min_iters": args.min_iters,
+             "labels": args.labels, "images": 0 if accuracy_note else args.images, "warmup": args.warmup, "min_iters": args.min_iters,
              "min_seconds": args.min_seconds, "detections": str(out / "detections" / f"{cell.slug}.json")}
     measured = _child("measure", mspec, out, cell.slug, args.timeout, args.threads)
     if not measured["ok"]:
         return {**row, "status": "failed", "error": f"measure: {measured['error']}"}
     measured.pop("ok")
     return {**row, **measured, "status": "ok", "error": None}
+
+
+def _settings(args, label: str) -> dict:
+    """What a cell's figures depend on besides the cell itself: --resume may only add cells
+    measured under the same settings to a run."""
+    return {"model": label, "detector": args.detector, "bavit_layers": args.bavit_layers,
+            "bg_share": args.bg_share, "dilate": args.dilate, "threads": args.threads, "data": args.data,
+            "split": args.split, "labels": args.labels, "images": args.images, "calib_images": args.calib_images}
+
+
+def _check_resumable(out: Path, settings: dict) -> None:
+    path = out / "run.json"
+    try:
+        before = json.loads(path.read_text()).get("settings") if path.is_file() else None
+    except ValueError:
+        raise UsageError(f"--resume: {path} is not valid JSON") from None
+    changed = [f"{k} {before.get(k)!r} -> {v!r}" for k, v in settings.items() if before and before.get(k) != v]
+    if changed:
+        raise UsageError(f"--resume: {path} was measured with other settings ({'; '.join(changed)}); "
+                         "choose another --out or remove the folder")
 
 
 def _write_inputs(dataset, size: int, batches: list[int], work: Path) -> None:
@@ -265,7 +320,11 @@ def _model_info(label: str, det_dir: Path | None) -> dict:
     else:
         from bavit.checkpoint import load_config
         cfg = load_config(det_dir)
-    return {"size": cfg.image_size[0], "num_labels": cfg.num_labels}
+    h, w = cfg.image_size
+    if h != w:  # stock HF YOLOS configs are e.g. 800x1333
+        raise UsageError(f"--weights {label}: detector image_size {h}x{w} is not square; "
+                         "the harness runs square letterboxed inputs")
+    return {"size": h, "num_labels": cfg.num_labels}
 
 
 def _calibration_split(data: str) -> str:

@@ -82,17 +82,18 @@ def _build(run_dir: Path, baseline: Path | None) -> tuple[dict[str, Path], pd.Da
     df = sort_cells(add_derived(load_results(run_dir)))
     comparison = compare(df, load_results(baseline)) if baseline is not None else None
 
-    paths = {"csv": run_dir / "report.csv", "html": run_dir / "report.html"}
-    df.to_csv(paths["csv"], index=False)
-    if comparison is not None:
-        paths["comparison_csv"] = run_dir / "comparison.csv"
-        comparison.to_csv(paths["comparison_csv"], index=False)
+    # rendered before anything is written: a page that fails leaves the old report whole
     page = render_html(
         df,
         title=f"bavit-bench report: {run_dir.resolve().name}",
         comparison=comparison,
         baseline_name=baseline.resolve().name if baseline is not None else None,
     )
+    paths = {"csv": run_dir / "report.csv", "html": run_dir / "report.html"}
+    df.to_csv(paths["csv"], index=False)
+    if comparison is not None:
+        paths["comparison_csv"] = run_dir / "comparison.csv"
+        comparison.to_csv(paths["comparison_csv"], index=False)
     paths["html"].write_text(page, encoding="utf-8")
     return paths, df
 

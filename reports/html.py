@@ -80,8 +80,8 @@ SUMMARY_COLUMNS: dict[str, tuple[str, Formatter]] = {
     "map_drop_pts": ("mAP drop pts", _num(".2f")),
     "speedup_vs_target_dense_fp32": ("× target fp32 dense", _num(".2f", "×")),
     "speedup_vs_torch_dense_fp32": ("× torch fp32 dense", _num(".2f", "×")),
-    "peak_rss_mb": ("peak MB", _num(".0f")),
-    "rss_increase_mb": ("+RSS MB", _num(".0f")),
+    "peak_rss_mb": ("peak MiB", _num(".0f")),
+    "rss_increase_mb": ("+RSS MiB", _num(".0f")),
     "artifact_bytes": ("artifact MB", _num(".1f", scale=1e-6)),
     "convert_s": ("convert s", _num(".1f")),
     "pareto": ("Pareto", _flag),
@@ -103,8 +103,8 @@ COMPARISON_COLUMNS: dict[str, tuple[str, Formatter]] = {
     "map_this": ("mAP", _num(".3f")),
     "map_baseline": ("mAP (base)", _num(".3f")),
     "map_diff_pts": ("mAP diff pts", _num("+.2f")),
-    "peak_mb_this": ("peak MB", _num(".0f")),
-    "peak_mb_baseline": ("peak MB (base)", _num(".0f")),
+    "peak_mb_this": ("peak MiB", _num(".0f")),
+    "peak_mb_baseline": ("peak MiB (base)", _num(".0f")),
 }
 
 
@@ -185,6 +185,18 @@ def _failed_html(df: pd.DataFrame) -> str:
     return f"<ul>{items}</ul>"
 
 
+def _notes_html(df: pd.DataFrame) -> str:
+    """Cells that ran but have no accuracy figures, and why (class mismatch, a failed pass)."""
+    if "accuracy_note" not in df.columns:
+        return "<p>none</p>"
+    noted = df[(df["status"].astype(str) == "ok") & df["accuracy_note"].map(lambda v: _text(v) != "–")]
+    if noted.empty:
+        return "<p>none</p>"
+    items = "".join(f"<li><code>{html.escape(_text(row['cell_id']))}</code>: {html.escape(_text(row['accuracy_note']))}</li>"
+                    for _, row in noted.iterrows())
+    return f"<ul>{items}</ul>"
+
+
 def _img(png: bytes, alt: str, caption: str) -> str:
     data = base64.b64encode(png).decode("ascii")
     return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(alt, quote=True)}">'
@@ -206,7 +218,7 @@ def render_html(df: pd.DataFrame, title: str = "bavit-bench report",
              "Throughput vs keep ratio, one panel per batch size."),
         _img(plots.map_vs_throughput(data), "Scatter plot of mAP against throughput with the Pareto front marked",
              "mAP vs throughput; ringed points joined by the dashed line form the Pareto front (per batch size)."),
-        _img(plots.peak_memory(data), "Bar chart of peak resident memory (MB) per benchmark cell",
+        _img(plots.peak_memory(data), "Bar chart of peak resident memory (MiB) per benchmark cell",
              "Peak RSS per successful cell; grey = process baseline before the model was loaded."),
     ]
     parts = [
@@ -221,6 +233,7 @@ def render_html(df: pd.DataFrame, title: str = "bavit-bench report",
         "<h2>Summary</h2>", format_table(data, SUMMARY_COLUMNS, "summary"),
         "<h2>Plots</h2>", *figures,
         "<h2>Failed or unavailable cells</h2>", _failed_html(data),
+        "<h2>Cells without accuracy figures</h2>", _notes_html(data),
     ]
     if comparison is not None:
         name = html.escape(baseline_name or "baseline")

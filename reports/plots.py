@@ -195,7 +195,7 @@ def peak_memory(df: pd.DataFrame) -> bytes:
     for yi, value in zip(y, peak):
         ax.annotate(f"{value:.0f}", (value, yi), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
     ax.set_yticks(y, data["cell_id"].astype(str), fontsize=8)
-    ax.set_xlabel("peak RSS (MB)")
+    ax.set_xlabel("peak RSS (MiB)")
     ax.set_xlim(right=peak.max() * 1.12)
     ax.grid(axis="x", alpha=0.3)
     if baseline.any():

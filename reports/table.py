@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -59,9 +60,10 @@ def load_results(run_dir: str | Path) -> pd.DataFrame:
     """Read ``run_dir/results.jsonl`` into a DataFrame, one row per ``cell_id``.
 
     Lines are parsed one by one (rather than with ``pd.read_json``) so that a
-    truncated or corrupt line — e.g. from a harness killed mid-write — is
-    reported with its file and line number instead of a generic parser error.
-    The records are then handed to pandas in one go.
+    corrupt line is reported with its file and line number instead of a generic
+    parser error. A last line without its newline is a harness killed mid-write:
+    it is skipped with a warning, as ``--resume`` skips it, so the finished
+    cells still make a report. The records are then handed to pandas in one go.
 
     Raises:
         FileNotFoundError: the run directory or its results file does not exist.
@@ -75,17 +77,20 @@ def load_results(run_dir: str | Path) -> pd.DataFrame:
         raise FileNotFoundError(f"results file not found: {path}")
 
     records: list[dict] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
+    lines = path.read_text(encoding="utf-8").split("\n")
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if lineno == len(lines):  # no newline after it: a harness killed mid-write
+                warnings.warn(f"{path}:{lineno}: skipped a line cut short (its cell did not finish)", stacklevel=2)
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: malformed JSON line ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            records.append(record)
+            raise ValueError(f"{path}:{lineno}: malformed JSON line ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+        records.append(record)
     if not records:
         raise ValueError(f"{path}: no result rows (file is empty)")
 
@@ -271,7 +276,7 @@ def summary_markdown(df: pd.DataFrame) -> str:
     target's dense fp32 cell at the same batch size.
     """
     headers = ["target", "precision", "keep", "batch", "status", "img/s", "p50 ms",
-               "mAP", "drop pts", "speed-up", "peak MB"]
+               "mAP", "drop pts", "speed-up", "peak MiB"]
     lines = [
         "| " + " | ".join(headers) + " |",
         "|" + "|".join(["---"] * 5 + ["---:"] * 6) + "|",
@@ -284,6 +289,8 @@ def summary_markdown(df: pd.DataFrame) -> str:
         if status != "ok":
             reason = short_reason(row.get("error"))
             status = f"{status}: {reason}" if reason else status
+        elif short_reason(row.get("accuracy_note")):
+            status = f"ok, no mAP: {short_reason(row.get('accuracy_note'))}"
         cells = [
             str(row["target"]), str(row["precision"]), format_keep(row["keep"]), _fmt(row["batch"], ".0f"),
             status,

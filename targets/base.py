@@ -111,6 +111,11 @@ class Target(ABC):
         """None when this machine can run `precision` on this backend, else why not."""
         return None if precision in self.precisions else f"{self.name} has no {precision} precision"
 
+    def build_unavailable(self) -> str | None:
+        """None when this environment can build artifacts, else why not: a runtime-only
+        install can run cached artifacts but not convert new ones."""
+        return None
+
     @abstractmethod
     def versions(self) -> dict[str, str]:
         """Package versions that shape the artifact (part of the cache key)."""
@@ -154,9 +159,13 @@ class Target(ABC):
         convert_s = time.perf_counter() - start
         files = fields.pop("files")
         size = sum((tmp / f).stat().st_size for f in files)
-        art = Artifact(self.name, precision, keep, batch, folder, files, round(convert_s, 3), size, **fields)
+        art = Artifact(self.name, precision, keep, batch, tmp, files, round(convert_s, 3), size, **fields)
+        art.save()  # the manifest goes in before the rename: a folder in place is always complete
+        if folder.exists():  # a manifest-less folder from an older, interrupted build
+            import shutil
+            shutil.rmtree(folder)
         tmp.rename(folder)
-        art.save()
+        art.path = folder
         return art
 
 

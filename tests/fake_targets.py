@@ -20,10 +20,15 @@ class FakeTarget(Target):
     def available(self) -> str | None:
         return "fake runtime is not installed" if self.behaviour == "unavailable" else None
 
+    def build_unavailable(self) -> str | None:
+        return "fake converter is not installed" if self.behaviour == "no-converter" else None
+
     def versions(self) -> dict[str, str]:
         return {"fake": self.behaviour}
 
     def build(self, pipeline, precision: str, batch: int, calibration, out: Path) -> dict:
+        if self.behaviour == "no-converter":
+            raise ImportError("no module named fake_converter")
         cfg = pipeline.detector.config
         shapes = {"d": cfg.num_detection_tokens, "c": cfg.num_labels + 1, "n": pipeline.selector.num_tokens}
         np.save(out / "model.npy", np.zeros(16, dtype=np.float32))
@@ -37,8 +42,14 @@ class FakeTarget(Target):
         ballast = np.ones(200 * 2**20, dtype=np.uint8) if self.behaviour == "alloc200" else None
         d, c, n = (artifact.extra[k] for k in "dcn")
 
+        timed: list[np.ndarray] = []
+
         def run(pixels: np.ndarray):
             b = len(pixels)
+            if not timed:  # the first call is the harness's timed batch
+                timed.append(pixels.copy())
+            if self.behaviour == "accuracy-fails" and not np.array_equal(pixels, timed[0]):
+                raise RuntimeError("boom: only the timed batch runs")
             boxes = np.full((b, d, 4), 0.25, dtype=np.float32)
             if ballast is not None:
                 boxes += ballast[0] * 0
@@ -51,7 +62,10 @@ FAKE_RAISE = FakeTarget("fake-raise", "raise")
 FAKE_ALLOC = FakeTarget("fake-alloc", "alloc200")
 FAKE_HANG = FakeTarget("fake-hang", "hang")
 FAKE_UNAVAILABLE = FakeTarget("fake-missing", "unavailable")
+FAKE_NO_CONVERTER = FakeTarget("fake-noconv", "no-converter")
+FAKE_ACCURACY_FAILS = FakeTarget("fake-badacc", "accuracy-fails")
 # the harness's subprocesses import this as `fake_targets` (tests/ on their PYTHONPATH)
 PLUGINS = ",".join(f"{t.name}=fake_targets:{var}" for var, t in
                    [("FAKE", FAKE), ("FAKE_RAISE", FAKE_RAISE), ("FAKE_ALLOC", FAKE_ALLOC),
-                    ("FAKE_HANG", FAKE_HANG), ("FAKE_UNAVAILABLE", FAKE_UNAVAILABLE)])
+                    ("FAKE_HANG", FAKE_HANG), ("FAKE_UNAVAILABLE", FAKE_UNAVAILABLE),
+                    ("FAKE_NO_CONVERTER", FAKE_NO_CONVERTER), ("FAKE_ACCURACY_FAILS", FAKE_ACCURACY_FAILS)])
