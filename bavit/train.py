@@ -191,29 +191,35 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / STATE
-    modules, frozen = build(args)
-    model = modules["model"]
-    cfg = model.config
-    image_size, patch = cfg.image_size[0], cfg.patch_size
-    try:
+    try:  # everything a bad option or file can break, before the first step
+        modules, frozen = build(args)
+        model = modules["model"]
+        cfg = model.config
+        image_size, patch = cfg.image_size[0], cfg.patch_size
         train_ds = load_dataset(args.data, "train", size=image_size, n_images=args.train_images)
         val_ds = load_dataset(args.data, "val", size=image_size, n_images=args.val_data_images)
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
+        mode = label_mode_for(train_ds, args.labels)
+        train_set = TensorSet(train_ds, image_size, patch, mode, args.train_images, "encoding train split")
+        if len(train_set) < args.batch:
+            raise ValueError(f"--batch {args.batch}: the train split has only {len(train_set)} images")
+        args.image_size, args.train_count = image_size, len(train_set)
+        optim = torch.optim.AdamW(param_groups(list(modules.values()), 1e-4), lr=args.lr)
+        step, wall, history = 0, 0.0, []
+        if state_path.exists() and not args.fresh:
+            state = torch.load(state_path, map_location="cpu", weights_only=False)
+            try:
+                for k, m in modules.items():
+                    m.load_state_dict(state[k])
+                optim.load_state_dict(state["optim"])
+            except (KeyError, RuntimeError, ValueError):
+                raise ValueError(f"{state_path}: a checkpoint of another mode or model; "
+                                 "use --fresh or another --out") from None
+            step, wall = state["step"], state["wall_s"]
+            history = state.get("history", [])
+            print(f"resumed from {state_path} at step {step}")
+    except (DataError, FileNotFoundError, ValueError) as err:
+        print(f"bavit.train: error: {str(err).strip().splitlines()[0]}", file=sys.stderr)
         return 2
-    mode = label_mode_for(train_ds, args.labels)
-    train_set = TensorSet(train_ds, image_size, patch, mode, args.train_images, "encoding train split")
-    args.image_size, args.train_count = image_size, len(train_set)
-    optim = torch.optim.AdamW(param_groups(list(modules.values()), 1e-4), lr=args.lr)
-    step, wall, history = 0, 0.0, []
-    if state_path.exists() and not args.fresh:
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
-        for k, m in modules.items():
-            m.load_state_dict(state[k])
-        optim.load_state_dict(state["optim"])
-        step, wall = state["step"], state["wall_s"]
-        history = state.get("history", [])
-        print(f"resumed from {state_path} at step {step}")
     criterion = SetLoss(num_classes=cfg.num_labels)
     for m in modules.values():
         m.train()
@@ -339,6 +345,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.argv = argv
     if getattr(args, "keep", None) is not None and not 0 < args.keep <= 1:
         p.error(f"--keep must be in (0, 1], got {args.keep}")
+    for option in ("steps", "batch", "threads", "layers"):
+        if getattr(args, option, 1) < 1:
+            p.error(f"--{option} must be >= 1, got {getattr(args, option)}")
     if args.mode != "finetune":
         args.keep = 1.0
     return args

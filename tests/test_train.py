@@ -61,6 +61,24 @@ def test_resume_continues_from_saved_step(tmp_path, capsys):
     assert state["step"] == 5
     assert any(not torch.equal(first[k], v) for k, v in state["model"].items())
     assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "CARD.md").is_file()
+    # the same folder, another mode: refused in one line, the checkpoint left alone
+    capsys.readouterr()
+    assert main(["classifier", *common[1:], "--steps", "6"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("train_state.pt: a checkpoint of another mode or model; use --fresh or another --out")
+    assert "\n" not in err and torch.load(tmp_path / "train_state.pt", weights_only=False)["step"] == 5
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--init", "/does/not/exist"], "no config.json in weights folder"),
+    (["--batch", "100"], "--batch 100: the train split has only 64 images"),
+])
+def test_bad_training_input_is_one_line(tmp_path, capsys, extra, needle):
+    argv = ["detector", "--out", str(tmp_path), "--train-images", "64", "--val-data-images", "16",
+            "--threads", "1", "--steps", "1", *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "\n" not in err
 
 
 TINY = ROOT / "weights" / "tiny"
