@@ -96,6 +96,23 @@ def test_committed_tiny_weights_are_trained():
     assert res["map"] >= 0.45, res
 
 
+def test_committed_sparse_finetune_recovers_pruned_map():
+    """At keep 0.5 the sparse fine-tuned detector must beat the dense one it started from
+    (same BAViT-2, same 64-image slice): fails if fine-tuning did nothing or hurt."""
+    from bavit.classifier import TokenClassifier
+    from bavit.pipeline import Pipeline, PruneConfig
+    from bavit.train import torch_runner
+    from bavit.validate import score
+
+    cls = TokenClassifier.from_pretrained(TINY / "bavit2")
+    val = load_dataset("synthetic", "val", size=64)
+    maps = {}
+    for name in ("detector", "detector-sparse-keep0.5"):
+        pipe = Pipeline(PrunedYolos.from_pretrained(TINY / name), cls, PruneConfig(keep=0.5)).eval()
+        maps[name] = score(torch_runner(pipe), val, 64, 8, list(range(64)), batch=32)["map"]
+    assert maps["detector-sparse-keep0.5"] >= maps["detector"] + 0.01, maps
+
+
 @pytest.mark.parametrize("scale,layers,bar", [("tiny", 2, 0.90), ("tiny", 10, 0.95), ("ti", 2, 0.90), ("ti", 10, 0.95)])
 def test_committed_bavit_weights_separate_tokens(scale, layers, bar):
     """The issue's token-accuracy bars, on a fixed 64-image validation slice."""
