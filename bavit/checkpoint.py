@@ -19,14 +19,22 @@ def load_config(path: str | Path) -> YolosConfig:
     return YolosConfig.from_pretrained(str(path), local_files_only=True)
 
 
+# HF checkpoints name the mid-layer position embeddings as the module did before it moved
+# into `interpolation`; transformers renames them on load (conversion_mapping.py, "yolos")
+# and back on save, so stock YOLOS-S/B folders carry the old key.
+_RENAMES = {"vit.encoder.mid_position_embeddings": "vit.encoder.interpolation.mid_position_embeddings"}
+
+
 def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     """Reads model.safetensors, or the legacy pytorch_model.bin older HF exports carry."""
     path = Path(path)
     if (path / WEIGHTS_NAME).is_file():
-        return load_file(str(path / WEIGHTS_NAME))
-    if (path / "pytorch_model.bin").is_file():
-        return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"no {WEIGHTS_NAME} or pytorch_model.bin in weights folder: {path}")
+        state = load_file(str(path / WEIGHTS_NAME))
+    elif (path / "pytorch_model.bin").is_file():
+        state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    else:
+        raise FileNotFoundError(f"no {WEIGHTS_NAME} or pytorch_model.bin in weights folder: {path}")
+    return {_RENAMES.get(k, k): v for k, v in state.items()}
 
 
 def save(module: torch.nn.Module, config: YolosConfig, path: str | Path) -> Path:

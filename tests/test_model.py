@@ -182,8 +182,10 @@ def test_save_and_load_from_local_folder(tmp_path):
             assert torch.allclose(a, b, atol=1e-6)
 
 
-def test_stock_hf_folder_loads(tmp_path):
-    stock, _ = _stock_pair(tiny_config(**SMALL))
+@pytest.mark.parametrize("mid", [False, True])
+def test_stock_hf_folder_loads(tmp_path, mid):
+    """HF saves mid-layer position embeddings under their old key (YOLOS-S/B folders)."""
+    stock, _ = _stock_pair(tiny_config(**SMALL, use_mid_position_embeddings=mid))
     stock.save_pretrained(tmp_path)
     ours = PrunedYolos.from_pretrained(tmp_path)
     x = torch.randn(1, 3, 64, 64)
