@@ -62,8 +62,9 @@ class Pipeline(nn.Module):
         return logits, boxes, scores
 
 
-def load_pipeline(detector_dir: str | Path, classifier_dir: str | Path | None, prune: PruneConfig) -> Pipeline:
-    detector = PrunedYolos.from_pretrained(detector_dir)
+def load_pipeline(detector_dir: str | Path, classifier_dir: str | Path | None, prune: PruneConfig,
+                  image_size: int | None = None) -> Pipeline:
+    detector = PrunedYolos.from_pretrained(detector_dir, image_size)
     classifier = TokenClassifier.from_pretrained(classifier_dir) if classifier_dir else None
     return Pipeline(detector, classifier, prune).eval()
 
@@ -113,7 +114,7 @@ def resolve_weights(spec: str | None, bavit_layers: int = 2, detector: str = "de
 
 
 def build_pipeline(spec: str | None, prune: PruneConfig, bavit_layers: int = 2, seed: int = 0,
-                   detector: str = "detector") -> Pipeline:
+                   detector: str = "detector", image_size: int | None = None) -> Pipeline:
     """The pipeline a benchmark cell runs, from `resolve_weights` spec."""
     label, det_dir, cls_dir = resolve_weights(spec, bavit_layers, detector)
     if det_dir is None:
@@ -130,4 +131,4 @@ def build_pipeline(spec: str | None, prune: PruneConfig, bavit_layers: int = 2, 
         return Pipeline(detector, classifier.eval(), prune).eval()
     if cls_dir is None and prune.keep < 1.0:
         raise FileNotFoundError(f"--weights {label}: no bavit{bavit_layers}/ classifier for keep {prune.keep:g}")
-    return load_pipeline(det_dir, cls_dir, prune)
+    return load_pipeline(det_dir, cls_dir, prune, image_size)

@@ -145,14 +145,14 @@ def torch_runner(model: nn.Module):
 def build(args) -> tuple[dict[str, nn.Module], object]:
     """Trainable modules, plus the frozen helper the mode needs (selector for finetune)."""
     if args.mode == "classifier":
-        det = PrunedYolos.from_pretrained(args.init) if args.init else _fresh_detector(args)
+        det = PrunedYolos.from_pretrained(args.init, args.image_size) if args.init else _fresh_detector(args)
         width = args.width or DEFAULT_WIDTH.get(args.size)
         return {"model": TokenClassifier.for_detector(det, args.layers, width)}, None
     if args.mode == "detector":
-        det = PrunedYolos.from_pretrained(args.init) if args.init else _fresh_detector(args)
+        det = PrunedYolos.from_pretrained(args.init, args.image_size) if args.init else _fresh_detector(args)
         dense = nn.Linear(det.config.hidden_size, det.config.num_labels + 1)
         return {"model": det, "dense_head": dense}, None
-    det = PrunedYolos.from_pretrained(args.detector)
+    det = PrunedYolos.from_pretrained(args.detector, args.image_size)
     cls = TokenClassifier.from_pretrained(args.classifier).eval()
     dense = nn.Linear(det.config.hidden_size, det.config.num_labels + 1)
     return {"model": det, "dense_head": dense}, (cls, TokenSelector(det.grid, args.keep))
@@ -196,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         model = modules["model"]
         cfg = model.config
         image_size, patch = cfg.image_size[0], cfg.patch_size
+        if cfg.image_size[0] != cfg.image_size[1]:
+            raise ValueError(f"detector image_size {cfg.image_size[0]}x{cfg.image_size[1]} is not square; "
+                             "training runs square inputs: pass --image-size N")
         train_ds = load_dataset(args.data, "train", size=image_size, n_images=args.train_images)
         val_ds = load_dataset(args.data, "val", size=image_size, n_images=args.val_data_images)
         mode = label_mode_for(train_ds, args.labels)
@@ -327,6 +330,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         s.add_argument("--val-data-images", type=int, default=None, help=argparse.SUPPRESS)
         s.add_argument("--eval-every", type=int, default=500, help="steps between validations (0: end only)")
         s.add_argument("--ckpt-minutes", type=float, default=3.0, help="minutes between resumable checkpoints")
+        s.add_argument("--image-size", type=int, default=None,
+                       help="re-grid a loaded (stock HF, non-square) detector for N x N inputs")
         s.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out")
         s.add_argument("--bf16", action="store_true",
                        help="bf16 autocast for the transformer (CPUs with bf16 units; weights stay fp32)")

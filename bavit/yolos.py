@@ -161,11 +161,33 @@ class PrunedYolos(nn.Module):
 
     # -- weights ------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "PrunedYolos":
-        """Loads our checkpoints and stock HF YOLOS folders alike (same keys, same config)."""
+    def from_pretrained(cls, path: str | Path, image_size: int | None = None) -> "PrunedYolos":
+        """Loads our checkpoints and stock HF YOLOS folders alike (same keys, same config);
+        `image_size` re-grids it for square inputs of that side (see `resize_input`)."""
         model = cls(checkpoint.load_config(path))
         model.det.load_state_dict(checkpoint.load_state(path), strict=True)
+        if image_size is not None and list(model.config.image_size) != [image_size, image_size]:
+            model.resize_input(image_size)
         return model.eval()
+
+    def resize_input(self, size: int) -> None:
+        """Stores the position embeddings for size x size inputs, interpolated (bicubic) by
+        the HF modules exactly as stock YOLOS interpolates them on every call at another
+        size. Stock configs are not square (e.g. 800x1333); every export here has one
+        static square shape, and the token grid follows the config."""
+        cfg = self.config
+        if size < cfg.patch_size or size % cfg.patch_size:
+            raise ValueError(f"image size {size} is not a multiple of the patch size {cfg.patch_size}")
+        encoder = self.det.vit.encoder
+        with torch.no_grad():
+            pos = self.embeddings.interpolation(self.embeddings.position_embeddings, (size, size))
+            mid = encoder.interpolation((size, size)) if cfg.use_mid_position_embeddings else None
+        cfg.image_size = [size, size]  # the interpolation modules hold this same config
+        self.embeddings.position_embeddings = nn.Parameter(pos.contiguous())
+        if mid is not None:
+            encoder.interpolation.mid_position_embeddings = nn.Parameter(mid.contiguous())
+        self.patch_embeddings.image_size = (size, size)
+        self.patch_embeddings.num_patches = self.num_patches
 
     def save_pretrained(self, path: str | Path) -> Path:
         return checkpoint.save(self.det, self.config, path)

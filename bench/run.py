@@ -62,6 +62,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--weights", default=None,
                    help="folder with detector/ and bavit2/ (default: the project's demo weights; "
                         "random:tiny or random:ti for untrained models, speed only)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="run the detector at N x N (stock HF YOLOS configs are not square; position "
+                        "embeddings are interpolated as YOLOS does at other sizes)")
     p.add_argument("--bavit-layers", type=int, default=2, help="BAViT depth to load: bavit{N}/ (default 2)")
     p.add_argument("--detector", default="detector",
                    help="detector folder inside --weights, e.g. detector-sparse-keep0.5 (default detector)")
@@ -184,7 +187,7 @@ def run(argv: list[str] | None = None) -> int:
         settings = _settings(args, label)
         if args.resume:
             _check_resumable(plan["out"], settings)
-        model_info = _model_info(label, det_dir)
+        model_info = _model_info(label, det_dir, args.image_size)
         size = model_info["size"]
     except UsageError as err:
         print(f"bench.run: error: {err}", file=sys.stderr)
@@ -229,7 +232,7 @@ def run(argv: list[str] | None = None) -> int:
         row = {"cell_id": cell.cell_id, **cell.as_dict(), "threads": args.threads, "model": label,
                "data": f"{args.data}:{args.split}", "started_at": datetime.now(timezone.utc).isoformat(),
                "bavit_layers": args.bavit_layers, "detector": args.detector, "bg_share": args.bg_share,
-               "dilate": args.dilate, **system}
+               "dilate": args.dilate, "image_size": size, **system}
         target = get_target(cell.target)
         reason = target.available() or target.supports(cell.precision)
         if reason:
@@ -248,7 +251,7 @@ def run(argv: list[str] | None = None) -> int:
 def _run_cell(cell: Cell, args, label: str, calib_split: str, size: int, out: Path, cache: Path, bar,
               accuracy_note: str | None) -> dict:
     spec = {"target": cell.target, "precision": cell.precision, "batch": cell.batch, "weights": label,
-            "bavit_layers": args.bavit_layers, "detector": args.detector,
+            "bavit_layers": args.bavit_layers, "detector": args.detector, "image_size": args.image_size,
             "prune": {"keep": cell.keep, "bg_share": args.bg_share, "dilate": args.dilate},
             "calib_data": args.data, "calib_split": calib_split, "calib_images": args.calib_images,
             "cache_dir": str(cache)}
@@ -283,9 +286,10 @@ def _run_cell(cell: Cell, args, label: str, calib_split: str, size: int, out: Pa
 def _settings(args, label: str) -> dict:
     """What a cell's figures depend on besides the cell itself: --resume may only add cells
     measured under the same settings to a run."""
-    return {"model": label, "detector": args.detector, "bavit_layers": args.bavit_layers,
-            "bg_share": args.bg_share, "dilate": args.dilate, "threads": args.threads, "data": args.data,
-            "split": args.split, "labels": args.labels, "images": args.images, "calib_images": args.calib_images}
+    return {"model": label, "detector": args.detector, "image_size": args.image_size,
+            "bavit_layers": args.bavit_layers, "bg_share": args.bg_share, "dilate": args.dilate,
+            "threads": args.threads, "data": args.data, "split": args.split, "labels": args.labels,
+            "images": args.images, "calib_images": args.calib_images}
 
 
 def _check_resumable(out: Path, settings: dict) -> None:
@@ -313,7 +317,7 @@ def _write_inputs(dataset, size: int, batches: list[int], work: Path) -> None:
         np.save(work / f"inputs-b{b}.npy", pixels)
 
 
-def _model_info(label: str, det_dir: Path | None) -> dict:
+def _model_info(label: str, det_dir: Path | None, image_size: int | None) -> dict:
     if det_dir is None:
         from bavit.yolos import CONFIGS
         cfg = CONFIGS[label.split(":", 1)[1]]()
@@ -321,9 +325,14 @@ def _model_info(label: str, det_dir: Path | None) -> dict:
         from bavit.checkpoint import load_config
         cfg = load_config(det_dir)
     h, w = cfg.image_size
+    if image_size is not None:
+        if det_dir is None or image_size < cfg.patch_size or image_size % cfg.patch_size:
+            raise UsageError(f"--image-size {image_size}: needs --weights with a detector folder and a "
+                             f"multiple of its patch size ({cfg.patch_size})")
+        h = w = image_size
     if h != w:  # stock HF YOLOS configs are e.g. 800x1333
         raise UsageError(f"--weights {label}: detector image_size {h}x{w} is not square; "
-                         "the harness runs square letterboxed inputs")
+                         "the harness runs square letterboxed inputs: pass --image-size N")
     return {"size": h, "num_labels": cfg.num_labels}
 
 

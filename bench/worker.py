@@ -39,7 +39,7 @@ def build(spec: dict) -> dict:
 
     target = get_target(spec["target"])
     pipeline = build_pipeline(spec["weights"], PruneConfig(**spec["prune"]), spec["bavit_layers"],
-                              detector=spec["detector"])
+                              detector=spec["detector"], image_size=spec.get("image_size"))
     calib = None
     if spec["precision"] == "int8":
         size = pipeline.input_size[0]

@@ -235,3 +235,21 @@ def test_a_cache_folder_without_manifest_is_rebuilt(tmp_path):
     again = FAKE.prepare(pipe, "fp32", 1, None, tmp_path, "weights")
     assert again.path == first.path and (again.path / MANIFEST).is_file() and not again.cached
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_non_square_detector_runs_at_image_size(tmp_path):
+    """Stock HF YOLOS configs are not square: refused in one line without --image-size,
+    measured at N x N with it."""
+    from bavit.yolos import PrunedYolos, init_embeddings, tiny_config
+
+    det = PrunedYolos(tiny_config(image_size=[64, 96], conv_stem=False, anchored_boxes=False))
+    init_embeddings(det, seed=0)
+    det.save_pretrained(tmp_path / "w" / "detector")
+    cell = ["--weights", str(tmp_path / "w"), "--target", "fake", "--keep", "1.0", "--batch", "2",
+            "--precision", "fp32"]
+    proc = bench(tmp_path / "run", *cell)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
+    assert "image_size 64x96 is not square" in proc.stderr and "--image-size N" in proc.stderr
+    bench(tmp_path / "run", *cell, "--image-size", "64", check=True)
+    row = rows(tmp_path / "run")[0]
+    assert row["status"] == "ok" and row["image_size"] == 64 and row["tokens_total"] == 64 and row["images"] == 4

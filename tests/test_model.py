@@ -193,6 +193,23 @@ def test_stock_hf_folder_loads(tmp_path, mid):
         assert torch.allclose(ours(x)[0], stock(pixel_values=x).logits, atol=1e-5)
 
 
+def test_non_square_stock_folder_regrids_for_square_inputs(tmp_path):
+    """Stock configs are not square: loaded for S x S inputs, the stored position embeddings
+    are the ones stock YOLOS interpolates on the fly at S x S."""
+    cfg = tiny_config(**SMALL, image_size=[64, 96], use_mid_position_embeddings=True)
+    stock, _ = _stock_pair(cfg)
+    stock.save_pretrained(tmp_path)
+    ours = PrunedYolos.from_pretrained(tmp_path, image_size=80)
+    assert ours.grid == (10, 10) and list(ours.config.image_size) == [80, 80]
+    x = torch.randn(2, 3, 80, 80)
+    with torch.no_grad():
+        logits, boxes = ours(x)
+        ref = stock(pixel_values=x)
+    assert torch.allclose(logits, ref.logits, atol=1e-5) and torch.allclose(boxes, ref.pred_boxes, atol=1e-5)
+    with pytest.raises(ValueError, match="not a multiple of the patch size 8"):
+        PrunedYolos.from_pretrained(tmp_path, image_size=84)
+
+
 def test_missing_weights_folder_is_one_line(tmp_path):
     with pytest.raises(FileNotFoundError, match="no config.json in weights folder") as err:
         PrunedYolos.from_pretrained(tmp_path / "nope")

@@ -131,3 +131,16 @@ def test_committed_bavit_weights_separate_tokens(scale, layers, bar):
 
     res = score(run, val, size, patch, list(range(64)), batch=32, with_map=False)
     assert res["token_acc"] >= bar, res
+
+
+def test_non_square_init_trains_at_image_size(tmp_path, capsys):
+    det = PrunedYolos(tiny_config(image_size=[64, 96], conv_stem=False, anchored_boxes=False))
+    init_embeddings(det, seed=0)
+    det.save_pretrained(tmp_path / "stock")
+    argv = ["detector", "--init", str(tmp_path / "stock"), "--out", str(tmp_path / "out"), "--train-images", "16",
+            "--batch", "8", "--val-images", "8", "--val-data-images", "8", "--eval-every", "0", "--threads", "1",
+            "--steps", "1"]
+    assert main(argv) == 2
+    assert "image_size 64x96 is not square" in capsys.readouterr().err
+    assert main(argv + ["--image-size", "64"]) == 0
+    assert PrunedYolos.from_pretrained(tmp_path / "out").grid == (8, 8)
