@@ -99,12 +99,25 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def category_map(id2label: dict | None, num_labels: int, categories: Sequence[str],
+                 cat_ids: Sequence[int]) -> list[int | None] | None:
+    """Data-set category id of each model class (None: a class the data set lacks), or None
+    when the two cannot be matched. By name when the model names every data-set category
+    (stock HF YOLOS: 91 classes, index = COCO id, "N/A" in the gaps); else by position when
+    the counts agree (models trained here on the data set's contiguous labels)."""
+    labels = {int(k): str(v) for k, v in (id2label or {}).items()}
+    if categories and set(categories) <= set(labels.values()):
+        by_name = dict(zip(categories, cat_ids))
+        return [by_name.get(labels.get(i, "")) for i in range(num_labels)]
+    return list(cat_ids) if num_labels == len(cat_ids) else None
+
+
 def detections_from_outputs(
     logits: np.ndarray,
     boxes: np.ndarray,
     scales: Sequence[float],
     image_ids: Sequence[int],
-    cat_ids: Sequence[int],
+    cat_ids: Sequence[int | None],
     size: int,
     orig_sizes: Sequence[tuple[int, int]],
     topk: int = 100,
@@ -124,7 +137,9 @@ def detections_from_outputs(
     n_cls = c1 - 1
     if n_cls != len(cat_ids):
         raise ValueError(f"logits have {n_cls} object classes but cat_ids has {len(cat_ids)}")
-    probs = _softmax(logits)[..., :n_cls].reshape(b, d * n_cls)
+    probs = _softmax(logits)[..., :n_cls]
+    probs[..., [c is None for c in cat_ids]] = 0.0  # classes the data set does not have
+    probs = probs.reshape(b, d * n_cls)
     k = min(topk, d * n_cls)
     out: list[dict] = []
     if k <= 0:
@@ -135,6 +150,8 @@ def detections_from_outputs(
         tokens, labels = np.divmod(top, n_cls)
         xyxy = boxes_to_original(boxes[i, tokens], scales[i], size, tuple(orig_sizes[i]))
         for (x0, y0, x1, y1), label, score in zip(xyxy.tolist(), labels.tolist(), probs[i, top].tolist()):
+            if cat_ids[label] is None:
+                continue
             out.append({
                 "image_id": int(image_ids[i]),
                 "category_id": int(cat_ids[label]),

@@ -211,10 +211,12 @@ def run(argv: list[str] | None = None) -> int:
     except DataError as err:
         print(f"bench.run: error: --data {args.data}: {err}", file=sys.stderr)
         return 2
+    from bavit.evaluate import category_map
+    cat_ids = category_map(model_info["id2label"], model_info["num_labels"], dataset.categories, dataset.cat_ids)
     accuracy_note = None
-    if len(dataset.categories) != model_info["num_labels"]:
-        accuracy_note = (f"model has {model_info['num_labels']} classes, data set {len(dataset.categories)}: "
-                         "mAP not measured")
+    if cat_ids is None:
+        accuracy_note = (f"model has {model_info['num_labels']} classes, data set {len(dataset.categories)}, "
+                         "and its class names do not cover the data set's: mAP not measured")
     calib_split = "train" if args.data == "synthetic" else _calibration_split(args.data)
     system = fingerprint()
     done = finished_cells(out) if args.resume else set()
@@ -238,7 +240,7 @@ def run(argv: list[str] | None = None) -> int:
         if reason:
             row.update(status="unavailable", error=reason)
         else:
-            row.update(_run_cell(cell, args, label, calib_split, size, out, cache, bar, accuracy_note))
+            row.update(_run_cell(cell, args, label, calib_split, size, out, cache, bar, accuracy_note, cat_ids))
         row["wall_s"] = round(time.time() - started, 2)
         failed += row["status"] == "failed"
         append_row(out, row)
@@ -249,7 +251,7 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def _run_cell(cell: Cell, args, label: str, calib_split: str, size: int, out: Path, cache: Path, bar,
-              accuracy_note: str | None) -> dict:
+              accuracy_note: str | None, cat_ids: list[int | None] | None) -> dict:
     spec = {"target": cell.target, "precision": cell.precision, "batch": cell.batch, "weights": label,
             "bavit_layers": args.bavit_layers, "detector": args.detector, "image_size": args.image_size,
             "prune": {"keep": cell.keep, "bg_share": args.bg_share, "dilate": args.dilate},
@@ -274,7 +276,7 @@ def _run_cell(cell: Cell, args, label: str, calib_split: str, size: int, out: Pa
     mspec = {"target": cell.target, "artifact": built["artifact"], "prunes": built["prunes"],
              "threads": args.threads, "batch": cell.batch, "pixels": str(out / "work" / f"inputs-b{cell.batch}.npy"),
              "input_size": size, "patch": built["patch"], "data": args.data, "split": args.split,
-             "labels": args.labels, "images": 0 if accuracy_note else args.images, "warmup": args.warmup, "min_iters": args.min_iters,
+             "labels": args.labels, "cat_ids": cat_ids, "images": 0 if accuracy_note else args.images, "warmup": args.warmup, "min_iters": args.min_iters,
              "min_seconds": args.min_seconds, "detections": str(out / "detections" / f"{cell.slug}.json")}
     measured = _child("measure", mspec, out, cell.slug, args.timeout, args.threads)
     if not measured["ok"]:
@@ -333,7 +335,7 @@ def _model_info(label: str, det_dir: Path | None, image_size: int | None) -> dic
     if h != w:  # stock HF YOLOS configs are e.g. 800x1333
         raise UsageError(f"--weights {label}: detector image_size {h}x{w} is not square; "
                          "the harness runs square letterboxed inputs: pass --image-size N")
-    return {"size": h, "num_labels": cfg.num_labels}
+    return {"size": h, "num_labels": cfg.num_labels, "id2label": cfg.id2label}
 
 
 def _calibration_split(data: str) -> str:

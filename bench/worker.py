@@ -106,7 +106,8 @@ def _accuracy(runner, spec: dict) -> dict:
     size = spec["input_size"]
     dataset = load_dataset(spec["data"], spec["split"], size=size)
     indices = list(range(min(spec["images"], len(dataset))))
-    acc = score(runner, dataset, size, spec["patch"], indices, batch=spec["batch"], label_mode=spec.get("labels"))
+    acc = score(runner, dataset, size, spec["patch"], indices, batch=spec["batch"], label_mode=spec.get("labels"),
+                cat_ids=spec.get("cat_ids"))
     det_path = Path(spec["detections"])
     det_path.parent.mkdir(parents=True, exist_ok=True)
     det_path.write_text(json.dumps(acc.pop("detections")))

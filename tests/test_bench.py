@@ -237,12 +237,15 @@ def test_a_cache_folder_without_manifest_is_rebuilt(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_non_square_detector_runs_at_image_size(tmp_path):
+def test_stock_style_detector_runs_at_image_size(tmp_path):
     """Stock HF YOLOS configs are not square: refused in one line without --image-size,
-    measured at N x N with it."""
+    measured at N x N with it. Their classes are named, with "N/A" gaps: scored by name."""
+    from bavit.data.synthetic import CATEGORIES
     from bavit.yolos import PrunedYolos, init_embeddings, tiny_config
 
-    det = PrunedYolos(tiny_config(image_size=[64, 96], conv_stem=False, anchored_boxes=False))
+    names = ["N/A", CATEGORIES[0], CATEGORIES[1], "N/A", *CATEGORIES[2:]]
+    det = PrunedYolos(tiny_config(image_size=[64, 96], conv_stem=False, anchored_boxes=False,
+                                  num_labels=len(names), id2label=dict(enumerate(names))))
     init_embeddings(det, seed=0)
     det.save_pretrained(tmp_path / "w" / "detector")
     cell = ["--weights", str(tmp_path / "w"), "--target", "fake", "--keep", "1.0", "--batch", "2",
@@ -253,3 +256,4 @@ def test_non_square_detector_runs_at_image_size(tmp_path):
     bench(tmp_path / "run", *cell, "--image-size", "64", check=True)
     row = rows(tmp_path / "run")[0]
     assert row["status"] == "ok" and row["image_size"] == 64 and row["tokens_total"] == 64 and row["images"] == 4
+    assert row["accuracy_note"] is None and row["map"] is not None

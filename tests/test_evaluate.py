@@ -130,3 +130,26 @@ def test_end_to_end_on_synthetic(tmp_path, backend):
         sizes.append(s.image.shape[:2])
     dets = detections_from_outputs(logits, boxes, scales, ds.image_ids(), ds.cat_ids, size, sizes)
     assert coco_map(ds.coco_gt(), dets, backend=backend)["map"] == pytest.approx(1.0)
+
+
+def test_category_map_by_name_for_stock_coco_heads():
+    """Stock HF YOLOS: 91 classes, index = COCO id, "N/A" in the gaps; the data set's own
+    category ids are whatever its annotation file says."""
+    from bavit.evaluate import category_map
+
+    id2label = {0: "N/A", 1: "person", 2: "bicycle", 3: "N/A", 4: "dog"}
+    assert category_map(id2label, 5, ["person", "dog"], [1, 18]) == [None, 1, None, None, 18]
+    # our own models: default names, contiguous labels -> by position; no match -> None
+    default = {0: "LABEL_0", 1: "LABEL_1"}
+    assert category_map(default, 2, ["circle", "square"], [1, 2]) == [1, 2]
+    assert category_map(default, 3, ["circle", "square"], [1, 2]) is None
+
+
+def test_classes_the_data_set_lacks_yield_no_detections():
+    logits = np.full((1, 2, 4), -9.0, dtype=np.float32)
+    logits[0, 0, 0] = 9.0  # token 0: class 0, which the data set lacks
+    logits[0, 1, 1] = 9.0  # token 1: class 1 -> category 7
+    boxes = np.full((1, 2, 4), 0.5, dtype=np.float32)
+    dets = detections_from_outputs(logits, boxes, [1.0], [5], [None, 7, None], 64, [(64, 64)])
+    assert dets and {d["category_id"] for d in dets} == {7}
+    assert max(d["score"] for d in dets) > 0.99
