@@ -217,7 +217,7 @@ def run(argv: list[str] | None = None) -> int:
     if cat_ids is None:
         accuracy_note = (f"model has {model_info['num_labels']} classes, data set {len(dataset.categories)}, "
                          "and its class names do not cover the data set's: mAP not measured")
-    calib_split = "train" if args.data == "synthetic" else _calibration_split(args.data)
+    calib = _calibration(args, len(dataset))
     system = fingerprint()
     done = finished_cells(out) if args.resume else set()
     cells = enumerate_cells(plan["targets"], plan["precisions"], plan["keeps"], plan["batches"])
@@ -240,7 +240,7 @@ def run(argv: list[str] | None = None) -> int:
         if reason:
             row.update(status="unavailable", error=reason)
         else:
-            row.update(_run_cell(cell, args, label, calib_split, size, out, cache, bar, accuracy_note, cat_ids))
+            row.update(_run_cell(cell, args, label, calib, size, out, cache, bar, accuracy_note, cat_ids))
         row["wall_s"] = round(time.time() - started, 2)
         failed += row["status"] == "failed"
         append_row(out, row)
@@ -250,25 +250,28 @@ def run(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def _run_cell(cell: Cell, args, label: str, calib_split: str, size: int, out: Path, cache: Path, bar,
+def _run_cell(cell: Cell, args, label: str, calib: dict, size: int, out: Path, cache: Path, bar,
               accuracy_note: str | None, cat_ids: list[int | None] | None) -> dict:
+    from targets import get_target
+    from targets.base import Artifact
+
+    target = get_target(cell.target)
     spec = {"target": cell.target, "precision": cell.precision, "batch": cell.batch, "weights": label,
             "bavit_layers": args.bavit_layers, "detector": args.detector, "image_size": args.image_size,
             "prune": {"keep": cell.keep, "bg_share": args.bg_share, "dilate": args.dilate},
-            "calib_data": args.data, "calib_split": calib_split, "calib_images": args.calib_images,
-            "cache_dir": str(cache)}
+            "calib_data": args.data, "calib_split": calib["split"], "calib_skip": calib["skip"],
+            "calib_images": args.calib_images, "cache_dir": str(cache)}
     bar.set_description(f"{cell.cell_id} [build]")
     built = _child("build", spec, out, cell.slug, args.timeout, args.threads)
     if not built["ok"]:
         # a cached artifact needs no converter, so a missing one is known only now
-        from targets import get_target
-        missing = get_target(cell.target).build_unavailable()
+        missing = target.build_unavailable()
         if missing:
             return {"status": "unavailable", "error": f"cannot build: {missing}"}
         return {"status": "failed", "error": f"build: {built['error']}"}
-    from targets.base import Artifact
     art = Artifact.load(built["artifact"])
     row = {"recipe": art.recipe, "recipe_settings": json.dumps(art.recipe_settings, sort_keys=True),
+           "calibration": calib["note"] if target.needs_calibration(cell.precision) else None,
            "fp32_kept": art.fp32_kept, "convert_s": art.convert_s, "artifact_bytes": art.size_bytes,
            "artifact_cached": built["cached"], "tokens_kept": built["tokens_kept"],
            "tokens_total": built["tokens_total"], "accuracy_note": accuracy_note}
@@ -338,15 +341,19 @@ def _model_info(label: str, det_dir: Path | None, image_size: int | None) -> dic
     return {"size": h, "num_labels": cfg.num_labels, "id2label": cfg.id2label}
 
 
-def _calibration_split(data: str) -> str:
-    """Calibrate on the training split when the user has one, never on the scored split."""
-    from bavit.data import DataError, load_dataset
-    try:
-        load_dataset(data, "train", n_images=1)
-        return "train"
-    except DataError:
-        print(f"warning: {data} has no train split; int8 calibrates on the validation split", file=sys.stderr)
-        return "val"
+def _calibration(args, scored_images: int) -> dict:
+    """Calibrate int8 on another split than the scored one (train, else val); a data set
+    with only the scored split calibrates on its images past the scored ones."""
+    from bavit.data import has_split
+    for split in ("train", "val"):
+        if split != args.split and has_split(args.data, split):
+            return {"split": split, "skip": 0, "note": split}
+    if scored_images > args.images:
+        skip, note = args.images, f"{args.split} images {args.images}+ (not scored)"
+    else:
+        skip, note = 0, f"{args.split}, overlapping the scored images"
+    print(f"warning: {args.data} has only the {args.split} split; int8 calibrates on {note}", file=sys.stderr)
+    return {"split": args.split, "skip": skip, "note": note}
 
 
 def _report(out: Path) -> None:

@@ -41,12 +41,12 @@ def build(spec: dict) -> dict:
     pipeline = build_pipeline(spec["weights"], PruneConfig(**spec["prune"]), spec["bavit_layers"],
                               detector=spec["detector"], image_size=spec.get("image_size"))
     calib = None
-    if spec["precision"] == "int8":
+    if target.needs_calibration(spec["precision"]):
         size = pipeline.input_size[0]
         # the synthetic train split is generated on demand: a small one is enough to draw from
         n = max(512, spec["calib_images"]) if spec["calib_data"] == "synthetic" else None
         calib_ds = load_dataset(spec["calib_data"], spec["calib_split"], size=size, n_images=n)
-        calib = calibration_images(calib_ds, size, spec["calib_images"], seed=0)
+        calib = calibration_images(calib_ds, size, spec["calib_images"], seed=0, skip=spec["calib_skip"])
     art = target.prepare(pipeline, spec["precision"], spec["batch"], calib, Path(spec["cache_dir"]),
                          weights_key(pipeline))
     return {"artifact": str(art.path), "cached": art.cached, "prunes": pipeline.prunes,

@@ -1,5 +1,6 @@
-"""The calibration set every backend's int8 recipe sees: the same preprocessed images, drawn
-from the training split (never the split mAP is scored on), seeded."""
+"""The calibration set every backend's int8 recipe sees: the same preprocessed images, seeded,
+drawn from another split than the scored one, or from past the scored images when a data
+set has only that split (bench.run records which in each int8 row)."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,12 +11,15 @@ from bavit.data.preprocess import preprocess
 DEFAULT_IMAGES = 128
 
 
-def calibration_images(dataset: DetectionDataset, size: int, n: int = DEFAULT_IMAGES, seed: int = 0) -> np.ndarray:
-    """(n, 3, size, size) float32, a seeded random subset of `dataset`."""
-    if len(dataset) == 0:
-        raise ValueError("calibration data set is empty")
+def calibration_images(dataset: DetectionDataset, size: int, n: int = DEFAULT_IMAGES, seed: int = 0,
+                       skip: int = 0) -> np.ndarray:
+    """(n, 3, size, size) float32, a seeded random subset of `dataset` past its first `skip`
+    images: when a data set has only the split that is scored, the scored images (the
+    first ones) stay out of calibration."""
+    if len(dataset) <= skip:
+        raise ValueError(f"calibration data set has {len(dataset)} images, none past the first {skip}")
     rng = np.random.default_rng(seed)
-    idx = rng.choice(len(dataset), size=min(n, len(dataset)), replace=False)
+    idx = skip + rng.choice(len(dataset) - skip, size=min(n, len(dataset) - skip), replace=False)
     return np.stack([preprocess(dataset[int(i)].image, size)[0] for i in sorted(idx)]).astype(np.float32)
 
 

@@ -111,6 +111,11 @@ class Target(ABC):
         """None when this machine can run `precision` on this backend, else why not."""
         return None if precision in self.precisions else f"{self.name} has no {precision} precision"
 
+    def needs_calibration(self, precision: str) -> bool:
+        """Whether `build` uses calibration images: the harness loads none otherwise (on
+        COCO that is parsing the train annotations) and they stay out of the cache key."""
+        return precision == "int8"
+
     def build_unavailable(self) -> str | None:
         """None when this environment can build artifacts, else why not: a runtime-only
         install can run cached artifacts but not convert new ones."""

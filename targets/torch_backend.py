@@ -46,6 +46,9 @@ class TorchTarget(Target):
             reason = "torchao is not installed (needed for torch int8)"
         return reason
 
+    def needs_calibration(self, precision: str) -> bool:
+        return False  # torchao dynamic int8 computes activation scales on every call
+
     def versions(self) -> dict[str, str]:
         return {p: package_version(p) or "not installed" for p in ("torch", "torchao", "transformers")}
 

@@ -257,3 +257,16 @@ def test_stock_style_detector_runs_at_image_size(tmp_path):
     row = rows(tmp_path / "run")[0]
     assert row["status"] == "ok" and row["image_size"] == 64 and row["tokens_total"] == 64 and row["images"] == 4
     assert row["accuracy_note"] is None and row["map"] is not None
+
+
+def test_int8_calibrates_past_the_scored_images_when_only_they_exist(tmp_path):
+    from bavit.data import make_synthetic
+
+    data = make_synthetic(tmp_path / "coco", n_images=12, size=64, seed=0, split="val")
+    out = tmp_path / "run"
+    proc = bench(out, "--data", f"coco:{data}", "--target", "fake,torch", "--keep", "1.0", "--batch", "1",
+                 "--precision", "int8", check=True)
+    by_id = {r["cell_id"]: r for r in rows(out)}
+    assert by_id["fake/int8/keep1/b1"]["calibration"] == "val images 4+ (not scored)"
+    assert by_id["torch/int8/keep1/b1"]["calibration"] is None  # dynamic int8: no calibration loaded
+    assert "int8 calibrates on val images 4+ (not scored)" in proc.stderr
