@@ -113,7 +113,8 @@ def _accuracy(runner, spec: dict) -> dict:
     det_path.write_text(json.dumps(acc.pop("detections")))
     result = {k: acc[k] for k in ("map", "ap50", "ap75", "images")}
     # at keep 1.0 BAViT does not run: there are no token figures to report
-    result.update({k: acc[k] if spec["prunes"] else None for k in ("token_acc", "fg_recall", "fg_precision")})
+    result.update({k: acc[k] if spec["prunes"] else None
+                   for k in ("token_acc", "fg_recall", "fg_precision", "token_images")})
     result["detections_file"] = str(det_path)
     return result
 

@@ -274,3 +274,19 @@ def test_voc_missing_root(tmp_path):
     with pytest.raises(DataError) as exc:
         load_dataset(f"voc:{tmp_path / 'VOCmissing'}")
     _assert_one_line(exc, str(tmp_path / "VOCmissing"))
+
+
+def test_voc_images_without_masks_score_map_but_not_tokens(voc_root):
+    """VOC's Main lists are mostly images without SegmentationObject: they count for mAP,
+    and only the masked ones for the token figures."""
+    from bavit.validate import score
+
+    ds = load_dataset(f"voc:{voc_root}", split="val")
+
+    def run(px):
+        b = len(px)
+        return np.zeros((b, 4, 21), np.float32), np.full((b, 4, 4), 0.5, np.float32), np.ones((b, 16), np.float32)
+
+    res = score(run, ds, 32, 8, [0, 1], batch=2)
+    assert res["label_mode"] == "masks" and res["images"] == 2 and res["token_images"] == 1
+    assert res["map"] is not None and 0 < res["token_acc"] < 1 and res["fg_recall"] == 1.0
