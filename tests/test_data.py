@@ -90,7 +90,7 @@ def test_synthetic_dataset_cache_is_reused(tmp_path, monkeypatch):
     assert via_spec.ann_file == ds.ann_file
 
 
-def test_coco_crowd_skipped_for_samples_but_kept_for_eval(tmp_path):
+def test_coco_crowd_is_foreground_not_a_target_and_kept_for_eval(tmp_path):
     (tmp_path / "img").mkdir()
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "img" / "a.png")
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "img" / "b.png")
@@ -113,6 +113,9 @@ def test_coco_crowd_skipped_for_samples_but_kept_for_eval(tmp_path):
     np.testing.assert_array_equal(first.labels, [1])
     assert first.masks.shape == (1, 20, 30) and first.masks[0, 3:8, 2:12].all()
     assert len(second.boxes) == 0 and second.image_id == 9  # image without objects is kept
+    assert first.crowd.shape == (20, 30) and first.crowd.all() and second.crowd is None
+    from bavit.encode import encode
+    assert encode(first, 32, 8, "masks").token_fg.sum() == 12  # the crowd region is foreground
     gt = ds.coco_gt()
     assert [a["iscrowd"] for a in gt["annotations"]] == [0, 1]
     assert all(a["id"] >= 1 for a in gt["annotations"])

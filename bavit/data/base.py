@@ -37,6 +37,9 @@ class Sample:
     labels: np.ndarray  # (n,) int64 contiguous class index
     masks: np.ndarray | None  # (n, H, W) bool visible instance masks
     image_id: int
+    # (H, W) bool union of COCO crowd regions: foreground for BAViT, never a detection
+    # target (COCOeval ignores detections there)
+    crowd: np.ndarray | None = None
 
 
 class DetectionDataset(ABC):

@@ -97,11 +97,13 @@ class CocoDataset(DetectionDataset):
                 f"{self.image_dir / info['file_name']}"
             )
         anns = [a for a in self._anns[int(info["id"])] if not a.get("iscrowd", 0)]
+        crowds = [a for a in self._anns[int(info["id"])] if a.get("iscrowd", 0) and _has_segmentation(a)]
         boxes = np.array([a["bbox"] for a in anns], dtype=np.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
         labels = np.array([self._label_of[a["category_id"]] for a in anns], dtype=np.int64)
         masks = self._masks(anns, h, w) if all(_has_segmentation(a) for a in anns) else None
-        return Sample(image=image, boxes=boxes, labels=labels, masks=masks, image_id=int(info["id"]))
+        crowd = self._masks(crowds, h, w).any(axis=0) if crowds else None
+        return Sample(image=image, boxes=boxes, labels=labels, masks=masks, image_id=int(info["id"]), crowd=crowd)
 
     def _masks(self, anns: list[dict], h: int, w: int) -> np.ndarray:
         """Decode all instances of an image in one pycocotools call (polygons, RLE alike).
