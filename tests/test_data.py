@@ -113,7 +113,7 @@ def test_coco_crowd_is_foreground_not_a_target_and_kept_for_eval(tmp_path):
     np.testing.assert_array_equal(first.labels, [1])
     assert first.masks.shape == (1, 20, 30) and first.masks[0, 3:8, 2:12].all()
     assert len(second.boxes) == 0 and second.image_id == 9  # image without objects is kept
-    assert first.crowd.shape == (20, 30) and first.crowd.all() and second.crowd is None
+    assert first.fg_extra.shape == (20, 30) and first.fg_extra.all() and second.fg_extra is None
     from bavit.encode import encode
     assert encode(first, 32, 8, "masks").token_fg.sum() == 12  # the crowd region is foreground
     gt = ds.coco_gt()
@@ -176,7 +176,13 @@ def test_voc_boxes_labels_masks(voc_root):
     assert s.masks.shape == (2, 24, 32) and s.masks.dtype == bool
     assert s.masks[0].sum() == 64 and s.masks[0, 1:9, 2:10].all()
     assert s.masks[1].sum() == 15 * 16 and not s.masks[1, 4].any()
-    assert ds[1].masks is None  # no SegmentationObject for this image
+    assert s.fg_extra.sum() == 16 and s.fg_extra[4, 14:30].all()  # the void band: foreground for BAViT
+    from dataclasses import replace
+
+    from bavit.encode import encode
+    with_void, without = (encode(x, 32, 8, "masks").token_fg for x in (s, replace(s, fg_extra=None)))
+    assert with_void.sum() == without.sum() + 1 and with_void[2] and not without[2]  # 24 + 8 void px of 64
+    assert ds[1].masks is None and ds[1].fg_extra is None  # no SegmentationObject for this image
     np.testing.assert_array_equal(ds[1].boxes, [[0, 0, 32, 24]])
     gt = ds.coco_gt()
     assert [a["bbox"] for a in gt["annotations"]] == [[2, 1, 8, 8], [14, 4, 16, 16], [0, 0, 32, 24]]

@@ -37,9 +37,9 @@ class Sample:
     labels: np.ndarray  # (n,) int64 contiguous class index
     masks: np.ndarray | None  # (n, H, W) bool visible instance masks
     image_id: int
-    # (H, W) bool union of COCO crowd regions: foreground for BAViT, never a detection
-    # target (COCOeval ignores detections there)
-    crowd: np.ndarray | None = None
+    # (H, W) bool pixels that are foreground for BAViT but no detection target: COCO crowd
+    # regions (COCOeval ignores detections there), VOC's void band around objects
+    fg_extra: np.ndarray | None = None
 
 
 class DetectionDataset(ABC):

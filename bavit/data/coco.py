@@ -103,7 +103,8 @@ class CocoDataset(DetectionDataset):
         labels = np.array([self._label_of[a["category_id"]] for a in anns], dtype=np.int64)
         masks = self._masks(anns, h, w) if all(_has_segmentation(a) for a in anns) else None
         crowd = self._masks(crowds, h, w).any(axis=0) if crowds else None
-        return Sample(image=image, boxes=boxes, labels=labels, masks=masks, image_id=int(info["id"]), crowd=crowd)
+        return Sample(image=image, boxes=boxes, labels=labels, masks=masks, image_id=int(info["id"]),
+                      fg_extra=crowd)
 
     def _masks(self, anns: list[dict], h: int, w: int) -> np.ndarray:
         """Decode all instances of an image in one pycocotools call (polygons, RLE alike).

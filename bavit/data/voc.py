@@ -142,21 +142,27 @@ class VocDataset(DetectionDataset):
         i = self._check_index(i)
         rec = self._records[i]
         image = read_rgb(self.image_dir / f"{rec.name}.jpg")
+        inst = self._instances(rec, image.shape[:2])
         return Sample(
             image=image,
             boxes=rec.boxes.copy(),
             labels=rec.labels.copy(),
-            masks=self._masks(rec, image.shape[:2]),
+            masks=None if inst is None else self._masks(rec, inst),
             image_id=self._ids[i],
+            fg_extra=None if inst is None else inst == _IGNORE,  # the void band around objects
         )
 
-    def _masks(self, rec: _Record, shape: tuple[int, ...]) -> np.ndarray | None:
+    def _instances(self, rec: _Record, shape: tuple[int, ...]) -> np.ndarray | None:
         obj_path = self.root / "SegmentationObject" / f"{rec.name}.png"
         if not obj_path.is_file():
             return None
         inst = _read_index_png(obj_path)
         if inst.shape != shape:
             raise DataError(f"segmentation size {inst.shape} differs from image {shape}: {obj_path}")
+        return inst
+
+    def _masks(self, rec: _Record, inst: np.ndarray) -> np.ndarray:
+        obj_path = self.root / "SegmentationObject" / f"{rec.name}.png"
         present = set(np.unique(inst).tolist()) - {0, _IGNORE}
         if present and max(present) > len(rec.labels):
             raise DataError(f"instance index {max(present)} but {len(rec.labels)} XML objects: {obj_path}")
