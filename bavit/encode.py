@@ -39,7 +39,7 @@ def encode(sample: Sample, size: int, patch: int, mode: LabelMode, threshold: fl
     xyxy = boxes_to_input(sample.boxes, scale).astype(np.float32).reshape(-1, 4)
     masks = preprocess_masks(sample.masks, scale, size) if sample.masks is not None else None
     fg = token_labels(masks, xyxy, mode, size, patch, threshold).reshape(-1)
-    if sample.fg_extra is not None:  # a crowd of people is foreground to keep, whatever the labels
+    if sample.fg_extra is not None:  # crowds, void bands: foreground to keep, whatever the labels
         extra = preprocess_masks(sample.fg_extra[None], scale, size)[0]
         if masks is not None and mode == "masks":  # counted with the objects it borders
             extra |= masks.any(axis=0)

@@ -279,8 +279,8 @@ def _run_cell(cell: Cell, args, label: str, calib: dict, size: int, out: Path, c
     mspec = {"target": cell.target, "artifact": built["artifact"], "prunes": built["prunes"],
              "threads": args.threads, "batch": cell.batch, "pixels": str(out / "work" / f"inputs-b{cell.batch}.npy"),
              "input_size": size, "patch": built["patch"], "data": args.data, "split": args.split,
-             "labels": args.labels, "cat_ids": cat_ids, "images": 0 if accuracy_note else args.images, "warmup": args.warmup, "min_iters": args.min_iters,
-             "min_seconds": args.min_seconds, "detections": str(out / "detections" / f"{cell.slug}.json")}
+             "labels": args.labels, "cat_ids": cat_ids, "images": 0 if accuracy_note else args.images,
+             "warmup": args.warmup, "min_iters": args.min_iters, "min_seconds": args.min_seconds, "detections": str(out / "detections" / f"{cell.slug}.json")}
     measured = _child("measure", mspec, out, cell.slug, args.timeout, args.threads)
     if not measured["ok"]:
         return {**row, "status": "failed", "error": f"measure: {measured['error']}"}

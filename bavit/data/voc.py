@@ -147,13 +147,16 @@ class VocDataset(DetectionDataset):
             image=image,
             boxes=rec.boxes.copy(),
             labels=rec.labels.copy(),
-            masks=None if inst is None else self._masks(rec, inst),
+            masks=None if inst is None else self._masks(rec, inst, self._instance_path(rec)),
             image_id=self._ids[i],
             fg_extra=None if inst is None else inst == _IGNORE,  # the void band around objects
         )
 
+    def _instance_path(self, rec: _Record) -> Path:
+        return self.root / "SegmentationObject" / f"{rec.name}.png"
+
     def _instances(self, rec: _Record, shape: tuple[int, ...]) -> np.ndarray | None:
-        obj_path = self.root / "SegmentationObject" / f"{rec.name}.png"
+        obj_path = self._instance_path(rec)
         if not obj_path.is_file():
             return None
         inst = _read_index_png(obj_path)
@@ -161,8 +164,7 @@ class VocDataset(DetectionDataset):
             raise DataError(f"segmentation size {inst.shape} differs from image {shape}: {obj_path}")
         return inst
 
-    def _masks(self, rec: _Record, inst: np.ndarray) -> np.ndarray:
-        obj_path = self.root / "SegmentationObject" / f"{rec.name}.png"
+    def _masks(self, rec: _Record, inst: np.ndarray, obj_path: Path) -> np.ndarray:
         present = set(np.unique(inst).tolist()) - {0, _IGNORE}
         if present and max(present) > len(rec.labels):
             raise DataError(f"instance index {max(present)} but {len(rec.labels)} XML objects: {obj_path}")
