@@ -44,3 +44,28 @@ def save(module: torch.nn.Module, config: YolosConfig, path: str | Path) -> Path
     state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
     save_file(state, str(path / WEIGHTS_NAME))
     return path
+
+
+def half(src: str | Path, dst: str | Path) -> Path:
+    """Copy of a weights folder with float tensors stored as float16: the committed `ti`
+    detectors (5.7M parameters) take 11 MB instead of 23. Models load them into float32
+    (`load_state_dict` converts), so only the stored values are rounded."""
+    src, dst = Path(src), Path(dst)
+    state = load_state(src)
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "CARD.md"):
+        if (src / name).is_file():
+            (dst / name).write_bytes((src / name).read_bytes())
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, str(dst / WEIGHTS_NAME))
+    return dst
+
+
+if __name__ == "__main__":  # python -m bavit.checkpoint half SRC DST
+    import sys
+
+    if len(sys.argv) != 4 or sys.argv[1] != "half":
+        sys.exit("usage: python -m bavit.checkpoint half SRC_FOLDER DST_FOLDER")
+    try:
+        print(half(sys.argv[2], sys.argv[3]) / WEIGHTS_NAME)
+    except FileNotFoundError as err:
+        sys.exit(f"bavit.checkpoint: error: {err}")

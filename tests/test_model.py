@@ -228,3 +228,19 @@ def test_keep_all_is_the_dense_detector_alone():
     assert not calls and torch.equal(logits, ref_l) and torch.equal(boxes, ref_b)
     assert not tokens.any()
     assert not pipe.prunes and _tiny_pipeline(0.5).prunes
+
+
+def test_half_copy_loads_into_float32_and_halves_the_file(tmp_path):
+    from bavit.checkpoint import WEIGHTS_NAME, half
+
+    torch.manual_seed(0)
+    det = PrunedYolos(tiny_config())
+    init_embeddings(det, seed=0)
+    det.save_pretrained(tmp_path / "fp32")
+    half(tmp_path / "fp32", tmp_path / "fp16")
+    size = {d: (tmp_path / d / WEIGHTS_NAME).stat().st_size for d in ("fp32", "fp16")}
+    assert size["fp16"] < 0.55 * size["fp32"]
+    loaded = PrunedYolos.from_pretrained(tmp_path / "fp16")
+    for (name, a), b in zip(det.state_dict().items(), loaded.state_dict().values()):
+        assert b.dtype == a.dtype, name
+        assert torch.equal(b, a.half().to(a.dtype) if a.is_floating_point() else a), name
