@@ -8,8 +8,8 @@ Policy, in order:
    foreground.
 3. Ranking: (dilated) foreground tokens first, each group by logit; the top K - K_bg win.
 4. Partial pruning: K_bg = round(bg_share * K) slots go to tokens not yet kept, in a fixed
-   van der Corput order over the raster index, so some background context survives, spread
-   evenly over the image rather than clustered next to objects.
+   2-D low-discrepancy order over the grid (`spread_order`), so some background context
+   survives, spread evenly over the image rather than clustered next to objects.
 Kept indices are sorted, which keeps the detector's token order (and, at keep 1.0, its
 output bit-for-bit).
 """
@@ -28,14 +28,23 @@ def keep_count(keep: float, num_tokens: int) -> int:
     return max(1, int(math.floor(keep * num_tokens + 0.5)))
 
 
-def van_der_corput(n: int) -> torch.Tensor:
-    """Low-discrepancy priority per position in [0, 1): bit-reversed index."""
-    bits = max(1, math.ceil(math.log2(max(n, 2))))
-    idx = torch.arange(n)
-    rev = torch.zeros(n, dtype=torch.long)
+def spread_order(grid: tuple[int, int]) -> torch.Tensor:
+    """Priority per raster position in [0, 1): the bit-reversed Morton (Z-order) code of
+    (row, col) on the enclosing power-of-two square. Taking positions by falling priority
+    fills the grid coarse-to-fine in 2-D: each prefix of 4^k picks has one position in each
+    of 4^k equal blocks. (Bit-reversing the flat raster index instead, a 1-D van der Corput
+    order, picks whole columns first on power-of-two grids.)"""
+    gh, gw = grid
+    bits = max(1, math.ceil(math.log2(max(gh, gw, 2))))
+    rows = torch.arange(gh).repeat_interleave(gw)
+    cols = torch.arange(gw).repeat(gh)
+    morton = torch.zeros(gh * gw, dtype=torch.long)
     for b in range(bits):
-        rev |= ((idx >> b) & 1) << (bits - 1 - b)
-    return rev.float() / 2**bits
+        morton |= ((cols >> b) & 1) << (2 * b) | ((rows >> b) & 1) << (2 * b + 1)
+    rev = torch.zeros_like(morton)
+    for b in range(2 * bits):
+        rev |= ((morton >> b) & 1) << (2 * bits - 1 - b)
+    return rev.float() / 4**bits
 
 
 def dilate(mask: torch.Tensor, grid: tuple[int, int], kernel: int) -> torch.Tensor:
@@ -62,7 +71,7 @@ class TokenSelector(nn.Module):
         self.k_bg = int(math.floor(bg_share * self.k + 0.5)) if self.k < self.num_tokens else 0
         self.dilate = dilate
         self.threshold = threshold
-        self.register_buffer("spread", van_der_corput(self.num_tokens), persistent=False)
+        self.register_buffer("spread", spread_order(grid), persistent=False)
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, N) foreground logits -> (B, K) sorted indices of kept patch tokens."""

@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 
 MANIFEST = "artifact.json"
 # Part of every cache key: bump when what a Pipeline computes changes without its weights or
-# config changing (2: keep 1.0 runs the dense detector alone, without BAViT).
-ARTIFACT_FORMAT = 2
+# config changing (2: keep 1.0 runs the dense detector alone, without BAViT; 3: --bg-share
+# picks background slots in a 2-D order).
+ARTIFACT_FORMAT = 3
 
 
 def package_version(dist: str) -> str | None:

@@ -7,7 +7,7 @@ from transformers import YolosForObjectDetection
 
 from bavit.classifier import TokenClassifier
 from bavit.pipeline import Pipeline, PruneConfig, load_pipeline
-from bavit.pruning import TokenSelector, dilate, keep_count
+from bavit.pruning import TokenSelector, dilate, keep_count, spread_order
 from bavit.yolos import PrunedYolos, init_embeddings, tiny_config
 
 
@@ -101,6 +101,23 @@ def test_policy_keeps_top_scores_and_partial_background():
     # 8 slots, 25% background share: 6 best-scored + 2 others
     idx = TokenSelector((4, 4), keep=0.5, bg_share=0.25)(scores)[0].tolist()
     assert {3, 7, 12} <= set(idx) and len(idx) == 8
+
+
+@pytest.mark.parametrize("side", [8, 16])
+def test_background_share_spreads_over_the_grid(side):
+    """Partial pruning's background slots land one per block, not in stripes: with one
+    foreground token and 16 background slots, the 16 picks hit all 16 blocks of a 4x4
+    split of the grid (the 1-D bit-reversed raster order filled two columns instead)."""
+    n = side * side
+    sel = TokenSelector((side, side), keep=17 / n, bg_share=16 / 17)      # K = 17, K_bg = 16
+    assert (sel.k, sel.k_bg) == (17, 16)
+    scores = torch.full((1, n), -5.0)
+    scores[0, 0] = 5.0
+    idx = sel(scores)[0].tolist()
+    bg = [i for i in idx if i != 0]
+    block = side // 4
+    assert 0 in idx and len(bg) == 16
+    assert len({(i // side // block, i % side // block) for i in bg}) == 16, bg
 
 
 def test_dilation_grows_token_mask():
