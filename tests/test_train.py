@@ -100,11 +100,12 @@ def test_bad_training_input_is_one_line(tmp_path, capsys, extra, needle):
     assert needle in err and "\n" not in err
 
 
-def _score_slice(pipe, size: int, patch: int) -> dict:
+def _score_slice(pipe) -> dict:
     """The fixed 64-image validation slice every committed-weights test scores."""
     from bavit.train import torch_runner
     from bavit.validate import score
 
+    size, patch = pipe.input_size[0], pipe.detector.config.patch_size
     val = load_dataset("synthetic", "val", size=size)
     return score(torch_runner(pipe), val, size, patch, list(range(64)), batch=32)
 
@@ -115,8 +116,7 @@ def test_committed_detector_weights_are_trained(scale, bar):
     from bavit.pipeline import Pipeline, PruneConfig
 
     det = PrunedYolos.from_pretrained(ROOT / "weights" / scale / "detector")
-    cfg = det.config
-    res = _score_slice(Pipeline(det, None, PruneConfig(keep=1.0)).eval(), cfg.image_size[0], cfg.patch_size)
+    res = _score_slice(Pipeline(det, None, PruneConfig(keep=1.0)).eval())
     assert res["map"] >= bar, res
 
 
@@ -131,9 +131,8 @@ def test_committed_sparse_finetune_recovers_pruned_map(scale):
     cls = TokenClassifier.from_pretrained(root / "bavit2")
     maps = {}
     for name in ("detector", "detector-sparse-keep0.5"):
-        det = PrunedYolos.from_pretrained(root / name)
-        pipe = Pipeline(det, cls, PruneConfig(keep=0.5)).eval()
-        maps[name] = _score_slice(pipe, det.config.image_size[0], det.config.patch_size)["map"]
+        pipe = Pipeline(PrunedYolos.from_pretrained(root / name), cls, PruneConfig(keep=0.5)).eval()
+        maps[name] = _score_slice(pipe)["map"]
     assert maps["detector-sparse-keep0.5"] >= maps["detector"] + 0.01, maps
 
 
