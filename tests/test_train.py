@@ -9,7 +9,7 @@ import torch
 
 from bavit.data import load_dataset
 from bavit.losses import SetLoss
-from bavit.train import TensorSet, detector_loss, main
+from bavit.train import DROP_MIN_KEEP, TensorSet, detector_loss, main, token_drop
 from bavit.yolos import PrunedYolos, init_embeddings, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +64,32 @@ def test_pruned_finetune_loss_uses_kept_tokens_only():
     assert torch.isfinite(torch.tensor(clean))
     assert loss_with_noise_on(list(range(1, 64, 2))) == pytest.approx(clean, abs=1e-6)  # pruned: no effect
     assert abs(loss_with_noise_on(list(range(0, 64, 2))) - clean) > 1e-3                  # kept: changes it
+
+
+def test_token_drop_keeps_foreground_and_random_background():
+    fg = torch.zeros(4, 64)
+    fg[:, 10:18] = 1                                   # 8 foreground tokens per image
+    draws = [token_drop(fg, step, seed=0, p=1.0) for step in range(40)]
+    sizes = {d.shape[1] for d in draws}
+    assert len(sizes) > 5 and min(sizes) >= round(DROP_MIN_KEEP * 64) and max(sizes) <= 64
+    for d in draws:
+        assert (d[:, 1:] > d[:, :-1]).all()            # sorted, no repeats: the detector's token order
+        assert fg.gather(1, d).sum(1).eq(8).all()      # every foreground token kept
+    small = [d for d in draws if d.shape[1] < 40]
+    assert small and any(not torch.equal(d[0], d[1]) for d in small)  # background drawn per image
+    assert torch.equal(token_drop(fg, 7, 0, 1.0), token_drop(fg, 7, 0, 1.0))  # a resumed run redraws the same
+    assert token_drop(fg, 3, 0, 0.0) is None
+    assert 0.3 < sum(token_drop(fg, s, 0, 0.5) is not None for s in range(200)) / 200 < 0.7
+
+
+def test_token_drop_option_trains_and_is_checked(tmp_path, capsys):
+    common = ["detector", "--out", str(tmp_path), "--train-images", "16", "--batch", "8", "--val-images", "8",
+              "--val-data-images", "8", "--eval-every", "0", "--threads", "1", "--steps", "2"]
+    with pytest.raises(SystemExit):
+        main(common + ["--token-drop", "1.5"])
+    assert "--token-drop must be in [0, 1], got 1.5" in capsys.readouterr().err
+    assert main(common + ["--token-drop", "1.0"]) == 0
+    assert "token drop: 1 of the steps" in (tmp_path / "CARD.md").read_text()
 
 
 def test_resume_continues_from_saved_step(tmp_path, capsys):
