@@ -29,7 +29,7 @@ from bavit.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from bavit.encode import encode, label_mode_for
 from bavit.losses import SetLoss
 from bavit.pipeline import Pipeline, PruneConfig
-from bavit.pruning import TokenSelector, keep_count
+from bavit.pruning import TokenSelector, dilate, keep_count
 from bavit.validate import score
 from bavit.yolos import CONFIGS, PrunedYolos, init_embeddings
 
@@ -39,6 +39,7 @@ _STD = IMAGENET_STD[:, None, None]
 DEFAULT_STEPS = {"detector": 6000, "classifier": 2000, "finetune": 1500}
 DEFAULT_LR = {"detector": 1e-3, "classifier": 5e-4, "finetune": 1e-4}
 DROP_MIN_KEEP = 0.3  # token-drop keep ratios are drawn from [DROP_MIN_KEEP, 1]
+HALO_KERNEL = 5      # token-drop "near" steps: background within this window of an object first
 
 
 class TensorSet:
@@ -89,21 +90,27 @@ class TensorSet:
                 "patch_class": pcls.reshape(size, -1)}
 
 
-def token_drop(token_fg: torch.Tensor, step: int, seed: int, p: float) -> torch.Tensor | None:
+def token_drop(token_fg: torch.Tensor, grid: tuple[int, int], step: int, seed: int,
+               p: float) -> torch.Tensor | None:
     """Token-drop augmentation for a dense detector: with probability `p` a step sees only
     K = keep * N patch tokens, keep drawn from [DROP_MIN_KEEP, 1]: the ground-truth
-    foreground tokens first, then background ones at random. A detector trained from
-    scratch on synthetic scenes leans on far background tokens as context and loses 12 mAP
-    points at keep 0.5; this teaches it to do without them at any keep ratio, with no
-    BAViT in the loop and no keep ratio singled out (unlike `finetune`). Seeded by step,
-    so a resumed run draws the same tokens."""
+    foreground tokens first, then background ones. Half of those steps take background at
+    random (context spread over the image, as `--bg-share` keeps it); the other half take
+    the background within HALO_KERNEL x HALO_KERNEL of an object first (as BAViT's logits
+    rank it), leaving far regions empty. A detector trained from scratch on synthetic
+    scenes leans on far background tokens as context and loses 12 mAP points at keep 0.5;
+    this teaches it to do without them at any keep ratio, with no BAViT in the loop and no
+    keep ratio singled out (unlike `finetune`). Seeded by step: a resumed run redraws the
+    same tokens."""
     g = torch.Generator().manual_seed(seed * 15485863 + step)
     if p <= 0 or torch.rand((), generator=g).item() >= p:
         return None
     keep = DROP_MIN_KEEP + (1 - DROP_MIN_KEEP) * torch.rand((), generator=g).item()
     k = keep_count(keep, token_fg.shape[1])
-    priority = token_fg + torch.rand(token_fg.shape, generator=g)  # fg in [1, 2), bg in [0, 1)
-    return priority.topk(k, dim=1).indices.sort(dim=1).values
+    near = torch.rand((), generator=g).item() < 0.5
+    noise = torch.rand(token_fg.shape, generator=g)
+    bg = (dilate(token_fg, grid, HALO_KERNEL) + noise) / 2 if near else noise       # in [0, 1)
+    return (token_fg + bg).topk(k, dim=1).indices.sort(dim=1).values               # fg in [1, 2)
 
 
 def autocast(enabled: bool):
@@ -261,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                 with torch.no_grad():
                     keep_idx = frozen[1](frozen[0](batch["pixels"]))
             else:
-                keep_idx = token_drop(batch["token_fg"], step, args.seed, args.token_drop)
+                keep_idx = token_drop(batch["token_fg"], model.grid, step, args.seed, args.token_drop)
             stats = detector_loss(model, modules["dense_head"], criterion, batch, keep_idx, args.bf16)
             loss = stats["loss"]
         optim.zero_grad(set_to_none=True)
@@ -309,8 +316,8 @@ def _start(args) -> str:
         return f"detector {args.detector}, pruned in the loop by {args.classifier} at keep {args.keep:g}"
     start = args.init or "fresh initialisation (seeded)"
     if getattr(args, "token_drop", 0):
-        start += (f"; token drop: {args.token_drop:g} of the steps see ground-truth foreground plus random "
-                  f"background tokens, keep ratio uniform in [{DROP_MIN_KEEP:g}, 1]")
+        start += (f"; token drop: {args.token_drop:g} of the steps see ground-truth foreground plus background "
+                  f"tokens (at random, or nearest objects first), keep ratio uniform in [{DROP_MIN_KEEP:g}, 1]")
     return start
 
 
@@ -366,8 +373,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         elif name == "detector":
             s.add_argument("--init", default=None, help="local checkpoint to start from (HF YOLOS folder)")
             s.add_argument("--token-drop", type=float, default=0.0, metavar="P",
-                           help="share of steps trained on a random token subset (ground-truth foreground "
-                                f"plus random background, keep uniform in [{DROP_MIN_KEEP:g}, 1]): a detector "
+                           help="share of steps trained on a token subset (ground-truth foreground plus "
+                                f"background, keep uniform in [{DROP_MIN_KEEP:g}, 1]): a detector "
                                 "that keeps its mAP when BAViT prunes, without a sparse fine-tune per keep ratio")
         else:
             s.add_argument("--detector", required=True, help="dense detector folder to fine-tune")

@@ -66,20 +66,27 @@ def test_pruned_finetune_loss_uses_kept_tokens_only():
     assert abs(loss_with_noise_on(list(range(0, 64, 2))) - clean) > 1e-3                  # kept: changes it
 
 
-def test_token_drop_keeps_foreground_and_random_background():
-    fg = torch.zeros(4, 64)
-    fg[:, 10:18] = 1                                   # 8 foreground tokens per image
-    draws = [token_drop(fg, step, seed=0, p=1.0) for step in range(40)]
+def test_token_drop_keeps_foreground_then_background_near_or_random():
+    grid = (16, 16)
+    fg = torch.zeros(4, 16, 16)
+    fg[:, 7:9, 7:9] = 1                                 # 4 foreground tokens per image, mid-grid
+    halo = torch.zeros(16, 16, dtype=torch.bool)
+    halo[5:11, 5:11] = True                             # within HALO_KERNEL (5) of them
+    fg, halo = fg.view(4, -1), halo.view(-1)
+    draws = [token_drop(fg, grid, step, seed=0, p=1.0) for step in range(60)]
     sizes = {d.shape[1] for d in draws}
-    assert len(sizes) > 5 and min(sizes) >= round(DROP_MIN_KEEP * 64) and max(sizes) <= 64
+    assert len(sizes) > 10 and min(sizes) >= round(DROP_MIN_KEEP * 256) and max(sizes) <= 256
+    near = []
     for d in draws:
-        assert (d[:, 1:] > d[:, :-1]).all()            # sorted, no repeats: the detector's token order
-        assert fg.gather(1, d).sum(1).eq(8).all()      # every foreground token kept
-    small = [d for d in draws if d.shape[1] < 40]
-    assert small and any(not torch.equal(d[0], d[1]) for d in small)  # background drawn per image
-    assert torch.equal(token_drop(fg, 7, 0, 1.0), token_drop(fg, 7, 0, 1.0))  # a resumed run redraws the same
-    assert token_drop(fg, 3, 0, 0.0) is None
-    assert 0.3 < sum(token_drop(fg, s, 0, 0.5) is not None for s in range(200)) / 200 < 0.7
+        assert (d[:, 1:] > d[:, :-1]).all()             # sorted, no repeats: the detector's token order
+        assert fg.gather(1, d).sum(1).eq(4).all()       # every foreground token kept
+        near.append(bool(halo[d].sum(1).eq(int(halo.sum())).all()))  # the whole halo kept
+    small = [(d, n) for d, n in zip(draws, near) if d.shape[1] < 150]
+    assert any(n for _, n in small) and any(not n for _, n in small)  # both kinds of background draw
+    assert any(not torch.equal(d[0], d[1]) for d, n in small if not n)  # random background per image
+    assert torch.equal(token_drop(fg, grid, 7, 0, 1.0), token_drop(fg, grid, 7, 0, 1.0))  # resumable
+    assert token_drop(fg, grid, 3, 0, 0.0) is None
+    assert 0.3 < sum(token_drop(fg, grid, s, 0, 0.5) is not None for s in range(200)) / 200 < 0.7
 
 
 def test_token_drop_option_trains_and_is_checked(tmp_path, capsys):
