@@ -169,6 +169,24 @@ def test_committed_sparse_finetune_recovers_pruned_map(scale):
     assert maps["detector-sparse-keep0.5"] >= maps["detector"] + 0.01, maps
 
 
+def test_committed_tokendrop_detector_holds_map_when_pruned():
+    """The token-drop ti detector (no sparse fine-tune) must stay within the issue's 3 points
+    of its own dense mAP at keep 0.5 with BAViT-2, dilate 3, bg-share 0.25 (slice: 0.714 vs
+    0.703), and beat the plain detector pruned the same way (0.626): fails if token drop did
+    nothing."""
+    from bavit.classifier import TokenClassifier
+    from bavit.pipeline import Pipeline, PruneConfig
+
+    root = ROOT / "weights" / "ti"
+    cls = TokenClassifier.from_pretrained(root / "bavit2")
+    pruned = PruneConfig(keep=0.5, bg_share=0.25, dilate=3)
+    dense_td = PrunedYolos.from_pretrained(root / "detector-tokendrop")
+    dense = _score_slice(Pipeline(dense_td, None, PruneConfig(keep=1.0)).eval())["map"]
+    kept = _score_slice(Pipeline(dense_td, cls, pruned).eval())["map"]
+    plain = _score_slice(Pipeline(PrunedYolos.from_pretrained(root / "detector"), cls, pruned).eval())["map"]
+    assert dense >= TI_DENSE_BAR and kept >= dense - 0.03 and kept >= plain + 0.03, (dense, kept, plain)
+
+
 @pytest.mark.parametrize("scale,layers,bar", [("tiny", 2, 0.90), ("tiny", 10, 0.95), ("ti", 2, 0.90), ("ti", 10, 0.95)])
 def test_committed_bavit_weights_separate_tokens(scale, layers, bar):
     """The issue's token-accuracy bars, on a fixed 64-image validation slice."""
