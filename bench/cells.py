@@ -1,39 +1,70 @@
-"""Benchmark cells and the results file. A cell is one (target, precision, keep, batch);
-every finished cell is appended to results.jsonl at once and fsynced, so a crash or Ctrl-C
-loses nothing, and --resume skips what is already there."""
+"""Benchmark cells and the results file.
+
+A model is one artifact: (target, precision, keep, batch). A cell is a model run in one
+scenario: single-stream cells run the batch-1 model, offline cells the model of each
+--batch. Every finished cell is appended to results.jsonl and fsynced, so a crash or
+Ctrl-C loses nothing, and --resume skips what is already there."""
 from __future__ import annotations
 
 import itertools
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+
+from targets.base import OFFLINE, SINGLE_STREAM
 
 RESULTS = "results.jsonl"
 
 
 @dataclass(frozen=True)
-class Cell:
+class Model:
     target: str
     precision: str
     keep: float
     batch: int
 
     @property
-    def cell_id(self) -> str:
+    def model_id(self) -> str:
         return f"{self.target}/{self.precision}/keep{self.keep:g}/b{self.batch}"
+
+    @property
+    def slug(self) -> str:
+        return self.model_id.replace("/", "_")
+
+
+@dataclass(frozen=True)
+class Cell:
+    model: Model
+    scenario: str
+
+    @property
+    def cell_id(self) -> str:
+        return f"{self.model.model_id}/{self.scenario}"
 
     @property
     def slug(self) -> str:
         return self.cell_id.replace("/", "_")
 
-    def as_dict(self) -> dict:
-        return asdict(self)
+    @property
+    def group(self) -> tuple[str, int, str]:
+        """Cells that are compared with each other: same target, batch and scenario."""
+        return (self.model.target, self.model.batch, self.scenario)
 
 
-def enumerate_cells(targets, precisions, keeps, batches) -> list[Cell]:
-    """Keep ratios outermost within a target so artifacts of one model are built together."""
-    return [Cell(t, p, k, b) for t, k, p, b in itertools.product(targets, keeps, precisions, batches)]
+def enumerate_cells(targets, precisions, keeps, batches, scenarios) -> list[Cell]:
+    """Keep ratios outermost within a target, so artifacts of one pipeline are built together."""
+    cells = []
+    for t, k, p in itertools.product(targets, keeps, precisions):
+        if SINGLE_STREAM in scenarios:
+            cells.append(Cell(Model(t, p, k, 1), SINGLE_STREAM))
+        if OFFLINE in scenarios:
+            cells += [Cell(Model(t, p, k, b), OFFLINE) for b in batches]
+    return cells
+
+
+def models_of(cells: list[Cell]) -> list[Model]:
+    return list(dict.fromkeys(c.model for c in cells))
 
 
 def append_row(run_dir: Path, row: dict) -> None:
@@ -63,3 +94,8 @@ def finished_cells(run_dir: Path) -> set[str]:
         except (ValueError, KeyError):
             continue  # a line cut by a crash: that cell runs again
     return done
+
+
+def has_rows(run_dir: Path) -> bool:
+    path = run_dir / RESULTS
+    return path.is_file() and path.stat().st_size > 0

@@ -1,26 +1,64 @@
-"""python -m bench.run: benchmark BAViT-pruned YOLOS across targets, precisions, keep ratios
-and batch sizes; write results.jsonl, report.csv and report.html into --out.
+"""python -m bench.run: benchmark BAViT-pruned YOLOS across targets, precisions, keep ratios,
+batch sizes and scenarios; write results.jsonl, report.csv and report.html into --out.
 
-Every cell runs in fresh subprocesses: one builds the artifact (imports torch), one measures
-it (imports only the runtime measured), so peak memory belongs to the cell alone and a crash
-or hang of one cell is recorded as failed while the sweep goes on."""
+Scenarios (MLPerf LoadGen's names): single-stream times batch-1 queries one after another
+(latency percentiles); offline times the highest throughput each runtime's own practice
+gives at each --batch (OpenVINO: THROUGHPUT hint, AsyncInferQueue with the optimal number
+of requests in flight; torch and TFLite: back-to-back calls on the batch).
+
+Phases, each in fresh subprocesses, so a crash or hang costs one cell and peak memory is
+the cell's own:
+  1. build: one torch process converts (or finds in the cache) every artifact;
+  2. cold: each cell's own process, importing only its runtime, records load/compile time,
+     first-inference latency and peak RSS, then scores mAP when the cell scores its model
+     (once per distinct model, never inside a timed window; reused from the cache when the
+     artifact and the data are unchanged);
+  3. rounds: one serving process per target loads all its cells and times --rounds rounds;
+     within a round every cell runs twice, in a palindrome order (A B C C B A), so a drift
+     of the machine's speed hits the cells that are compared alike. Figures are medians over
+     rounds, with their min-max; a cell is noisy when its rounds disagree by > 10 % or more
+     tasks than its threads were runnable while it ran."""
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import select
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench.cells import Cell, append_row, enumerate_cells, finished_cells
+from bench.cells import Cell, Model, append_row, enumerate_cells, finished_cells, has_rows, models_of
+from bench.contracts import (
+    SCENARIOS,
+    AccuracySpec,
+    BuildSpec,
+    Built,
+    ColdResult,
+    ColdSpec,
+    Command,
+    PruneSpec,
+    Reply,
+    Row,
+    RunSettings,
+    ServeCell,
+    ServeSpec,
+    Slice,
+    digest,
+    from_json,
+    to_json,
+)
 from bench.system import fingerprint
 
 PRECISIONS = ("fp32", "bf16", "int8")
+OV_INT8_FLOATS = ("f32", "bf16")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class UsageError(Exception):
@@ -48,15 +86,35 @@ def _ints(option: str, text: str) -> list[int]:
     return values
 
 
+def _names(option: str, text: str, known: tuple[str, ...]) -> list[str]:
+    names = list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    for n in names:
+        if n not in known:
+            raise UsageError(f"{option}: unknown value '{n}' (choose from {', '.join(known)})")
+    if not names:
+        raise UsageError(f"{option}: empty list")
+    return names
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", default="all", help="torch | openvino | tflite | all, or a comma-separated list")
     p.add_argument("--precision", default="fp32,int8",
                    help="comma-separated: fp32, bf16 (OpenVINO on CPUs with bf16), int8 (default: fp32,int8)")
-    p.add_argument("--keep", default="1.0,0.75,0.5,0.25", help="keep ratios of patch tokens, each in (0, 1]")
-    p.add_argument("--batch", default="1,8", help="batch sizes (each is its own static-shape model)")
+    p.add_argument("--keep", default="1.0,0.5,0.25", help="keep ratios of patch tokens, each in (0, 1]")
+    p.add_argument("--scenario", default="single-stream,offline",
+                   help="single-stream (batch-1 queries one after another: latency) and/or offline "
+                        "(throughput at each --batch); default both")
+    p.add_argument("--batch", default="8", help="batch sizes of the offline scenario (each its own static-shape "
+                                                "model; single-stream is always batch 1). Default 8")
     p.add_argument("--threads", type=int, default=2, help="threads for every runtime (default 2)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (default 3)")
+    p.add_argument("--round-seconds", type=float, default=2.0,
+                   help="timed seconds per cell per round, in two halves (default 2)")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds of untimed calls per cell after loading")
+    p.add_argument("--no-interleave", action="store_true",
+                   help="time each cell's rounds back to back instead of interleaved (to see what drift does)")
     p.add_argument("--data", default="synthetic", help="synthetic | coco:PATH | voc:PATH (validation split)")
     p.add_argument("--split", default="val", help="split scored and timed (default val)")
     p.add_argument("--weights", default=None,
@@ -74,30 +132,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--labels", choices=["masks", "boxes"], default=None,
                    help="token labels for token accuracy (default: masks when the data set has them)")
     p.add_argument("--calib-images", type=int, default=128, help="calibration images for int8 (default 128)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed calls before timing")
-    p.add_argument("--min-iters", type=int, default=20, help="timed calls, at least")
-    p.add_argument("--min-seconds", type=float, default=4.0, help="timed seconds, at least")
+    p.add_argument("--ov-int8-float", choices=OV_INT8_FLOATS, default="f32",
+                   help="precision of the layers OpenVINO int8 cells leave in float (default f32: the int8 cell "
+                        "differs from fp32 by quantization alone; bf16 is OpenVINO's own default on bf16 CPUs)")
+    p.add_argument("--max-map-drop", type=float, default=1.0,
+                   help="the decision: fastest cell whose mAP drop stays within this many points (default 1)")
+    p.add_argument("--max-latency-ms", type=float, default=None, help="the decision: latency bound")
+    p.add_argument("--max-rss-mb", type=float, default=None, help="the decision: peak memory bound (MiB)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds before a cell's process is killed")
     p.add_argument("--cache", default=None, help="artifact cache (default: $BAVIT_CACHE/artifacts)")
     p.add_argument("--out", default=None, help="run folder (default: runs/<UTC time>)")
-    p.add_argument("--resume", action="store_true", help="skip cells already recorded ok/unavailable in --out")
+    p.add_argument("--resume", action="store_true", help="finish the run in --out: skip cells recorded ok/unavailable")
+    p.add_argument("--force", action="store_true", help="start over in a used --out: its results are removed")
     p.add_argument("--no-report", action="store_true", help="do not build report.csv/report.html")
     return p.parse_args(argv)
 
 
 def check(args: argparse.Namespace) -> dict:
     """Everything that can be wrong with the command line, found before any work starts."""
-    from targets import known_targets
+    from targets import NAMES, known_targets
 
     names = known_targets()
-    targets = list(names[:3]) if args.target == "all" else [t.strip() for t in args.target.split(",") if t.strip()]
-    for t in targets:
-        if t not in names:
-            raise UsageError(f"--target: unknown target '{t}' (choose from {', '.join(names)}, all)")
-    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
-    for p in precisions:
-        if p not in PRECISIONS:
-            raise UsageError(f"--precision: unknown precision '{p}' (choose from {', '.join(PRECISIONS)})")
+    targets = list(NAMES) if args.target == "all" else _names("--target", args.target, names + ("all",))
+    if "all" in targets:
+        raise UsageError("--target: 'all' cannot be combined with other targets")
+    precisions = _names("--precision", args.precision, PRECISIONS)
+    scenarios = _names("--scenario", args.scenario, SCENARIOS)
     keeps = _floats("--keep", args.keep)
     batches = _ints("--batch", args.batch)
     if args.threads < 1:
@@ -107,12 +167,18 @@ def check(args: argparse.Namespace) -> dict:
     if args.dilate < 0 or (args.dilate > 1 and args.dilate % 2 == 0):
         raise UsageError(f"--dilate must be 0 (off), 1 or an odd kernel size, got {args.dilate}")
     for option, value, low in (("--images", args.images, 0), ("--calib-images", args.calib_images, 1),
-                               ("--warmup", args.warmup, 0), ("--min-iters", args.min_iters, 1),
-                               ("--bavit-layers", args.bavit_layers, 1)):
+                               ("--rounds", args.rounds, 1), ("--bavit-layers", args.bavit_layers, 1)):
         if value < low:
             raise UsageError(f"{option} must be >= {low}, got {value}")
-    if args.min_seconds < 0 or args.timeout <= 0:
-        raise UsageError(f"--min-seconds must be >= 0 and --timeout > 0, got {args.min_seconds:g} and {args.timeout:g}")
+    for option, value in (("--round-seconds", args.round_seconds), ("--timeout", args.timeout)):
+        if value <= 0:
+            raise UsageError(f"{option} must be > 0, got {value:g}")
+    if args.warmup < 0:
+        raise UsageError(f"--warmup must be >= 0 seconds, got {args.warmup:g}")
+    if args.max_map_drop < 0 or (args.max_latency_ms or 1) <= 0 or (args.max_rss_mb or 1) <= 0:
+        raise UsageError("--max-map-drop must be >= 0, --max-latency-ms and --max-rss-mb > 0")
+    if args.resume and args.force:
+        raise UsageError("--resume and --force contradict each other: finish the run, or start it over")
     kind, _, path = args.data.partition(":")
     if kind not in ("synthetic", "coco", "voc") or (kind != "synthetic" and not path):
         raise UsageError(f"--data: expected synthetic, coco:PATH or voc:PATH, got '{args.data}'")
@@ -125,40 +191,233 @@ def check(args: argparse.Namespace) -> dict:
             pass
     except OSError as err:
         raise UsageError(f"--out {out}: not writable ({err.strerror or err})") from None
-    return {"targets": targets, "precisions": precisions, "keeps": keeps, "batches": batches, "out": out}
+    if has_rows(out) and not (args.resume or args.force):
+        raise UsageError(f"--out {out}: holds results.jsonl of an earlier run; pass --resume to finish it, "
+                         "--force to start over, or choose another --out")
+    return {"targets": targets, "precisions": precisions, "keeps": keeps, "batches": batches,
+            "scenarios": scenarios, "out": out}
 
 
-def _child(mode: str, spec: dict, run_dir: Path, slug: str, timeout: float, threads: int) -> dict:
-    """Runs bench.worker in a new session (killed with its children on timeout or Ctrl-C)."""
-    work = run_dir / "work"
-    work.mkdir(exist_ok=True)
-    spec_path, out_path = work / f"{slug}.{mode}.spec.json", work / f"{slug}.{mode}.out.json"
-    spec_path.write_text(json.dumps(spec))
-    out_path.unlink(missing_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-               OPENBLAS_NUM_THREADS=str(threads), TF_NUM_INTRAOP_THREADS=str(threads),
-               PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
-                                                        os.environ.get("PYTHONPATH")])))
-    log = open(run_dir / "logs" / f"{slug}.{mode}.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "bench.worker", mode, str(spec_path), str(out_path)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+# -- subprocesses ---------------------------------------------------------------------------------
+def _env(threads: int) -> dict:
+    return dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+                OPENBLAS_NUM_THREADS=str(threads), TF_NUM_INTRAOP_THREADS=str(threads),
+                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+
+
+def _spawn(args: list[str], log: Path, threads: int, **kw) -> subprocess.Popen:
+    """A worker in a new session, so a timeout or Ctrl-C kills it with its children."""
+    with open(log, "a") as f:
+        return subprocess.Popen([sys.executable, "-m", "bench.worker", *args], stdout=f, stderr=subprocess.STDOUT,
+                                env=_env(threads), start_new_session=True, **kw)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+class _Children:
+    """Every live worker, so Ctrl-C / SIGTERM takes them all down with the harness."""
+    live: set[subprocess.Popen] = set()
+
+    @classmethod
+    def kill_all(cls) -> None:
+        for proc in list(cls.live):
+            _kill(proc)
+        cls.live.clear()
+
+
+def _run_build(specs: list[BuildSpec], work: Path, logs: Path, timeout: float, threads: int, bar) -> dict[str, Built]:
+    """One build process for every artifact (torch is imported once). A crash or a hang costs
+    the artifact in progress; the process is started again for the rest."""
+    results: dict[str, Built] = {}
+    remaining = list(specs)
+    attempt = 0
+    while remaining:
+        attempt += 1
+        spec_file, out_file = work / f"build-{attempt}.specs.json", work / f"build-{attempt}.out.jsonl"
+        current = out_file.with_name(out_file.name + ".current")
+        spec_file.write_text(json.dumps([asdict(s) for s in remaining]))
+        out_file.unlink(missing_ok=True)
+        proc = _spawn(["build", str(spec_file), str(out_file)], logs / "build.log", threads)
+        _Children.live.add(proc)
+        seen, started, now_building, verdict = 0, time.monotonic(), None, None
+        while True:
+            finished = proc.poll() is not None
+            if out_file.is_file():
+                lines = out_file.read_text().splitlines()
+                for line in lines[seen:]:
+                    try:
+                        built = from_json(Built, line)
+                    except ValueError:
+                        break  # a line being written: read it next time
+                    results[built.model_id] = built
+                    seen += 1
+                    bar.update(1)
+            building = current.read_text().strip() if current.is_file() else None
+            if building != now_building:
+                now_building, started = building, time.monotonic()
+                if building:
+                    bar.set_description(f"build {building}")
+            if finished:
+                break
+            if now_building and time.monotonic() - started > timeout:
+                _kill(proc)
+                verdict = f"timeout: build did not finish in {timeout:g} s"
+                break
+            time.sleep(0.2)
+        _Children.live.discard(proc)
+        remaining = [s for s in remaining if s.model_id not in results]
+        if remaining:
+            stuck = now_building if now_building in {s.model_id for s in remaining} else remaining[0].model_id
+            results[stuck] = Built(stuck, False, error=verdict or f"build process died (exit code {proc.returncode}); "
+                                                                    "see logs/build.log")
+            bar.update(1)
+            remaining = [s for s in remaining if s.model_id not in results]
+    return results
+
+
+def _run_cold(spec: ColdSpec, work: Path, logs: Path, slug: str, timeout: float, threads: int) -> ColdResult:
+    spec_file, out_file = work / f"{slug}.cold.json", work / f"{slug}.cold.out.json"
+    spec_file.write_text(to_json(spec))
+    out_file.unlink(missing_ok=True)
+    proc = _spawn(["cold", str(spec_file), str(out_file)], logs / f"{slug}.cold.log", threads)
+    _Children.live.add(proc)
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        return {"ok": False, "error": f"timeout: {mode} did not finish in {timeout:g} s"}
-    except BaseException:  # Ctrl-C / SIGTERM: take the cell's processes down with us
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        raise
+        _kill(proc)
+        return ColdResult(spec.cell_id, False, error=f"timeout: the cell's process did not finish in {timeout:g} s")
     finally:
-        log.close()
-    if out_path.is_file():
-        return json.loads(out_path.read_text())
-    return {"ok": False, "error": f"{mode} process died (exit code {proc.returncode}); see logs/{slug}.{mode}.log"}
+        _Children.live.discard(proc)
+    if out_file.is_file():
+        return from_json(ColdResult, out_file.read_text())
+    return ColdResult(spec.cell_id, False, error=f"the cell's process died (exit code {proc.returncode}); "
+                                                 f"see logs/{slug}.cold.log")
 
 
+def _runnable_others() -> float:
+    """Runnable tasks on the machine now, this sampling process excluded (/proc/loadavg's
+    4th field counts the reader)."""
+    try:
+        with open("/proc/loadavg") as f:
+            return max(0, int(f.read().split()[3].split("/")[0]) - 1)
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class Server:
+    """The parent's end of one serving process."""
+
+    def __init__(self, spec: ServeSpec, work: Path, logs: Path, timeout: float) -> None:
+        cmd_r, self._cmd_w = os.pipe()
+        self._reply_r, reply_w = os.pipe()
+        spec_file = work / f"serve-{spec.target}.json"
+        spec_file.write_text(to_json(spec))
+        self.proc = _spawn(["serve", str(spec_file), str(cmd_r), str(reply_w)], logs / f"serve-{spec.target}.log",
+                           spec.threads, pass_fds=(cmd_r, reply_w))
+        _Children.live.add(self.proc)
+        os.close(cmd_r)
+        os.close(reply_w)
+        self._buf = b""
+        self.timeout = timeout
+        self.log = f"logs/serve-{spec.target}.log"
+
+    def _reply(self, timeout: float, loads: list[int] | None = None) -> Reply:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RuntimeError(f"timeout: the serving process did not answer in {timeout:g} s")
+            ready, _, _ = select.select([self._reply_r], [], [], min(left, 0.05))
+            if not ready:
+                if loads is not None:
+                    loads.append(_runnable_others())
+                continue
+            chunk = os.read(self._reply_r, 1 << 20)
+            if not chunk:
+                code = self.proc.wait()
+                raise RuntimeError(f"the serving process died (exit code {code}); see {self.log}")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return from_json(Reply, line.decode())
+
+    def ready(self) -> dict[str, str]:
+        return self._reply(self.timeout).failed_cells
+
+    def measure(self, cell_id: str, seconds: float) -> tuple[Reply, float]:
+        os.write(self._cmd_w, (to_json(Command(cell_id, seconds)) + "\n").encode())
+        loads: list[int] = []
+        reply = self._reply(seconds * 4 + 60, loads)
+        return reply, (sum(loads) / len(loads) if loads else 0.0)
+
+    def close(self) -> None:
+        try:
+            os.write(self._cmd_w, (to_json(Command(None)) + "\n").encode())
+            self.proc.wait(timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        _kill(self.proc)
+        _Children.live.discard(self.proc)
+        for fd in (self._cmd_w, self._reply_r):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def schedule(cell_ids: list[str], rounds: int, seconds: float, interleave: bool) -> list[tuple[int, str, float]]:
+    """(round, cell, seconds) in timing order. Interleaved: each round runs every cell twice,
+    forwards then backwards, half the time each: all cells' timed windows share one centre
+    per round, so a linear drift of the machine's speed cancels out of every ratio. Not
+    interleaved: each cell's rounds back to back (what a one-pass sweep does)."""
+    half = seconds / 2
+    if interleave:
+        return [(r, c, half) for r in range(rounds) for c in cell_ids + cell_ids[::-1]]
+    return [(r, c, half) for c in cell_ids for r in range(rounds) for _ in range(2)]
+
+
+def _time_target(spec: ServeSpec, args, work: Path, logs: Path, bar
+                 ) -> tuple[dict[str, list[list[Slice]]], dict[str, list[float]], dict[str, str], float]:
+    """All timed rounds of one target's cells: slices per cell per round, the load figure of
+    each slice, the cells that failed (why), and the seconds loading + warm-up took."""
+    ids = [c.cell_id for c in spec.cells]
+    slices: dict[str, list[list[Slice]]] = {c: [[] for _ in range(args.rounds)] for c in ids}
+    loads: dict[str, list[float]] = {c: [] for c in ids}
+    failed: dict[str, str] = {}
+    plan = schedule(ids, args.rounds, args.round_seconds, not args.no_interleave)
+    start = time.monotonic()
+    bar.set_description(f"rounds {spec.target} [load + warm-up]")
+    server = Server(spec, work, logs, args.timeout)
+    load_s = 0.0
+    try:
+        failed.update(server.ready())
+        load_s = time.monotonic() - start
+        for rnd, cell_id, seconds in plan:
+            bar.update(1)
+            if cell_id in failed:
+                continue
+            bar.set_description(f"rounds {spec.target} r{rnd + 1}/{args.rounds} {cell_id}")
+            reply, load = server.measure(cell_id, seconds)
+            if not reply.ok:
+                failed[cell_id] = f"timing: {reply.error}"
+                continue
+            slices[cell_id][rnd].append(reply.slice)
+            loads[cell_id].append(load)
+    except RuntimeError as err:  # the process died or hung: its unfinished cells fail
+        for c in ids:
+            if c not in failed and any(len(r) < 2 for r in slices[c]):
+                failed[c] = f"timing: {err}"
+    finally:
+        server.close()
+    return slices, loads, failed, load_s
+
+
+# -- the run --------------------------------------------------------------------------------------
 def _quiet_import_noise() -> None:
     """Importing transformers imports torchao, which logs that its CUDA-only kernels do not
     load and that it registers enums torch now handles: noise on a CPU machine that would
@@ -170,6 +429,34 @@ def _quiet_import_noise() -> None:
 
 def _terminate(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def settings_of(args, label: str) -> RunSettings:
+    return RunSettings(model=label, detector=args.detector, image_size=args.image_size, bavit_layers=args.bavit_layers,
+                       bg_share=args.bg_share, dilate=args.dilate, threads=args.threads, data=args.data,
+                       split=args.split, labels=args.labels, images=args.images, calib_images=args.calib_images,
+                       rounds=args.rounds, round_seconds=args.round_seconds, warmup=args.warmup,
+                       interleave=not args.no_interleave, ov_int8_float=args.ov_int8_float)
+
+
+def _check_resumable(out: Path, settings: RunSettings) -> None:
+    path = out / "run.json"
+    try:
+        before = json.loads(path.read_text()).get("settings") if path.is_file() else None
+    except ValueError:
+        raise UsageError(f"--resume: {path} is not valid JSON") from None
+    now = asdict(settings)
+    changed = [f"{k} {before.get(k)!r} -> {v!r}" for k, v in now.items() if before and before.get(k) != v]
+    if changed:
+        raise UsageError(f"--resume: {path} was measured with other settings ({'; '.join(changed)}); "
+                         "choose another --out, or pass --force to start over")
+
+
+def _start_over(out: Path) -> None:
+    for name in ("results.jsonl", "run.json", "report.csv", "report.html", "decision.csv", "comparison.csv"):
+        (out / name).unlink(missing_ok=True)
+    for name in ("work", "logs", "detections"):
+        shutil.rmtree(out / name, ignore_errors=True)
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -184,7 +471,7 @@ def run(argv: list[str] | None = None) -> int:
         if det_dir is not None and cls_dir is None and min(plan["keeps"]) < 1.0:
             raise UsageError(f"--weights {label}: no bavit{args.bavit_layers}/ classifier to prune with "
                              f"(--keep {args.keep}; --bavit-layers picks bavitN/)")
-        settings = _settings(args, label)
+        settings = settings_of(args, label)
         if args.resume:
             _check_resumable(plan["out"], settings)
         model_info = _model_info(label, det_dir, args.image_size)
@@ -195,19 +482,20 @@ def run(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"bench.run: error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2
-    from tqdm import tqdm
-
-    from targets import get_target
-
     out: Path = plan["out"]
-    (out / "logs").mkdir(exist_ok=True)
+    if args.force:
+        _start_over(out)
+    work, logs = out / "work", out / "logs"
+    work.mkdir(exist_ok=True)
+    logs.mkdir(exist_ok=True)
     from bavit.data.synthetic import cache_root
     cache = Path(args.cache) if args.cache else cache_root() / "artifacts"
     try:
         dataset = load_dataset(args.data, args.split, size=size)
         if len(dataset) == 0:
             raise DataError(f"the {args.split} split has no images")
-        _write_inputs(dataset, size, plan["batches"], out / "work")
+        batches = sorted({1} | set(plan["batches"]))
+        _write_inputs(dataset, size, batches, work)
     except DataError as err:
         print(f"bench.run: error: --data {args.data}: {err}", file=sys.stderr)
         return 2
@@ -218,95 +506,225 @@ def run(argv: list[str] | None = None) -> int:
         accuracy_note = (f"model has {model_info['num_labels']} classes, data set {len(dataset.categories)}, "
                          "and its class names do not cover the data set's: mAP not measured")
     calib = _calibration(args, len(dataset))
-    system = fingerprint()
+    cells = enumerate_cells(plan["targets"], plan["precisions"], plan["keeps"], plan["batches"], plan["scenarios"])
     done = finished_cells(out) if args.resume else set()
-    cells = enumerate_cells(plan["targets"], plan["precisions"], plan["keeps"], plan["batches"])
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     (out / "run.json").write_text(json.dumps({"argv": sys.argv if argv is None else argv, "model": label,
-                                              "settings": settings, "cells": [c.cell_id for c in cells]},
-                                             indent=1))
-    failed = 0
+                                              "settings": asdict(settings), "settings_key": settings.key,
+                                              "cells": [c.cell_id for c in cells]}, indent=1))
     todo = [c for c in cells if c.cell_id not in done]
     if len(todo) < len(cells):
         print(f"resuming: {len(cells) - len(todo)} of {len(cells)} cells already recorded", file=sys.stderr)
-    bar = tqdm(todo, desc="cells", unit="cell", dynamic_ncols=True)
-    for cell in bar:
-        started = time.time()
-        row = {"cell_id": cell.cell_id, **cell.as_dict(), "threads": args.threads, "model": label,
-               "data": f"{args.data}:{args.split}", "started_at": datetime.now(timezone.utc).isoformat(),
-               "bavit_layers": args.bavit_layers, "detector": args.detector, "bg_share": args.bg_share,
-               "dilate": args.dilate, "image_size": size, **system}
-        target = get_target(cell.target)
-        reason = target.available() or target.supports(cell.precision)
-        if reason:
-            row.update(status="unavailable", error=reason)
-        else:
-            row.update(_run_cell(cell, args, label, calib, size, out, cache, bar, accuracy_note, cat_ids))
-        row["wall_s"] = round(time.time() - started, 2)
-        failed += row["status"] == "failed"
-        append_row(out, row)
-    bar.close()
+    job = Job(args, settings, run_id, label, size, cache, out, calib, cat_ids, accuracy_note, fingerprint())
+    failed = job.run(todo)
+    (out / "timing.json").write_text(json.dumps(job.timing, indent=1))
+    print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in job.timing.items()), file=sys.stderr)
     if not args.no_report:
-        _report(out)
+        _report(out, args)
     return 1 if failed else 0
 
 
-def _run_cell(cell: Cell, args, label: str, calib: dict, size: int, out: Path, cache: Path, bar,
-              accuracy_note: str | None, cat_ids: list[int | None] | None) -> dict:
-    from targets import get_target
+class Job:
+    """One run's cells through build, cold start + accuracy, and timed rounds; rows are
+    appended as each target finishes (unavailable and failed cells at once)."""
+
+    def __init__(self, args, settings: RunSettings, run_id: str, label: str, size: int, cache: Path, out: Path,
+                 calib: dict, cat_ids, accuracy_note: str | None, system: dict) -> None:
+        self.args, self.settings, self.run_id, self.label, self.size = args, settings, run_id, label, size
+        self.cache, self.out, self.calib, self.cat_ids, self.accuracy_note = cache, out, calib, cat_ids, accuracy_note
+        self.system = system
+        self.work, self.logs = out / "work", out / "logs"
+        self.timing: dict[str, float] = {}
+        self.failed = 0
+
+    def _row(self, cell: Cell, status: str, **fields) -> dict:
+        m = cell.model
+        a = self.args
+        row = Row(cell_id=cell.cell_id, model_id=m.model_id, target=m.target, precision=m.precision, keep=m.keep,
+                  batch=m.batch, scenario=cell.scenario, status=status, settings_key=self.settings.key,
+                  run_id=self.run_id, model=self.label, detector=a.detector, data=f"{a.data}:{a.split}",
+                  threads=a.threads, bavit_layers=a.bavit_layers, bg_share=a.bg_share, dilate=a.dilate,
+                  image_size=self.size, started_at=datetime.now(timezone.utc).isoformat(), **self.system)
+        row = Row(**{**asdict(row), **fields})
+        return asdict(row)
+
+    def _write(self, row: dict) -> None:
+        self.failed += row["status"] == "failed"
+        append_row(self.out, row)
+
+    def _tick(self, name: str, since: float) -> None:
+        self.timing[name] = self.timing.get(name, 0.0) + time.monotonic() - since
+
+    def run(self, todo: list[Cell]) -> int:
+        from tqdm import tqdm
+
+        from targets import get_target
+
+        a = self.args
+        runnable: list[Cell] = []
+        for cell in todo:
+            target = get_target(cell.model.target)
+            reason = target.available() or target.supports(cell.model.precision)
+            if reason:
+                self._write(self._row(cell, "unavailable", error=reason))
+            else:
+                runnable.append(cell)
+        # 1. build every artifact in one torch process
+        specs = [self._build_spec(m) for m in models_of(runnable)]
+        t0 = time.monotonic()
+        with tqdm(total=len(specs), desc="build", unit="artifact", dynamic_ncols=True) as bar:
+            built = _run_build(specs, self.work, self.logs, a.timeout, a.threads, bar)
+        self._tick("build", t0)
+        ok_cells = []
+        for cell in runnable:
+            b = built[cell.model.model_id]
+            if b.ok:
+                ok_cells.append(cell)
+                continue
+            missing = get_target(cell.model.target).build_unavailable()  # a cached artifact needs no converter
+            self._write(self._row(cell, "unavailable", error=f"cannot build: {missing}") if missing
+                        else self._row(cell, "failed", error=f"build: {b.error}"))
+        self.timing["build: of it, converting uncached artifacts"] = sum(
+            _artifact(b.artifact).convert_s for b in built.values() if b.ok and not b.cached)
+        scorers = self._scorers(ok_cells)
+        # 2 + 3, target by target: cold start (+ accuracy), then the timed rounds
+        for target in dict.fromkeys(c.model.target for c in ok_cells):
+            cells = [c for c in ok_cells if c.model.target == target]
+            colds = self._cold_phase(cells, built, scorers)
+            live = [c for c in cells if colds[c.cell_id].ok]
+            for c in cells:
+                if not colds[c.cell_id].ok:
+                    self._write(self._row(c, "failed", **self._build_fields(c, built),
+                                          error=f"cold start: {colds[c.cell_id].error}"))
+            if not live:
+                continue
+            spec = ServeSpec(target, a.threads, a.warmup, a.ov_int8_float,
+                             [ServeCell(c.cell_id, built[c.model.model_id].artifact, c.scenario, c.model.batch,
+                                        str(self.work / f"inputs-b{c.model.batch}.npy")) for c in live])
+            t0 = time.monotonic()
+            with tqdm(total=len(schedule([c.cell_id for c in live], a.rounds, a.round_seconds, True)),
+                      desc=f"rounds {target}", unit="slice", dynamic_ncols=True) as bar:
+                slices, loads, failed, load_s = _time_target(spec, a, self.work, self.logs, bar)
+            total = time.monotonic() - t0
+            self.timing["serving processes: start, load + warm-up"] = (
+                self.timing.get("serving processes: start, load + warm-up", 0.0) + load_s)
+            self.timing["timed rounds"] = self.timing.get("timed rounds", 0.0) + total - load_s
+            self.timing["accuracy (of cold start)"] = self.timing.get("accuracy (of cold start)", 0.0) + sum(
+                r.accuracy_s or 0.0 for r in colds.values())
+            for c in live:
+                self._write(self._final_row(c, built, colds, scorers, slices[c.cell_id], loads[c.cell_id],
+                                            failed.get(c.cell_id)))
+        return self.failed
+
+    # -- pieces ------------------------------------------------------------------------------------
+    def _build_spec(self, m: Model) -> BuildSpec:
+        a = self.args
+        return BuildSpec(m.model_id, m.target, m.precision, m.batch, self.label, a.bavit_layers, a.detector,
+                         a.image_size, PruneSpec(m.keep, a.bg_share, a.dilate), a.data, self.calib["split"],
+                         self.calib["skip"], a.calib_images, str(self.cache))
+
+    def _scorers(self, cells: list[Cell]) -> dict[str, str]:
+        """model_id -> the model_id whose outputs are scored for it. Artifacts whose recipe
+        does not fit itself to batch-shaped data (float, dynamic int8) compute the same outputs
+        at every batch: the largest batch (fastest to score) scores for all. Calibrated
+        artifacts are each their own quantized model and are each scored."""
+        from targets import get_target
+
+        groups: dict[tuple, list[Model]] = {}
+        for m in models_of(cells):
+            calibrated = get_target(m.target).needs_calibration(m.precision)
+            key = (m.target, m.precision, m.keep, m.batch if calibrated else None)
+            groups.setdefault(key, []).append(m)
+        return {m.model_id: max(ms, key=lambda x: x.batch).model_id for ms in groups.values() for m in ms}
+
+    def _cold_phase(self, cells: list[Cell], built: dict[str, Built], scorers: dict[str, str]) -> dict[str, ColdResult]:
+        from tqdm import tqdm
+
+        a = self.args
+        scoring: dict[str, str] = {}  # model_id -> the cell that scores it
+        for c in cells:
+            if scorers[c.model.model_id] == c.model.model_id:
+                scoring.setdefault(c.model.model_id, c.cell_id)
+        results = {}
+        t0 = time.monotonic()
+        with tqdm(cells, desc=f"cold start {cells[0].model.target}", unit="cell", dynamic_ncols=True) as bar:
+            for c in bar:
+                b = built[c.model.model_id]
+                acc = None
+                if a.images > 0 and not self.accuracy_note and scoring.get(c.model.model_id) == c.cell_id:
+                    acc = AccuracySpec(a.data, a.split, a.images, a.labels, self.cat_ids, b.patch, b.prunes,
+                                       str(self.out / "detections" / f"{c.model.slug}.json"), self._accuracy_cache(c, b))
+                    bar.set_description(f"cold start + accuracy {c.cell_id}")
+                else:
+                    bar.set_description(f"cold start {c.cell_id}")
+                spec = ColdSpec(c.cell_id, c.model.target, b.artifact, c.scenario, c.model.batch, a.threads,
+                                str(self.work / f"inputs-b{c.model.batch}.npy"), self.size, a.ov_int8_float, acc)
+                results[c.cell_id] = _run_cold(spec, self.work, self.logs, c.slug, a.timeout, a.threads)
+        self._tick("cold start + accuracy", t0)
+        return results
+
+    def _accuracy_cache(self, cell: Cell, built: Built) -> str:
+        """Keyed on everything the scored outputs depend on: the artifact (its folder name is
+        its content key), how it runs (float precision of OpenVINO int8), the data and the
+        scoring options."""
+        from bench.worker import ACCURACY_FORMAT
+        from bench.system import data_fingerprint
+
+        a = self.args
+        key = digest({"format": ACCURACY_FORMAT, "artifact": Path(built.artifact).name, "ov_int8_float": a.ov_int8_float,
+                      "data": data_fingerprint(a.data, a.split), "images": a.images, "labels": a.labels,
+                      "cat_ids": self.cat_ids, "batch": cell.model.batch})
+        return str(self.cache / "accuracy" / f"{key[:24]}.json")
+
+    def _build_fields(self, cell: Cell, built: dict[str, Built]) -> dict:
+        from targets import get_target
+
+        b = built[cell.model.model_id]
+        art = _artifact(b.artifact)
+        needs = get_target(cell.model.target).needs_calibration(cell.model.precision)
+        return dict(recipe=art.recipe, recipe_settings=json.dumps(art.recipe_settings, sort_keys=True),
+                    fp32_kept=art.fp32_kept, calibration=self.calib["note"] if needs else None,
+                    convert_s=art.convert_s, artifact_bytes=art.size_bytes, artifact_cached=b.cached,
+                    artifact=b.artifact, tokens_kept=b.tokens_kept, tokens_total=b.tokens_total)
+
+    def _final_row(self, cell: Cell, built: dict[str, Built], colds: dict[str, ColdResult], scorers: dict[str, str],
+                   slices: list[list[Slice]], loads: list[float], error: str | None) -> dict:
+        from bench.stats import summarise
+
+        cold = colds[cell.cell_id]
+        fields = self._build_fields(cell, built)
+        fields.update(load_s=cold.load_s, first_inference_ms=cold.first_inference_ms, peak_rss_mib=cold.peak_rss_mib,
+                      baseline_rss_mib=cold.baseline_rss_mib,
+                      rss_increase_mib=cold.peak_rss_mib - cold.baseline_rss_mib, torch_imported=cold.torch_imported,
+                      executed_precision=cold.executed_precision, runtime_details=cold.runtime_details, mode=cold.mode,
+                      streams=cold.streams, requests=cold.requests, accuracy_note=self.accuracy_note)
+        fields.update(self._accuracy_fields(cell, colds, scorers))
+        if error is None and all(slices):
+            s = summarise(slices, loads, self.args.threads)
+            fields.update({k: v for k, v in asdict(s).items()})
+            return self._row(cell, "ok", **fields)
+        return self._row(cell, "failed", error=error or "timing: no slices recorded", **fields)
+
+    def _accuracy_fields(self, cell: Cell, colds: dict[str, ColdResult], scorers: dict[str, str]) -> dict:
+        if self.args.images == 0 or self.accuracy_note:
+            return {}
+        scorer = scorers[cell.model.model_id]
+        result = next((r for cid, r in colds.items() if cid.startswith(scorer + "/") and
+                       (r.accuracy is not None or r.accuracy_note)), None)
+        if result is None:
+            return {"accuracy_note": f"not scored: the cell scoring {scorer} did not run"}
+        if result.accuracy is None:
+            return {"accuracy_note": result.accuracy_note, "accuracy_from": scorer}
+        acc = asdict(result.accuracy)
+        reused = acc.pop("reused")
+        slug = scorer.replace("/", "_")
+        return {**acc, "accuracy_from": scorer, "accuracy_reused": reused,
+                "detections_file": str(self.out / "detections" / f"{slug}.json")}
+
+
+def _artifact(path: str):
     from targets.base import Artifact
-
-    target = get_target(cell.target)
-    spec = {"target": cell.target, "precision": cell.precision, "batch": cell.batch, "weights": label,
-            "bavit_layers": args.bavit_layers, "detector": args.detector, "image_size": args.image_size,
-            "prune": {"keep": cell.keep, "bg_share": args.bg_share, "dilate": args.dilate},
-            "calib_data": args.data, "calib_split": calib["split"], "calib_skip": calib["skip"],
-            "calib_images": args.calib_images, "cache_dir": str(cache)}
-    bar.set_description(f"{cell.cell_id} [build]")
-    built = _child("build", spec, out, cell.slug, args.timeout, args.threads)
-    if not built["ok"]:
-        # a cached artifact needs no converter, so a missing one is known only now
-        missing = target.build_unavailable()
-        if missing:
-            return {"status": "unavailable", "error": f"cannot build: {missing}"}
-        return {"status": "failed", "error": f"build: {built['error']}"}
-    art = Artifact.load(built["artifact"])
-    row = {"recipe": art.recipe, "recipe_settings": json.dumps(art.recipe_settings, sort_keys=True),
-           "calibration": calib["note"] if target.needs_calibration(cell.precision) else None,
-           "fp32_kept": art.fp32_kept, "convert_s": art.convert_s, "artifact_bytes": art.size_bytes,
-           "artifact_cached": built["cached"], "tokens_kept": built["tokens_kept"],
-           "tokens_total": built["tokens_total"], "accuracy_note": accuracy_note}
-    bar.set_description(f"{cell.cell_id} [measure]")
-    mspec = {"target": cell.target, "artifact": built["artifact"], "prunes": built["prunes"],
-             "threads": args.threads, "batch": cell.batch, "pixels": str(out / "work" / f"inputs-b{cell.batch}.npy"),
-             "input_size": size, "patch": built["patch"], "data": args.data, "split": args.split,
-             "labels": args.labels, "cat_ids": cat_ids, "images": 0 if accuracy_note else args.images,
-             "warmup": args.warmup, "min_iters": args.min_iters, "min_seconds": args.min_seconds, "detections": str(out / "detections" / f"{cell.slug}.json")}
-    measured = _child("measure", mspec, out, cell.slug, args.timeout, args.threads)
-    if not measured["ok"]:
-        return {**row, "status": "failed", "error": f"measure: {measured['error']}"}
-    measured.pop("ok")
-    return {**row, **measured, "status": "ok", "error": None}
-
-
-def _settings(args, label: str) -> dict:
-    """What a cell's figures depend on besides the cell itself: --resume may only add cells
-    measured under the same settings to a run."""
-    return {"model": label, "detector": args.detector, "image_size": args.image_size,
-            "bavit_layers": args.bavit_layers, "bg_share": args.bg_share, "dilate": args.dilate,
-            "threads": args.threads, "data": args.data, "split": args.split, "labels": args.labels,
-            "images": args.images, "calib_images": args.calib_images}
-
-
-def _check_resumable(out: Path, settings: dict) -> None:
-    path = out / "run.json"
-    try:
-        before = json.loads(path.read_text()).get("settings") if path.is_file() else None
-    except ValueError:
-        raise UsageError(f"--resume: {path} is not valid JSON") from None
-    changed = [f"{k} {before.get(k)!r} -> {v!r}" for k, v in settings.items() if before and before.get(k) != v]
-    if changed:
-        raise UsageError(f"--resume: {path} was measured with other settings ({'; '.join(changed)}); "
-                         "choose another --out or remove the folder")
+    return Artifact.load(path)
 
 
 def _write_inputs(dataset, size: int, batches: list[int], work: Path) -> None:
@@ -356,12 +774,12 @@ def _calibration(args, scored_images: int) -> dict:
     return {"split": args.split, "skip": skip, "note": note}
 
 
-def _report(out: Path) -> None:
+def _report(out: Path, args) -> None:
     try:
-        from reports.build import build
-        from reports.table import add_derived, load_results, summary_markdown
-        build(out)
-        print(summary_markdown(add_derived(load_results(out))))
+        from reports.build import build, summary_text
+        build(out, max_map_drop=args.max_map_drop, max_latency_ms=args.max_latency_ms, max_rss_mb=args.max_rss_mb)
+        print(summary_text(out, max_map_drop=args.max_map_drop, max_latency_ms=args.max_latency_ms,
+                           max_rss_mb=args.max_rss_mb))
         print(f"\nreport: {out / 'report.html'}")
     except Exception as err:  # the results are safe in results.jsonl whatever happens here
         print(f"bench.run: report failed: {type(err).__name__}: {err}", file=sys.stderr)
@@ -371,6 +789,7 @@ def main() -> None:
     try:
         sys.exit(run())
     except KeyboardInterrupt:
+        _Children.kill_all()
         print("bench.run: interrupted; finished cells are in results.jsonl (rerun with --resume)", file=sys.stderr)
         sys.exit(130)
 

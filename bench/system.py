@@ -47,3 +47,24 @@ def fingerprint() -> dict:
         "sys_versions": json.dumps(versions(), sort_keys=True),
         "sys_host": socket.gethostname(),
     }
+
+
+def data_fingerprint(spec: str, split: str) -> dict:
+    """What identifies a data set's content for the accuracy cache without reading it: the
+    synthetic set is generated from its code (its version key); a folder by the sizes and
+    modification times of its annotation files."""
+    kind, _, path = spec.partition(":")
+    if kind == "synthetic":
+        from bavit.data.synthetic import GENERATOR_VERSION
+        return {"synthetic": GENERATOR_VERSION, "split": split}
+    from pathlib import Path
+    root = Path(path).expanduser().resolve()
+    files = sorted(p for p in root.rglob("*") if p.suffix in (".json", ".xml", ".txt", ".yaml", ".png")
+                   and p.is_file()) if root.is_dir() else [root]
+    stats = [(str(p.relative_to(root) if root.is_dir() else p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return {"path": str(root), "split": split, "files": digest_list(stats)}
+
+
+def digest_list(items: list) -> str:
+    import hashlib
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()

@@ -1,8 +1,15 @@
-"""What runs inside a cell's own subprocess: `python -m bench.worker build|measure SPEC OUT`.
+"""What runs in the harness's subprocesses: `python -m bench.worker MODE ...`.
 
-`build` imports torch and writes the artifact. `measure` imports only the backend's runtime:
-its process's peak RSS is the cell's memory figure. The parent passes a JSON spec and reads
-a JSON result file, so nothing but files crosses the process boundary."""
+- `build SPECS OUT`: imports torch once and builds (or finds in the cache) every artifact in
+  SPECS, appending one `Built` line to OUT per artifact; OUT.current names the one in
+  progress, so a crash or a hang costs that artifact alone (the parent restarts the rest).
+- `cold SPEC OUT`: one cell's own process, importing only its runtime: memory baseline
+  after the runtime and its plugins, model load/compile time, first inference, peak RSS;
+  then, apart from every timed window, the accuracy pass when this cell scores its model.
+- `serve SPEC CMD_FD REPLY_FD`: a target's speed process: loads all its cells, warms them
+  up, then times the slices the parent sends (`Command` -> `Reply` JSON lines on two pipes:
+  the runtimes' own chatter on stdout cannot garble them).
+Nothing but these typed contracts (bench.contracts) crosses a process boundary."""
 from __future__ import annotations
 
 import json
@@ -10,17 +17,36 @@ import os
 import sys
 import time
 import traceback
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from bench.contracts import (
+    Accuracy,
+    AccuracySpec,
+    BuildSpec,
+    Built,
+    ColdResult,
+    ColdSpec,
+    Command,
+    Reply,
+    ServeSpec,
+    from_dict,
+    from_json,
+    to_json,
+)
 
-def _rss_mb() -> float:
+# bump when what the accuracy pass computes changes: cached accuracy of older passes is not reused
+ACCURACY_FORMAT = 1
+
+
+def _rss_mib() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _peak_mb() -> float:
+def _peak_mib() -> float:
     """VmHWM: the peak RSS of this process image. Not ru_maxrss (nor the parent's wait4):
     Linux carries maxrss across fork + execve, so there it would be at least the RSS of
     the parent at fork time, e.g. a harness that has imported torch."""
@@ -31,109 +57,178 @@ def _peak_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def build(spec: dict) -> dict:
+def one_line(err: BaseException) -> str:
+    line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {line}".rstrip(": ")
+
+
+# -- build ------------------------------------------------------------------------------------
+def build_all(specs: list[BuildSpec], out: Path) -> None:
     from bavit.data import load_dataset
     from bavit.pipeline import PruneConfig, build_pipeline, weights_key
     from quant.calibration import calibration_images
     from targets import get_target
 
-    target = get_target(spec["target"])
-    pipeline = build_pipeline(spec["weights"], PruneConfig(**spec["prune"]), spec["bavit_layers"],
-                              detector=spec["detector"], image_size=spec.get("image_size"))
-    calib = None
-    if target.needs_calibration(spec["precision"]):
-        size = pipeline.input_size[0]
-        # the synthetic train split is generated on demand: a small one is enough to draw from
-        n = max(512, spec["calib_images"]) if spec["calib_data"] == "synthetic" else None
-        calib_ds = load_dataset(spec["calib_data"], spec["calib_split"], size=size, n_images=n)
-        calib = calibration_images(calib_ds, size, spec["calib_images"], seed=0, skip=spec["calib_skip"])
-    art = target.prepare(pipeline, spec["precision"], spec["batch"], calib, Path(spec["cache_dir"]),
-                         weights_key(pipeline))
-    return {"artifact": str(art.path), "cached": art.cached, "prunes": pipeline.prunes,
-            "tokens_kept": pipeline.tokens_kept,
-            "tokens_total": pipeline.selector.num_tokens, "input_size": pipeline.input_size[0],
-            "patch": pipeline.detector.config.patch_size, "num_labels": pipeline.detector.config.num_labels}
+    pipelines: dict = {}
+    calibrations: dict = {}
+    current = out.with_name(out.name + ".current")
+    for spec in specs:
+        current.write_text(spec.model_id)
+        try:
+            key = (spec.weights, spec.prune, spec.bavit_layers, spec.detector, spec.image_size)
+            if key not in pipelines:
+                pipe = build_pipeline(spec.weights, PruneConfig(**asdict(spec.prune)), spec.bavit_layers,
+                                      detector=spec.detector, image_size=spec.image_size)
+                pipelines[key] = (pipe, weights_key(pipe))
+            pipeline, wkey = pipelines[key]
+            target = get_target(spec.target)
+            calib = None
+            if target.needs_calibration(spec.precision):
+                size = pipeline.input_size[0]
+                ckey = (spec.calib_data, spec.calib_split, spec.calib_skip, spec.calib_images, size)
+                if ckey not in calibrations:
+                    # the synthetic train split is generated on demand: a small one is enough to draw from
+                    n = max(512, spec.calib_images) if spec.calib_data == "synthetic" else None
+                    ds = load_dataset(spec.calib_data, spec.calib_split, size=size, n_images=n)
+                    calibrations[ckey] = calibration_images(ds, size, spec.calib_images, seed=0, skip=spec.calib_skip)
+                calib = calibrations[ckey]
+            art = target.prepare(pipeline, spec.precision, spec.batch, calib, Path(spec.cache_dir), wkey)
+            built = Built(spec.model_id, True, artifact=str(art.path), cached=art.cached, prunes=pipeline.prunes,
+                          tokens_kept=pipeline.tokens_kept, tokens_total=pipeline.selector.num_tokens,
+                          input_size=pipeline.input_size[0], patch=pipeline.detector.config.patch_size)
+        except Exception as err:  # this artifact fails; the others are still built
+            traceback.print_exc()
+            built = Built(spec.model_id, False, error=one_line(err))
+        with open(out, "a") as f:
+            f.write(to_json(built) + "\n")
+    current.unlink(missing_ok=True)
 
 
-def speed(run, pixels: np.ndarray, warmup: int, min_iters: int, min_seconds: float) -> dict:
-    """Warm-up, then timed calls until both a minimum count and a minimum duration are met."""
-    for _ in range(warmup):
-        run(pixels)
-    lat = []
-    start = time.perf_counter()
-    while len(lat) < min_iters or time.perf_counter() - start < min_seconds:
-        t = time.perf_counter()
-        run(pixels)
-        lat.append(time.perf_counter() - t)
-    total = time.perf_counter() - start
-    ms = np.asarray(lat) * 1000
-    return {"throughput_ips": len(pixels) * len(lat) / total, "latency_p50_ms": float(np.percentile(ms, 50)),
-            "latency_p90_ms": float(np.percentile(ms, 90)), "latency_p99_ms": float(np.percentile(ms, 99)),
-            "latency_min_ms": float(ms.min()), "iterations": len(lat)}
-
-
-def measure(spec: dict) -> dict:
+# -- cold start, memory, accuracy -----------------------------------------------------------------
+def cold(spec: ColdSpec) -> ColdResult:
     from targets import get_target
-    from targets.base import Artifact
+    from targets.base import Artifact, RuntimeOptions
 
-    load_start = os.getloadavg()[0]
-    target = get_target(spec["target"])
-    artifact = Artifact.load(spec["artifact"])
+    target = get_target(spec.target)
+    artifact = Artifact.load(spec.artifact)
     target.import_runtime()
-    baseline = _rss_mb()
-    runner = target.load(artifact, spec["threads"])
-    # the timed batch comes prepared from the parent: no data set (annotation index, decoder)
-    # is loaded before the speed pass, so the peak below is the runtime's and the model's
-    pixels = np.load(spec["pixels"])
-    result = speed(runner, pixels, spec["warmup"], spec["min_iters"], spec["min_seconds"])
-    result.update(peak_rss_mb=_peak_mb(), baseline_rss_mb=baseline, executed_precision=runner.executed_precision,
-                  runtime_details=json.dumps(runner.details, sort_keys=True, default=str))
-    result["rss_increase_mb"] = result["peak_rss_mb"] - baseline
-    result["torch_imported"] = "torch" in sys.modules  # by the runtime itself: no data set loaded yet
-    if spec["images"] > 0 and spec.get("accuracy", True):
-        try:  # the speed figures above stay recorded whatever the accuracy pass meets
-            result.update(_accuracy(runner, spec))
-        except Exception as err:
-            result["accuracy_note"] = f"accuracy pass failed: {_one_line(err)}"
-    result.update(load_start=load_start, load_end=os.getloadavg()[0], process_peak_rss_mb=_peak_mb())
-    return result
+    baseline = _rss_mib()
+    # the batch comes prepared from the parent: no data set is loaded before the peak below
+    pixels = np.load(spec.pixels)
+    start = time.perf_counter()
+    runner = target.load(artifact, RuntimeOptions(spec.threads, spec.scenario, spec.ov_int8_float))
+    load_s = time.perf_counter() - start
+    start = time.perf_counter()
+    runner(pixels)
+    first_ms = (time.perf_counter() - start) * 1000
+    from bench.loop import warm_up
+    warm_up(spec.scenario, runner, pixels, 0.5)  # requests in flight hold their buffers: count them
+    result = ColdResult(spec.cell_id, True, load_s=round(load_s, 4), first_inference_ms=round(first_ms, 3),
+                        peak_rss_mib=_peak_mib(), baseline_rss_mib=baseline,
+                        torch_imported="torch" in sys.modules, executed_precision=runner.executed_precision,
+                        runtime_details=json.dumps(runner.details, sort_keys=True, default=str),
+                        mode=runner.mode, streams=runner.streams, requests=runner.requests)
+    if spec.accuracy is None:
+        return result
+    start = time.perf_counter()
+    fields = {k: getattr(result, k) for k in asdict(result)}
+    try:  # the figures above stay recorded whatever the accuracy pass meets
+        fields["accuracy"] = accuracy(runner, spec.accuracy, spec.input_size, spec.batch)
+    except Exception as err:
+        traceback.print_exc()
+        fields["accuracy_note"] = f"accuracy pass failed: {one_line(err)}"
+    return ColdResult(**{**fields, "accuracy_s": round(time.perf_counter() - start, 3)})
 
 
-def _accuracy(runner, spec: dict) -> dict:
+def accuracy(runner, spec: AccuracySpec, size: int, batch: int) -> Accuracy:
+    """mAP and token figures of this runner's outputs; an unchanged artifact on unchanged
+    data reads them (and its detections) back from the cache instead of scoring again."""
+    det_path = Path(spec.detections)
+    det_path.parent.mkdir(parents=True, exist_ok=True)
+    cache = Path(spec.cache_file) if spec.cache_file else None
+    if cache is not None and cache.is_file():
+        saved = json.loads(cache.read_text())
+        det_path.write_text(json.dumps(saved["detections"]))
+        return from_dict(Accuracy, {**saved["accuracy"], "reused": True})
     from bavit.data import load_dataset
     from bavit.validate import score
 
-    size = spec["input_size"]
-    dataset = load_dataset(spec["data"], spec["split"], size=size)
-    indices = list(range(min(spec["images"], len(dataset))))
-    acc = score(runner, dataset, size, spec["patch"], indices, batch=spec["batch"], label_mode=spec.get("labels"),
-                cat_ids=spec.get("cat_ids"))
-    det_path = Path(spec["detections"])
-    det_path.parent.mkdir(parents=True, exist_ok=True)
-    det_path.write_text(json.dumps(acc.pop("detections")))
-    result = {k: acc[k] for k in ("map", "ap50", "ap75", "images")}
+    dataset = load_dataset(spec.data, spec.split, size=size)
+    indices = list(range(min(spec.images, len(dataset))))
+    acc = score(runner, dataset, size, spec.patch, indices, batch=batch, label_mode=spec.labels,
+                cat_ids=spec.cat_ids)
+    detections = acc.pop("detections")
+    det_path.write_text(json.dumps(detections))
     # at keep 1.0 BAViT does not run: there are no token figures to report
-    result.update({k: acc[k] if spec["prunes"] else None
-                   for k in ("token_acc", "fg_recall", "fg_precision", "token_images")})
-    result["detections_file"] = str(det_path)
+    token = {k: acc[k] if spec.prunes else None for k in ("token_acc", "fg_recall", "fg_precision")}
+    result = Accuracy(map=acc["map"], ap50=acc["ap50"], ap75=acc["ap75"], images=acc["images"],
+                      token_images=acc["token_images"] if spec.prunes else 0, **token)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(cache.name + ".tmp")
+        tmp.write_text(json.dumps({"accuracy": asdict(result), "detections": detections}))
+        tmp.rename(cache)
     return result
 
 
-def _one_line(err: Exception) -> str:
-    line = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    return f"{type(err).__name__}: {line}".rstrip(": ")
+# -- serving: the timed slices --------------------------------------------------------------------
+def serve(spec: ServeSpec, cmd_fd: int, reply_fd: int) -> None:
+    from bench.loop import run_slice, warm_up
+    from targets import get_target
+    from targets.base import Artifact, RuntimeOptions
+
+    commands = os.fdopen(cmd_fd, "r")
+    replies = os.fdopen(reply_fd, "w", buffering=1)
+
+    def send(reply: Reply) -> None:
+        replies.write(to_json(reply) + "\n")
+        replies.flush()
+
+    target = get_target(spec.target)
+    target.import_runtime()
+    cells, failed = {}, {}
+    for cell in spec.cells:
+        try:
+            runner = target.load(Artifact.load(cell.artifact), RuntimeOptions(spec.threads, cell.scenario,
+                                                                               spec.ov_int8_float))
+            pixels = np.load(cell.pixels)
+            warm_up(cell.scenario, runner, pixels, spec.warmup)
+            cells[cell.cell_id] = (cell.scenario, runner, pixels)
+        except Exception as err:
+            traceback.print_exc()
+            failed[cell.cell_id] = one_line(err)
+    send(Reply(True, failed_cells=failed))
+    for line in commands:
+        cmd = from_json(Command, line)
+        if cmd.cell_id is None:
+            break
+        try:
+            scenario, runner, pixels = cells[cmd.cell_id]
+            send(Reply(True, slice=run_slice(cmd.cell_id, scenario, runner, pixels, cmd.seconds)))
+        except Exception as err:
+            traceback.print_exc()
+            send(Reply(False, error=one_line(err)))
 
 
 def main(argv: list[str]) -> int:
-    mode, spec_path, out_path = argv
-    spec = json.loads(Path(spec_path).read_text())
-    try:
-        result = {"ok": True, **(build(spec) if mode == "build" else measure(spec))}
-    except Exception as err:  # the parent records it; the sweep goes on
-        result = {"ok": False, "error": _one_line(err),
-                  "traceback": traceback.format_exc(limit=8)}
-    Path(out_path).write_text(json.dumps(result, default=float))
-    return 0 if result["ok"] else 1
+    mode = argv[0]
+    if mode == "build":
+        specs = [from_dict(BuildSpec, d) for d in json.loads(Path(argv[1]).read_text())]
+        build_all(specs, Path(argv[2]))
+        return 0
+    if mode == "serve":
+        serve(from_json(ServeSpec, Path(argv[1]).read_text()), int(argv[2]), int(argv[3]))
+        return 0
+    if mode == "cold":
+        spec = from_json(ColdSpec, Path(argv[1]).read_text())
+        try:
+            result = cold(spec)
+        except Exception as err:  # the parent records it; the sweep goes on
+            traceback.print_exc()
+            result = ColdResult(spec.cell_id, False, error=one_line(err))
+        Path(argv[2]).write_text(to_json(result))
+        return 0 if result.ok else 1
+    raise SystemExit(f"bench.worker: unknown mode {mode!r}")
 
 
 if __name__ == "__main__":

@@ -3,19 +3,23 @@ drawn from another split than the scored one, or from past the scored images whe
 set has only that split (bench.run records which in each int8 row)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from bavit.data import DetectionDataset
-from bavit.data.preprocess import preprocess
+if TYPE_CHECKING:  # the recipes import this module in measured processes too: numpy only at import
+    from bavit.data import DetectionDataset
 
 DEFAULT_IMAGES = 128
 
 
-def calibration_images(dataset: DetectionDataset, size: int, n: int = DEFAULT_IMAGES, seed: int = 0,
+def calibration_images(dataset: "DetectionDataset", size: int, n: int = DEFAULT_IMAGES, seed: int = 0,
                        skip: int = 0) -> np.ndarray:
     """(n, 3, size, size) float32, a seeded random subset of `dataset` past its first `skip`
     images: when a data set has only the split that is scored, the scored images (the
     first ones) stay out of calibration."""
+    from bavit.data.preprocess import preprocess
+
     if len(dataset) <= skip:
         raise ValueError(f"calibration data set has {len(dataset)} images, none past the first {skip}")
     rng = np.random.default_rng(seed)

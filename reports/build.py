@@ -1,20 +1,25 @@
-"""Build ``report.csv`` and ``report.html`` for a run directory; also the CLI.
+"""Build ``report.csv``, ``decision.csv`` and ``report.html`` for a run directory; also the CLI.
 
 Usage::
 
-    python -m reports.build RUN_DIR [--baseline OTHER_RUN]
+    python -m reports.build RUN_DIR [--baseline OTHER_RUN] [--max-map-drop PTS]
+                                    [--max-latency-ms MS] [--max-rss-mb MIB]
 
 Writes ``RUN_DIR/report.csv`` (every cell, original columns plus derived
-ones), ``RUN_DIR/report.html`` (self-contained) and, with ``--baseline``,
-``RUN_DIR/comparison.csv``; prints the markdown summary to stdout. Bad input
-(missing directory/results file, malformed rows) is reported as one line on
-stderr with exit code 2, because this runs at the end of long benchmark jobs
-and CI logs where a traceback would bury the actual cause.
+ones), ``RUN_DIR/decision.csv`` (the pick per scenario and target under the limits),
+``RUN_DIR/report.html`` (self-contained) and, with ``--baseline``,
+``RUN_DIR/comparison.csv``; prints the decision, then the markdown summary, to stdout.
+The limits only change the decision, which is recomputed from results.jsonl, so other
+limits never need a new benchmark run. Bad input (missing directory/results file,
+malformed rows, a negative limit) is reported as one line on stderr with exit code 2,
+because this runs at the end of long benchmark jobs and CI logs where a traceback
+would bury the actual cause.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,10 +27,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from reports.decide import check_limits, decide, decision_markdown
 from reports.html import render_html
 from reports.table import add_derived, column, load_results, ok_mask, sort_cells, summary_markdown
 
-JOIN_KEYS: list[str] = ["target", "precision", "keep", "batch"]
+JOIN_KEYS: list[str] = ["target", "precision", "keep", "batch", "scenario"]
 
 #: comparison column stem -> source column in results.jsonl
 _COMPARED: dict[str, str] = {
@@ -33,7 +39,7 @@ _COMPARED: dict[str, str] = {
     "throughput": "throughput_ips",
     "p50": "latency_p50_ms",
     "map": "map",
-    "peak_mb": "peak_rss_mb",
+    "peak_mib": "peak_rss_mib",
 }
 
 COMPARISON_COLUMNS: list[str] = [
@@ -41,7 +47,7 @@ COMPARISON_COLUMNS: list[str] = [
     "throughput_this", "throughput_baseline", "throughput_ratio",
     "p50_this", "p50_baseline",
     "map_this", "map_baseline", "map_diff_pts",
-    "peak_mb_this", "peak_mb_baseline",
+    "peak_mib_this", "peak_mib_baseline",
 ]
 
 
@@ -51,10 +57,13 @@ def _comparable(df: pd.DataFrame, suffix: str) -> pd.DataFrame:
     Metrics of cells that did not succeed are blanked so a failed cell never
     contributes a ratio. If a run holds several cells with the same key (e.g.
     different thread counts) the last one is used, matching ``load_results``.
+    A run written before scenarios existed has no scenario column: its key is "".
     """
     ok = ok_mask(df)
-    out = pd.DataFrame({k: df[k] for k in JOIN_KEYS})
+    out = pd.DataFrame({k: column(df, k) for k in JOIN_KEYS})
     out["keep"] = pd.to_numeric(out["keep"], errors="coerce").round(6)  # float keys must match exactly
+    out["batch"] = pd.to_numeric(out["batch"], errors="coerce")
+    out["scenario"] = out["scenario"].map(lambda v: v if isinstance(v, str) else "")
     for stem, source in _COMPARED.items():
         values = column(df, source)
         out[f"{stem}_{suffix}"] = values if stem == "status" else values.where(ok)
@@ -62,7 +71,7 @@ def _comparable(df: pd.DataFrame, suffix: str) -> pd.DataFrame:
 
 
 def compare(df: pd.DataFrame, base_df: pd.DataFrame) -> pd.DataFrame:
-    """Outer-join this run with a baseline run on (target, precision, keep, batch).
+    """Outer-join this run with a baseline run on (target, precision, keep, batch, scenario).
 
     ``throughput_ratio`` = this / baseline (> 1 means faster now);
     ``map_diff_pts`` = (this − baseline) × 100 (> 0 means more accurate now).
@@ -77,9 +86,29 @@ def compare(df: pd.DataFrame, base_df: pd.DataFrame) -> pd.DataFrame:
     return sort_cells(merged)[COMPARISON_COLUMNS]
 
 
-def _build(run_dir: Path, baseline: Path | None) -> tuple[dict[str, Path], pd.DataFrame]:
-    """Do the work of :func:`build`, also returning the derived frame for the CLI summary."""
+def markdown_report(df: pd.DataFrame, max_map_drop: float = 1.0, max_latency_ms: float | None = None,
+                    max_rss_mb: float | None = None) -> str:
+    """The text a terminal user reads after a run: the decision first, then every cell.
+
+    ``df`` may be raw (as loaded) or derived.
+    """
+    derived = sort_cells(add_derived(df))
+    decisions = decide(derived, max_map_drop, max_latency_ms, max_rss_mb)
+    return decision_markdown(decisions, max_map_drop, max_latency_ms, max_rss_mb) + "\n" + summary_markdown(derived)
+
+
+def summary_text(run_dir: str | Path, max_map_drop: float = 1.0, max_latency_ms: float | None = None,
+            max_rss_mb: float | None = None) -> str:
+    """:func:`markdown_report` of ``run_dir/results.jsonl`` (what ``bench.run`` prints after a run)."""
+    return markdown_report(load_results(run_dir), max_map_drop, max_latency_ms, max_rss_mb)
+
+
+def _build(run_dir: Path, baseline: Path | None, max_map_drop: float, max_latency_ms: float | None,
+           max_rss_mb: float | None) -> tuple[dict[str, Path], pd.DataFrame, pd.DataFrame]:
+    """Do the work of :func:`build`, also returning the derived and decision frames for the CLI."""
+    check_limits(max_map_drop, max_latency_ms, max_rss_mb)
     df = sort_cells(add_derived(load_results(run_dir)))
+    decisions = decide(df, max_map_drop, max_latency_ms, max_rss_mb)
     comparison = compare(df, load_results(baseline)) if baseline is not None else None
 
     # rendered before anything is written: a page that fails leaves the old report whole
@@ -88,38 +117,75 @@ def _build(run_dir: Path, baseline: Path | None) -> tuple[dict[str, Path], pd.Da
         title=f"bavit-bench report: {run_dir.resolve().name}",
         comparison=comparison,
         baseline_name=baseline.resolve().name if baseline is not None else None,
+        decisions=decisions, max_map_drop=max_map_drop, max_latency_ms=max_latency_ms, max_rss_mb=max_rss_mb,
     )
-    paths = {"csv": run_dir / "report.csv", "html": run_dir / "report.html"}
+    paths = {"csv": run_dir / "report.csv", "decision_csv": run_dir / "decision.csv",
+             "html": run_dir / "report.html"}
     df.to_csv(paths["csv"], index=False)
+    decisions.to_csv(paths["decision_csv"], index=False)
     if comparison is not None:
         paths["comparison_csv"] = run_dir / "comparison.csv"
         comparison.to_csv(paths["comparison_csv"], index=False)
     paths["html"].write_text(page, encoding="utf-8")
-    return paths, df
+    return paths, df, decisions
 
 
-def build(run_dir: str | Path, baseline: Path | None = None) -> dict[str, Path]:
+def build(run_dir: str | Path, baseline: str | Path | None = None, max_map_drop: float = 1.0,
+          max_latency_ms: float | None = None, max_rss_mb: float | None = None) -> dict[str, Path]:
     """Write the report files for ``run_dir`` and return their paths.
 
-    Keys: ``"csv"``, ``"html"``, plus ``"comparison_csv"`` when ``baseline`` is given.
+    Keys: ``"csv"``, ``"decision_csv"``, ``"html"``, plus ``"comparison_csv"`` when
+    ``baseline`` is given. ``max_map_drop`` is in mAP points, ``max_latency_ms`` bounds the
+    tail latency (p99, else p90, else p50), ``max_rss_mb`` the peak RSS in MiB.
     Raises ``FileNotFoundError``/``ValueError`` (one-line messages) on bad input
     before anything is written, so a half-built report never replaces a good one.
     """
-    paths, _ = _build(Path(run_dir), Path(baseline) if baseline is not None else None)
+    paths, _, _ = _build(Path(run_dir), Path(baseline) if baseline is not None else None,
+                         max_map_drop, max_latency_ms, max_rss_mb)
     return paths
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (and exit 2), like every other error here."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"reports.build: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _limit(text: str) -> float:
+    """A limit option's value: a number >= 0 (a negative limit would silently pick nothing)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if math.isnan(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the process exit code (0 ok, 2 bad input or unwritable output)."""
-    parser = argparse.ArgumentParser(prog="python -m reports.build", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="python -m reports.build", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="run directory containing results.jsonl")
     parser.add_argument("--baseline", type=Path, default=None, help="another run directory to compare against")
-    args = parser.parse_args(argv)
+    parser.add_argument("--max-map-drop", type=_limit, default=1.0, metavar="PTS",
+                        help="largest mAP loss (points) vs the target's dense fp32 a pick may have (default 1.0)")
+    parser.add_argument("--max-latency-ms", type=_limit, default=None, metavar="MS",
+                        help="largest tail latency (p99, else p90, else p50) a pick may have")
+    parser.add_argument("--max-rss-mb", type=_limit, default=None, metavar="MIB",
+                        help="largest peak resident memory (MiB) a pick may have")
     try:
-        paths, df = _build(args.run_dir, args.baseline)
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2, already printed)
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    try:
+        paths, df, decisions = _build(args.run_dir, args.baseline, args.max_map_drop, args.max_latency_ms,
+                                      args.max_rss_mb)
     except (OSError, ValueError) as exc:  # FileNotFoundError is an OSError
         print(f"reports.build: error: {exc}", file=sys.stderr)
         return 2
+    print(decision_markdown(decisions, args.max_map_drop, args.max_latency_ms, args.max_rss_mb))
     print(summary_markdown(df), end="")
     for name, path in paths.items():
         print(f"wrote {name}: {path}", file=sys.stderr)

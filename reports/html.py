@@ -13,12 +13,22 @@ import base64
 import html
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import pandas as pd
 
+from reports.decide import ANY_TARGET, constraints_text, decide, decision_line, figure_text
 from reports import plots
-from reports.table import column, ensure_derived, format_keep, sort_cells
+from reports.table import (
+    PERCENTILE_FLOOR,
+    column,
+    ensure_derived,
+    format_interval,
+    format_keep,
+    short_reason,
+    sort_cells,
+    truthy,
+)
 
 Formatter = Callable[[object], str]
 
@@ -34,12 +44,19 @@ tbody tr:nth-child(even) { background: #fafafa; }
 figure { margin: 1rem 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: 0.85rem; color: #555; }
 .note { color: #666; font-size: 0.85rem; }
+ul.decision li { font-size: 1.05rem; margin: 0.3rem 0; }
+td[title] { text-decoration: underline dotted; cursor: help; }
 """
 
 _SYS_LABELS: dict[str, str] = {
     "sys_cpu": "CPU", "sys_cores": "cores", "sys_isa": "ISA extensions", "sys_ram_gb": "RAM (GB)",
     "sys_os": "OS", "sys_python": "Python", "sys_host": "host",
 }
+
+
+Cell = str | tuple[str, str]
+"""A rendered table cell: its text, or (text, tooltip) when the cell has more to say."""
+RowFormatter = Callable[[Mapping], Cell]
 
 
 def _num(spec: str, suffix: str = "", scale: float = 1.0) -> Formatter:
@@ -63,60 +80,151 @@ def _flag(value: object) -> str:
     return "★" if value is True or value == 1 else ""
 
 
-#: Summary table: source column -> (header, formatter). Order is display order.
-SUMMARY_COLUMNS: dict[str, tuple[str, Formatter]] = {
-    "target": ("target", _text),
-    "precision": ("precision", _text),
-    "executed_precision": ("ran as", _text),
-    "keep": ("keep", format_keep),
-    "batch": ("batch", _num(".0f")),
-    "threads": ("threads", _num(".0f")),
-    "status": ("status", _text),
-    "throughput_ips": ("img/s", _num(".1f")),
-    "latency_p50_ms": ("p50 ms", _num(".2f")),
-    "latency_p99_ms": ("p99 ms", _num(".2f")),
-    "map": ("mAP", _num(".3f")),
-    "ap50": ("AP50", _num(".3f")),
-    "map_drop_pts": ("mAP drop pts", _num(".2f")),
-    "speedup_vs_target_dense_fp32": ("× target fp32 dense", _num(".2f", "×")),
-    "speedup_vs_torch_dense_fp32": ("× torch fp32 dense", _num(".2f", "×")),
-    "peak_rss_mb": ("peak MiB", _num(".0f")),
-    "rss_increase_mb": ("+RSS MiB", _num(".0f")),
-    "artifact_bytes": ("artifact MB", _num(".1f", scale=1e-6)),
-    "convert_s": ("convert s", _num(".1f")),
-    "pareto": ("Pareto", _flag),
+def _col(name: str, formatter: Formatter) -> RowFormatter:
+    """A cell from one column of the row."""
+    return lambda row: formatter(row.get(name))
+
+
+def _measured(name: str, formatter: Formatter) -> RowFormatter:
+    """A measured figure: only an ok row has one, whatever a failed row left in the column."""
+    return lambda row: formatter(row.get(name)) if str(row.get("status")) == "ok" else "–"
+
+
+def _interval(name: str, lo: str, hi: str, spec: str, suffix: str = "") -> RowFormatter:
+    def cell(row: Mapping) -> str:
+        if str(row.get("status")) != "ok":
+            return "–"
+        return format_interval(row.get(name), row.get(lo), row.get(hi), spec, suffix)
+    return cell
+
+
+def _percentile(pct: int) -> RowFormatter:
+    """p90/p99 cell: the value, or "n=37<100" when the pooled samples were too few for it,
+    so an empty cell is never mistaken for a latency that was not measured."""
+    name, floor = f"latency_p{pct}_ms", PERCENTILE_FLOOR[pct]
+
+    def cell(row: Mapping) -> Cell:
+        if str(row.get("status")) != "ok":
+            return "–"
+        value = _num(".2f")(row.get(name))
+        if value != "–":
+            return value
+        samples = _num(".0f")(row.get("latency_samples"))
+        if samples == "–":
+            return "–"
+        return (f"n={samples}<{floor}", f"p{pct} needs at least {floor} pooled samples; this cell has {samples}")
+    return cell
+
+
+def _status(row: Mapping) -> Cell:
+    status = _text(row.get("status"))
+    reason = short_reason(row.get("error"))
+    if status != "ok" and reason:
+        return (f"{status}: {short_reason(reason, 40)}", _text(row.get("error")))
+    if status == "ok" and short_reason(row.get("accuracy_note")):
+        return ("ok, no mAP", _text(row.get("accuracy_note")))
+    return status
+
+
+def _noisy(row: Mapping) -> Cell:
+    if str(row.get("status")) != "ok" or not truthy(row.get("noisy")):
+        return ""
+    reason = row.get("noisy_reason")
+    return ("!", str(reason) if isinstance(reason, str) and reason else "flagged noisy by the harness")
+
+
+#: Summary table: header -> cell renderer. Order is display order.
+SUMMARY_COLUMNS: dict[str, RowFormatter] = {
+    "scenario": _col("scenario", _text),
+    "target": _col("target", _text),
+    "precision": _col("precision", _text),
+    "ran as": _col("executed_precision", _text),
+    "keep": _col("keep", format_keep),
+    "batch": _col("batch", _num(".0f")),
+    "status": _status,
+    "rounds": _measured("rounds", _num(".0f")),
+    "img/s [min–max]": _interval("throughput_ips", "throughput_min", "throughput_max", ".1f"),
+    "p50 ms": _measured("latency_p50_ms", _num(".2f")),
+    "p90 ms": _percentile(90),
+    "p99 ms": _percentile(99),
+    "× target fp32 dense": _interval("speedup_vs_target_dense_fp32", "speedup_lo", "speedup_hi", ".2f", "×"),
+    "× torch fp32 dense": _interval("speedup_vs_torch_dense_fp32", "speedup_torch_lo", "speedup_torch_hi",
+                                    ".2f", "×"),
+    "mAP": _measured("map", _num(".3f")),
+    "mAP drop pts": _measured("map_drop_pts", _num(".2f")),
+    "peak MiB": _measured("peak_rss_mib", _num(".0f")),
+    "+RSS MiB": _measured("rss_increase_mib", _num(".0f")),
+    "load s": _measured("load_s", _num(".2f")),
+    "first ms": _measured("first_inference_ms", _num(".1f")),
+    "convert s": _col("convert_s", _num(".1f")),
+    "noisy": _noisy,
+    "Pareto": _col("pareto", _flag),
 }
 
 #: Comparison table produced by ``reports.build.compare``.
-COMPARISON_COLUMNS: dict[str, tuple[str, Formatter]] = {
-    "target": ("target", _text),
-    "precision": ("precision", _text),
-    "keep": ("keep", format_keep),
-    "batch": ("batch", _num(".0f")),
-    "status_this": ("status", _text),
-    "status_baseline": ("status (base)", _text),
-    "throughput_this": ("img/s", _num(".1f")),
-    "throughput_baseline": ("img/s (base)", _num(".1f")),
-    "throughput_ratio": ("ratio", _num(".2f", "×")),
-    "p50_this": ("p50 ms", _num(".2f")),
-    "p50_baseline": ("p50 ms (base)", _num(".2f")),
-    "map_this": ("mAP", _num(".3f")),
-    "map_baseline": ("mAP (base)", _num(".3f")),
-    "map_diff_pts": ("mAP diff pts", _num("+.2f")),
-    "peak_mb_this": ("peak MiB", _num(".0f")),
-    "peak_mb_baseline": ("peak MiB (base)", _num(".0f")),
+COMPARISON_COLUMNS: dict[str, RowFormatter] = {
+    "scenario": _col("scenario", _text),
+    "target": _col("target", _text),
+    "precision": _col("precision", _text),
+    "keep": _col("keep", format_keep),
+    "batch": _col("batch", _num(".0f")),
+    "status": _col("status_this", _text),
+    "status (base)": _col("status_baseline", _text),
+    "img/s": _col("throughput_this", _num(".1f")),
+    "img/s (base)": _col("throughput_baseline", _num(".1f")),
+    "ratio": _col("throughput_ratio", _num(".2f", "×")),
+    "p50 ms": _col("p50_this", _num(".2f")),
+    "p50 ms (base)": _col("p50_baseline", _num(".2f")),
+    "mAP": _col("map_this", _num(".3f")),
+    "mAP (base)": _col("map_baseline", _num(".3f")),
+    "mAP diff pts": _col("map_diff_pts", _num("+.2f")),
+    "peak MiB": _col("peak_mib_this", _num(".0f")),
+    "peak MiB (base)": _col("peak_mib_baseline", _num(".0f")),
 }
 
 
-def format_table(df: pd.DataFrame, spec: dict[str, tuple[str, Formatter]], css_class: str) -> str:
-    """Render the columns of ``df`` named in ``spec`` (those present) via ``DataFrame.to_html``.
+def _decision_figure(row: Mapping) -> str:
+    if not isinstance(row.get("cell_id"), str):
+        return "–"
+    return figure_text(row)
 
-    Values are formatted to strings first so each column gets its own
-    precision and NaN reads as "–"; ``to_html`` then escapes them.
+
+#: Per-target decision table produced by ``reports.decide.decide``.
+DECISION_COLUMNS: dict[str, RowFormatter] = {
+    "scenario": _col("scenario", _text),
+    "target": _col("target", _text),
+    "cell": _col("cell_id", _text),
+    "figure [min–max over rounds]": _decision_figure,
+    "× target fp32 dense": lambda r: format_interval(r.get("speedup"), r.get("speedup_lo"), r.get("speedup_hi"),
+                                                     ".2f", "×"),
+    "mAP": _col("map", _num(".3f")),
+    "mAP drop pts": _col("map_drop_pts", _num(".2f")),
+    "latency checked": lambda r: (f"{r.get('latency_pct')} {_num('.2f')(r.get('latency_ms'))} ms"
+                                  if isinstance(r.get("latency_pct"), str) else "–"),
+    "peak MiB": _col("peak_rss_mib", _num(".0f")),
+    "noisy": lambda r: ("!", _text(r.get("noisy_reason"))) if truthy(r.get("noisy")) else "",
+    "note": _col("note", lambda v: "" if _text(v) == "–" else _text(v)),
+}
+
+
+def format_table(df: pd.DataFrame, spec: dict[str, RowFormatter], css_class: str) -> str:
+    """Render ``df`` as an HTML table, one column per entry of ``spec``.
+
+    Cells are computed from whole rows (an interval needs three columns, a missing p99 its
+    sample count) and every text and tooltip is escaped here, the one place HTML is made.
     """
-    present = [c for c in spec if c in df.columns]
-    shown = pd.DataFrame({spec[c][0]: [spec[c][1](v) for v in df[c]] for c in present})
-    return shown.to_html(index=False, escape=True, border=0, classes=["report-table", css_class])
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in spec)
+    body = []
+    for row in df.to_dict("records"):
+        cells = []
+        for render in spec.values():
+            cell = render(row)
+            text, tip = (cell, None) if isinstance(cell, str) else cell
+            title = f' title="{html.escape(tip, quote=True)}"' if tip else ""
+            cells.append(f"<td{title}>{html.escape(text)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (f'<table class="report-table {html.escape(css_class, quote=True)}"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table>")
 
 
 def _distinct(values: pd.Series) -> list[str]:
@@ -154,10 +262,15 @@ def fingerprint_rows(df: pd.DataFrame) -> list[tuple[str, str]]:
     for name in sorted(versions):
         rows.append((f"version: {name}", " | ".join(versions[name])))
 
-    for col, label in (("model", "model"), ("data", "data"), ("threads", "threads")):
+    for col, label in (("model", "model"), ("detector", "detector"), ("data", "data"), ("threads", "threads"),
+                       ("run_id", "run id")):
         values = _distinct(column(df, col))
         if values:
             rows.append((label, ", ".join(values)))
+    keys = _distinct(column(df, "settings_key"))
+    if keys:  # rows compare only within one settings key: say so when a run mixes them
+        flag = "  ⚠ differs between rows: cells compare only with cells of the same settings" if len(keys) > 1 else ""
+        rows.append(("settings key", " | ".join(keys) + flag))
     started = sorted(_distinct(column(df, "started_at")))
     if started:
         rows.append(("started", started[0] if len(started) == 1 else f"{started[0]} … {started[-1]}"))
@@ -186,15 +299,78 @@ def _failed_html(df: pd.DataFrame) -> str:
 
 
 def _notes_html(df: pd.DataFrame) -> str:
-    """Cells that ran but have no accuracy figures, and why (class mismatch, a failed pass)."""
-    if "accuracy_note" not in df.columns:
+    """Where each cell's accuracy came from, when it is not simply "scored here, now".
+
+    Lists cells that ran but have no accuracy figures and why (class mismatch, a failed
+    pass), cells whose mAP is another model's outputs scored (``mAP from <model_id>``:
+    the same artifact serves several scenarios) and cells whose mAP was reused from the
+    cache (unchanged artifact, unchanged data), so no figure's origin is hidden."""
+    items: list[str] = []
+    for row in df[df["status"].astype(str) == "ok"].to_dict("records"):
+        notes: list[str] = []
+        if _text(row.get("accuracy_note")) != "–":
+            notes.append(f"no mAP: {_text(row.get('accuracy_note'))}")
+        source = row.get("accuracy_from")
+        if isinstance(source, str) and source and source != row.get("model_id"):
+            notes.append(f"mAP from {source}")
+        if truthy(row.get("accuracy_reused")):
+            notes.append("reused from cache (unchanged artifact, unchanged data)")
+        if notes:
+            items.append(f"<li><code>{html.escape(_text(row.get('cell_id')))}</code>: "
+                         f"{html.escape('; '.join(notes))}</li>")
+    return f"<ul>{''.join(items)}</ul>" if items else "<p>none</p>"
+
+
+def _noisy_html(df: pd.DataFrame) -> str:
+    """Cells the harness flagged noisy, with its reason: their intervals deserve a second look."""
+    noisy = [r for r in df[df["status"].astype(str) == "ok"].to_dict("records") if truthy(r.get("noisy"))]
+    if not noisy:
         return "<p>none</p>"
-    noted = df[(df["status"].astype(str) == "ok") & df["accuracy_note"].map(lambda v: _text(v) != "–")]
-    if noted.empty:
-        return "<p>none</p>"
-    items = "".join(f"<li><code>{html.escape(_text(row['cell_id']))}</code>: {html.escape(_text(row['accuracy_note']))}</li>"
-                    for _, row in noted.iterrows())
-    return f"<ul>{items}</ul>"
+    items = []
+    for r in noisy:
+        reason = _text(r.get("noisy_reason"))
+        detail = f"spread {_num('.1f', '%')(r.get('spread_pct'))}, load max {_num('.2f')(r.get('load_max'))}"
+        items.append(f"<li><code>{html.escape(_text(r.get('cell_id')))}</code>: "
+                     f"{html.escape(reason if reason != '–' else 'no reason recorded')} ({html.escape(detail)})</li>")
+    return f"<ul>{''.join(items)}</ul>"
+
+
+def _decision_html(decisions: pd.DataFrame, max_map_drop: float, max_latency_ms: float | None,
+                   max_rss_mb: float | None) -> str:
+    """The answer first: the limits used, the overall pick per scenario, then per target."""
+    limits = constraints_text(max_map_drop, max_latency_ms, max_rss_mb)
+    parts = [f'<p class="note">Limits: {html.escape(limits)}. Re-decide without re-running: '
+             "<code>python -m reports.build RUN --max-map-drop N [--max-latency-ms MS] [--max-rss-mb MIB]</code>.</p>"]
+    if decisions.empty:
+        return parts[0] + "<p>no cells</p>"
+    overall = decisions[decisions["target"] == ANY_TARGET]
+    lines = "".join(f"<li>{html.escape(decision_line(r, show_latency=max_latency_ms is not None))}</li>"
+                    for r in overall.to_dict("records"))
+    parts.append(f'<ul class="decision">{lines}</ul>')
+    per_target = decisions[decisions["target"] != ANY_TARGET]
+    if not per_target.empty:
+        parts.append(format_table(per_target, DECISION_COLUMNS, "decision"))
+    return "\n".join(parts)
+
+
+def _method_html(df: pd.DataFrame) -> str:
+    """How each figure is computed, so an interval is read as what it is."""
+    rounds = sorted({int(r) for r in column(df, "rounds").dropna()})
+    n = ", ".join(str(r) for r in rounds) if rounds else "N"
+    return (
+        '<p class="note">How the figures are computed. img/s and p50 are medians over '
+        f"{html.escape(n)} interleaved rounds (every cell measured once per round, in the same round order); "
+        "img/s [min–max] is the slowest and fastest round. A speed-up compares a cell with its reference "
+        "(same target, or torch; fp32, keep 1.0, same batch, scenario and settings) round by round: the "
+        "figure is the median of the paired per-round ratios and the interval their min–max. Offline ratios "
+        "are of throughput (cell / reference), single-stream ratios of p50 latency (reference / cell), so "
+        "&gt; 1 is faster either way. When the two cells' round lists differ, the ratio of the medians is "
+        "shown and its interval combines the min/max pessimistically and optimistically. p50/p90/p99 are "
+        "pooled over all samples of all rounds; p90 is reported only with at least "
+        f"{PERCENTILE_FLOOR[90]} samples and p99 with at least {PERCENTILE_FLOOR[99]} (otherwise the cell "
+        "shows the sample count, e.g. n=37&lt;100). mAP drop is in points versus the same target's dense "
+        "fp32 model (positive = worse). ! = the harness flagged the cell noisy (hover for its reason).</p>"
+    )
 
 
 def _img(png: bytes, alt: str, caption: str) -> str:
@@ -204,43 +380,53 @@ def _img(png: bytes, alt: str, caption: str) -> str:
 
 
 def render_html(df: pd.DataFrame, title: str = "bavit-bench report",
-                comparison: pd.DataFrame | None = None, baseline_name: str | None = None) -> str:
+                comparison: pd.DataFrame | None = None, baseline_name: str | None = None,
+                decisions: pd.DataFrame | None = None, max_map_drop: float = 1.0,
+                max_latency_ms: float | None = None, max_rss_mb: float | None = None) -> str:
     """Build the complete report page for one run (optionally compared to a baseline run).
 
-    ``df`` may be raw or already derived; ``comparison`` is the frame from
-    ``reports.build.compare`` and adds a comparison section when given.
+    ``df`` may be raw or already derived; ``decisions`` is the frame from
+    ``reports.decide.decide`` made under the given limits (computed here when omitted);
+    ``comparison`` is the frame from ``reports.build.compare`` and adds a comparison
+    section when given. The decision opens the page: it is what a reader came for.
     """
     data = sort_cells(ensure_derived(df))
+    if decisions is None:
+        decisions = decide(data, max_map_drop, max_latency_ms, max_rss_mb)
     status = data["status"].astype(str).value_counts()
     counts = ", ".join(f"{n} {s}" for s, n in status.items())
     figures = [
-        _img(plots.throughput_vs_keep(data), "Line chart of throughput (images/s) against keep ratio per target and precision",
-             "Throughput vs keep ratio, one panel per batch size."),
+        _img(plots.throughput_vs_keep(data),
+             "Line chart of throughput (images/s) against keep ratio per target and precision",
+             "Throughput vs keep ratio, one panel per scenario and batch; "
+             "error bars span the slowest to the fastest round."),
         _img(plots.map_vs_throughput(data), "Scatter plot of mAP against throughput with the Pareto front marked",
-             "mAP vs throughput; ringed points joined by the dashed line form the Pareto front (per batch size)."),
+             "mAP vs throughput; ringed points joined by the dashed line form the Pareto front "
+             "(per scenario and batch)."),
         _img(plots.peak_memory(data), "Bar chart of peak resident memory (MiB) per benchmark cell",
-             "Peak RSS per successful cell; grey = process baseline before the model was loaded."),
+             "Peak RSS per successful cell; grey = baseline RSS once the runtime was loaded, before the model."),
     ]
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
-        f'<p class="note">{len(data)} cells: {html.escape(counts)}. Speed-ups are against the dense (keep 1.0) fp32 '
-        "cell at the same batch size; mAP drop is in points versus the same target's dense fp32 model "
-        "(positive = worse).</p>",
+        "<h2>Decision</h2>", _decision_html(decisions, max_map_drop, max_latency_ms, max_rss_mb),
         "<h2>Machine</h2>", _fingerprint_html(data),
-        "<h2>Summary</h2>", format_table(data, SUMMARY_COLUMNS, "summary"),
+        "<h2>Summary</h2>", f'<p class="note">{len(data)} cells: {html.escape(counts)}.</p>',
+        format_table(data, SUMMARY_COLUMNS, "summary"), _method_html(data),
         "<h2>Plots</h2>", *figures,
+        "<h2>Noisy cells</h2>", _noisy_html(data),
         "<h2>Failed or unavailable cells</h2>", _failed_html(data),
-        "<h2>Cells without accuracy figures</h2>", _notes_html(data),
+        "<h2>Accuracy notes</h2>", _notes_html(data),
     ]
     if comparison is not None:
         name = html.escape(baseline_name or "baseline")
         parts += [
             f"<h2>Comparison with {name}</h2>",
             '<p class="note">ratio = this run / baseline throughput; mAP diff = (this − baseline) × 100 '
-            "(positive = this run is more accurate). Cells present in only one run show – for the other.</p>",
+            "(positive = this run is more accurate). Cells present in only one run show – for the other. "
+            "Cells are joined on target, precision, keep, batch and scenario, whatever their settings.</p>",
             format_table(comparison, COMPARISON_COLUMNS, "comparison"),
         ]
     parts.append("</body></html>")

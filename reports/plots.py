@@ -21,7 +21,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from reports.table import column, ensure_derived, ok_mask, sort_cells
+from reports.table import SCENARIO_ORDER, column, ensure_derived, ok_mask, sort_cells, text_column
 
 NO_DATA = "no successful cells"
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">")
@@ -66,39 +66,49 @@ def _styles(df: pd.DataFrame) -> dict[str, tuple[object, str]]:
     return styles
 
 
-def _batch_axes(fig: Figure, batches: list) -> list:
-    """One subplot per batch size: throughput regimes differ too much to share a panel."""
-    ncols = min(len(batches), _MAX_SUBPLOT_COLS)
-    nrows = -(-len(batches) // ncols)
+def _grid_axes(fig: Figure, n: int) -> list:
+    """``n`` subplots in rows of at most three, the unused slots hidden."""
+    ncols = min(n, _MAX_SUBPLOT_COLS)
+    nrows = -(-n // ncols)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for ax in axes[len(batches):]:
+    for ax in axes[n:]:
         ax.set_axis_off()
-    return list(axes[: len(batches)])
+    return list(axes[:n])
 
 
-def _figure_for_batches(n: int, height: float = 3.8) -> Figure:
+def _figure_for_panels(n: int, height: float = 3.8) -> Figure:
     ncols = min(n, _MAX_SUBPLOT_COLS)
     nrows = -(-n // ncols)
     return Figure(figsize=(max(6.5, 4.6 * ncols), height * nrows + 0.9), layout="constrained")
 
 
+def _panel_keys(data: pd.DataFrame) -> list[tuple[str, float]]:
+    """(scenario, batch) pairs in reading order: single-stream latency and offline batches are
+    different regimes, so each gets its own panel."""
+    scenario = text_column(data, "scenario")
+    keys = set(zip(scenario, data["batch"]))
+    return sorted(keys, key=lambda k: (SCENARIO_ORDER.index(k[0]) if k[0] in SCENARIO_ORDER
+                                       else len(SCENARIO_ORDER), k[0], k[1]))
+
+
 def _panels(data: pd.DataFrame, height: float = 3.8) -> tuple[Figure, list, list]:
-    """A figure with one titled panel per batch size, each with its target x precision series
-    as (label, colour, marker, rows): the layout every per-batch plot shares."""
+    """A figure with one titled panel per (scenario, batch), each with its target x precision
+    series as (label, colour, marker, rows): the layout every per-panel plot shares."""
     styles = _styles(data)
-    batches = sorted(data["batch"].unique())
-    fig = _figure_for_batches(len(batches), height)
-    axes = _batch_axes(fig, batches)
+    keys = _panel_keys(data)
+    scenario = text_column(data, "scenario")
+    fig = _figure_for_panels(len(keys), height)
+    axes = _grid_axes(fig, len(keys))
     panels = []
-    for ax, batch in zip(axes, batches):
-        in_batch = data[data["batch"] == batch]
+    for ax, (scen, batch) in zip(axes, keys):
+        in_panel = data[(scenario == scen) & (data["batch"] == batch)]
         series = []
-        for (target, precision), group in in_batch.groupby(["target", "precision"], sort=True):
+        for (target, precision), group in in_panel.groupby(["target", "precision"], sort=True):
             label = _series_label(target, precision)
             series.append((label, *styles[label], group))
-        ax.set_title(f"batch {batch:g}")
+        ax.set_title(f"{scen or 'scenario?'} · batch {batch:g}")
         ax.grid(alpha=0.3)
-        panels.append((ax, in_batch, series))
+        panels.append((ax, in_panel, series))
     return fig, axes, panels
 
 
@@ -114,10 +124,12 @@ def _legend(fig: Figure, axes: Iterable) -> None:
 
 
 def throughput_vs_keep(df: pd.DataFrame) -> bytes:
-    """Throughput against keep ratio, one line per target×precision, one panel per batch size.
+    """Throughput against keep ratio, one line per target×precision, one panel per (scenario, batch).
 
     Shows how much of the theoretical token-pruning gain each backend actually
     realises (a flat line means the backend does not benefit from fewer tokens).
+    Error bars span the slowest to the fastest round, so a gap smaller than them is
+    not a difference.
     """
     title = "Throughput vs keep ratio"
     data = df[ok_mask(df) & column(df, "throughput_ips").notna()] if not df.empty else df
@@ -127,7 +139,11 @@ def throughput_vs_keep(df: pd.DataFrame) -> bytes:
     for ax, _, series in panels:
         for label, color, marker, group in series:
             group = group.sort_values("keep")
-            ax.plot(group["keep"], group["throughput_ips"], marker=marker, color=color, label=label)
+            tp = group["throughput_ips"].to_numpy(dtype=float)
+            below = np.clip(np.nan_to_num(tp - column(group, "throughput_min").to_numpy(dtype=float)), 0, None)
+            above = np.clip(np.nan_to_num(column(group, "throughput_max").to_numpy(dtype=float) - tp), 0, None)
+            ax.errorbar(group["keep"], tp, yerr=np.vstack([below, above]), marker=marker, color=color,
+                        label=label, capsize=3)
         ax.set_xlabel("keep ratio (fraction of tokens kept)")
         ax.set_ylabel("throughput (images/s)")
         ax.set_ylim(bottom=0)
@@ -137,14 +153,14 @@ def throughput_vs_keep(df: pd.DataFrame) -> bytes:
 
 
 def map_vs_throughput(df: pd.DataFrame) -> bytes:
-    """mAP against throughput per batch size, with the Pareto front drawn through its points.
+    """mAP against throughput per (scenario, batch), with the Pareto front drawn through its points.
 
     The front is the set of configurations worth deploying: anything off it is
     both slower and less accurate than some other cell. Front points get a
     large hollow ring and are joined by a dashed line; each point is labelled
     with its keep ratio.
     """
-    title = "mAP vs throughput (Pareto front per batch size)"
+    title = "mAP vs throughput (Pareto front per scenario and batch)"
     if df.empty:
         return _message_png(NO_DATA, title)
     derived = ensure_derived(df)
@@ -152,12 +168,12 @@ def map_vs_throughput(df: pd.DataFrame) -> bytes:
     if data.empty:
         return _message_png(NO_DATA + " with mAP", title)
     fig, axes, panels = _panels(data, height=4.2)
-    for ax, in_batch, series in panels:
+    for ax, in_panel, series in panels:
         for label, color, marker, group in series:
             ax.scatter(group["throughput_ips"], group["map"], color=color, marker=marker, s=45, label=label, zorder=3)
             for x, y, keep in zip(group["throughput_ips"], group["map"], group["keep"]):
                 ax.annotate(f"k{keep:g}", (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7, color="0.3")
-        front = in_batch[in_batch["pareto"].astype(bool)].sort_values("throughput_ips")
+        front = in_panel[in_panel["pareto"].astype(bool)].sort_values("throughput_ips")
         if not front.empty:
             ax.plot(front["throughput_ips"], front["map"], linestyle="--", color="black", linewidth=1, zorder=2)
             ax.scatter(front["throughput_ips"], front["map"], s=190, facecolors="none", edgecolors="black",
@@ -177,20 +193,20 @@ def peak_memory(df: pd.DataFrame) -> bytes:
     between backends. Horizontal bars keep long cell ids readable.
     """
     title = "Peak memory per cell"
-    data = df[ok_mask(df) & column(df, "peak_rss_mb").notna()] if not df.empty else df
+    data = df[ok_mask(df) & column(df, "peak_rss_mib").notna()] if not df.empty else df
     if data.empty:
         return _message_png(NO_DATA, title)
     data = sort_cells(data)
     styles = _styles(data)
-    peak = data["peak_rss_mb"].to_numpy(dtype=float)
-    baseline = np.clip(np.nan_to_num(column(data, "baseline_rss_mb").to_numpy(dtype=float)), 0, peak)
+    peak = data["peak_rss_mib"].to_numpy(dtype=float)
+    baseline = np.clip(np.nan_to_num(column(data, "baseline_rss_mib").to_numpy(dtype=float)), 0, peak)
     colors = [styles[_series_label(t, p)][0] for t, p in zip(data["target"], data["precision"])]
     y = np.arange(len(data))[::-1]
 
     fig = Figure(figsize=(9, 1.2 + 0.32 * len(data)), layout="constrained")
     ax = fig.add_subplot()
     if baseline.any():
-        ax.barh(y, baseline, color="0.85", label="process baseline RSS")
+        ax.barh(y, baseline, color="0.85", label="baseline RSS (runtime and plugins loaded, no model)")
     ax.barh(y, peak - baseline, left=baseline, color=colors)
     for yi, value in zip(y, peak):
         ax.annotate(f"{value:.0f}", (value, yi), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)

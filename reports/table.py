@@ -1,12 +1,15 @@
 """Load benchmark results and derive the comparison columns the report shows.
 
 The harness (``bench/``) appends one flat JSON object per benchmark cell to
-``RUN_DIR/results.jsonl``. This module is the only place that reads that file,
-so the rest of ``reports`` can rely on one cleaned-up ``DataFrame``:
+``RUN_DIR/results.jsonl`` (schema: ``bench.contracts.Row``). This module is the only
+place that reads that file, so the rest of ``reports`` can rely on one cleaned-up
+``DataFrame``:
 
 * re-runs of a cell are appended rather than rewritten, so the LAST row of a
   ``cell_id`` is the one that counts;
 * numeric fields may be ``null`` (not measured) and become ``NaN``;
+* the per-round lists (``round_throughput_ips``, ``round_p50_ms``) stay Python lists
+  of floats (empty when not recorded), since paired speed-ups need them round by round;
 * unknown extra keys are kept untouched so they reach ``report.csv``.
 
 It deliberately never imports ``bench/`` or ``targets/``: the report must be
@@ -18,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,19 +36,25 @@ REQUIRED_COLUMNS: tuple[str, ...] = ("cell_id", "target", "precision", "keep", "
 #: string or ``null`` becomes NaN instead of turning the column into objects
 #: (which would break arithmetic and plotting for every other row).
 NUMERIC_COLUMNS: tuple[str, ...] = (
-    "keep", "batch", "threads",
-    "throughput_ips", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "iterations",
-    "peak_rss_mb", "baseline_rss_mb", "rss_increase_mb",
-    "map", "ap50", "ap75", "token_acc", "fg_recall", "fg_precision",
-    "tokens_kept", "tokens_total", "images",
-    "convert_s", "artifact_bytes", "load_start", "load_end",
-    "sys_cores", "sys_ram_gb", "wall_s",
+    "keep", "batch", "threads", "bavit_layers", "bg_share", "dilate", "image_size",
+    "convert_s", "artifact_bytes", "tokens_kept", "tokens_total",
+    "load_s", "first_inference_ms", "peak_rss_mib", "baseline_rss_mib", "rss_increase_mib",
+    "streams", "requests",
+    "rounds", "throughput_ips", "throughput_min", "throughput_max",
+    "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "latency_samples",
+    "spread_pct", "load_max",
+    "map", "ap50", "ap75", "token_acc", "fg_recall", "fg_precision", "images", "token_images",
+    "sys_cores", "sys_ram_gb",
 )
+
+#: Per-round figures, one value per interleaved round, in the same round order for every
+#: cell of a run: kept as lists so round i of a cell can be paired with round i of its reference.
+LIST_COLUMNS: tuple[str, ...] = ("round_throughput_ips", "round_p50_ms")
 
 #: Columns added by :func:`add_derived`, in the order they are appended.
 DERIVED_COLUMNS: tuple[str, ...] = (
-    "speedup_vs_target_dense_fp32",
-    "speedup_vs_torch_dense_fp32",
+    "speedup_vs_target_dense_fp32", "speedup_lo", "speedup_hi",
+    "speedup_vs_torch_dense_fp32", "speedup_torch_lo", "speedup_torch_hi",
     "map_drop_pts",
     "pareto",
 )
@@ -54,6 +63,32 @@ REFERENCE_TARGET = "torch"
 REFERENCE_PRECISION = "fp32"
 DENSE_KEEP = 1.0
 PRECISION_ORDER: tuple[str, ...] = ("fp32", "bf16", "int8")
+SINGLE_STREAM = "single-stream"
+OFFLINE = "offline"
+#: Reading order of scenarios (as bench.contracts.SCENARIOS); unknown ones sort after.
+SCENARIO_ORDER: tuple[str, ...] = (SINGLE_STREAM, OFFLINE)
+#: Pooled samples a latency percentile needs before the harness reports it
+#: (mirrors bench.contracts.PERCENTILE_FLOOR, which reports/ must not import).
+PERCENTILE_FLOOR: dict[int, int] = {50: 1, 90: 20, 99: 100}
+
+
+def _as_rounds(value: object) -> list[float]:
+    """A per-round list as floats; anything that is not a list (null, NaN, a stray
+    string) is "not recorded" = ``[]``, which sends speed-ups to the ratio-of-medians path."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)  # a frame read back from report.csv
+        except json.JSONDecodeError:
+            return []
+    if not isinstance(value, (list, tuple, np.ndarray)):
+        return []
+    out: list[float] = []
+    for item in value:
+        try:
+            out.append(float(item))
+        except (TypeError, ValueError):
+            out.append(math.nan)
+    return out
 
 
 def load_results(run_dir: str | Path) -> pd.DataFrame:
@@ -98,10 +133,18 @@ def load_results(run_dir: str | Path) -> pd.DataFrame:
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing required column(s): {', '.join(missing)}")
+    return normalize(df).drop_duplicates("cell_id", keep="last").reset_index(drop=True)
 
+
+def normalize(df: pd.DataFrame) -> pd.DataFrame:
+    """Coerce numeric columns and per-round lists in place of a loaded frame (also used on
+    hand-built frames), so every consumer sees NaN for "not measured" and lists for rounds."""
     for col in NUMERIC_COLUMNS:  # a speed-only run (--images 0) has no mAP: the column is NaN
         df[col] = pd.to_numeric(df[col], errors="coerce") if col in df.columns else float("nan")
-    return df.drop_duplicates("cell_id", keep="last").reset_index(drop=True)
+    for col in LIST_COLUMNS:
+        values = df[col] if col in df.columns else pd.Series([None] * len(df), index=df.index, dtype=object)
+        df[col] = pd.Series([_as_rounds(v) for v in values], index=df.index, dtype=object)
+    return df
 
 
 def column(df: pd.DataFrame, name: str) -> pd.Series:
@@ -115,25 +158,87 @@ def column(df: pd.DataFrame, name: str) -> pd.Series:
     return pd.Series(np.nan, index=df.index, dtype=float)
 
 
+def text_column(df: pd.DataFrame, name: str) -> pd.Series:
+    """A string column with missing values as ``""``: scenario and settings_key are join
+    keys, and NaN never equals NaN, so two rows that both lack them must still match."""
+    values = column(df, name)
+    return pd.Series(["" if _missing(v) else str(v) for v in values], index=df.index, dtype=object)
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def is_single_stream(scenario: object) -> bool:
+    """Single-stream cells are judged on latency; everything else (offline, unknown) on throughput."""
+    return str(scenario) == SINGLE_STREAM
+
+
 def ok_mask(df: pd.DataFrame) -> pd.Series:
     """Rows whose measurement succeeded; only these feed comparisons."""
     return df["status"].eq("ok").fillna(False).astype(bool)
 
 
-def _dense_fp32_refs(df: pd.DataFrame) -> pd.DataFrame:
-    """Successful rows at fp32 and keep 1.0: the baselines every cell is compared to."""
-    keep = pd.to_numeric(df["keep"], errors="coerce").to_numpy(dtype=float)
-    dense = pd.Series(np.isclose(keep, DENSE_KEEP), index=df.index)
-    return df[ok_mask(df) & df["precision"].eq(REFERENCE_PRECISION).fillna(False) & dense]
+def truthy(value: object) -> bool:
+    """A JSON boolean that may have become NaN, 0/1 or a string in a frame: only real truth counts."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes")
+    if _missing(value):
+        return False
+    try:
+        return bool(value)
+    except (TypeError, ValueError):
+        return False
 
 
-def _lookup(refs: pd.DataFrame, keys: list[str], value: str) -> dict:
-    """Map key tuple -> value for reference rows where the value was measured."""
-    measured = refs[column(refs, value).notna()]
-    return {
-        tuple(row[:-1]): row[-1]
-        for row in measured[[*keys, value]].itertuples(index=False, name=None)
-    }
+def _positive(x: object) -> float:
+    """``x`` as a float when it is a usable divisor/figure (finite, > 0), else NaN."""
+    try:
+        number = float(x)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
+    return number if math.isfinite(number) and number > 0 else math.nan
+
+
+def _round_bounds(row: Mapping, single: bool) -> tuple[float, float]:
+    """(min, max) of a row's per-round figure: the recorded min/max columns for throughput,
+    else the per-round list. Single-stream rows have no latency min/max columns, so only
+    their list can bound them."""
+    if not single:
+        lo, hi = _positive(row.get("throughput_min")), _positive(row.get("throughput_max"))
+        if not (math.isnan(lo) or math.isnan(hi)):
+            return lo, hi
+    values = [v for v in _as_rounds(row.get("round_p50_ms" if single else "round_throughput_ips"))
+              if math.isfinite(v) and v > 0]
+    return (min(values), max(values)) if values else (math.nan, math.nan)
+
+
+def paired_speedup(row: Mapping, ref: Mapping) -> tuple[float, float, float]:
+    """Speed-up of ``row`` over ``ref`` as (median, lo, hi).
+
+    Rounds are interleaved, so round i of every cell saw the same machine state: pairing
+    round i with round i cancels drift that would widen an interval made of unpaired
+    min/max figures. Offline compares throughput (row / ref); single-stream compares p50
+    latency (ref / row), so > 1 always means faster. When the two round lists differ in
+    length or one is empty, the ratio of the medians is returned with lo = row min / ref max
+    and hi = row max / ref min (pessimistic / optimistic), NaN when the bounds are unknown.
+    """
+    single = is_single_stream(row.get("scenario"))
+    key = "round_p50_ms" if single else "round_throughput_ips"
+    mine, theirs = np.array(_as_rounds(row.get(key))), np.array(_as_rounds(ref.get(key)))
+    if len(mine) == len(theirs) > 0 and np.all(np.isfinite(mine) & (mine > 0) & np.isfinite(theirs) & (theirs > 0)):
+        ratios = theirs / mine if single else mine / theirs
+        return float(np.median(ratios)), float(ratios.min()), float(ratios.max())
+
+    figure_col = "latency_p50_ms" if single else "throughput_ips"
+    mine_fig, their_fig = _positive(row.get(figure_col)), _positive(ref.get(figure_col))
+    figure = their_fig / mine_fig if single else mine_fig / their_fig
+    (my_lo, my_hi), (their_lo, their_hi) = _round_bounds(row, single), _round_bounds(ref, single)
+    if single:  # lower latency is faster: worst case = their fastest round over my slowest
+        lo, hi = their_lo / my_hi, their_hi / my_lo
+    else:
+        lo, hi = my_lo / their_hi, my_hi / their_lo
+    return float(figure), float(lo), float(hi)
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
@@ -157,54 +262,74 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
     return flags
 
 
+def _scenario_rank(scenario: str) -> int:
+    return SCENARIO_ORDER.index(scenario) if scenario in SCENARIO_ORDER else len(SCENARIO_ORDER)
+
+
 def add_derived(df: pd.DataFrame) -> pd.DataFrame:
-    """Return a copy of ``df`` with speed-up, mAP-drop and Pareto columns appended.
+    """Return a copy of ``df`` with speed-up (and interval), mAP-drop and Pareto columns appended.
 
-    * ``speedup_vs_target_dense_fp32``: gain from pruning/quantising *within*
-      a backend (same target, fp32, keep 1.0, same batch).
-    * ``speedup_vs_torch_dense_fp32``: gain over the plain PyTorch model, the
-      number a user choosing a deployment path cares about.
-    * ``map_drop_pts``: accuracy cost in mAP points (positive = worse) versus the
-      same target's dense fp32 model. mAP is usually evaluated once per
-      (target, precision, keep), so when the same-batch reference has no mAP the
-      reference from any batch of that target is used (smallest batch first).
+    * ``speedup_vs_target_dense_fp32`` [``speedup_lo``, ``speedup_hi``]: gain from
+      pruning/quantising *within* a backend, against the same target's fp32 keep-1.0 cell
+      of the same batch, scenario and ``settings_key`` (see :func:`paired_speedup`).
+    * ``speedup_vs_torch_dense_fp32`` [``speedup_torch_lo``, ``speedup_torch_hi``]: the same
+      against plain PyTorch, the number a user choosing a deployment path cares about.
+    * ``map_drop_pts``: accuracy cost in mAP points (positive = worse) versus the same
+      target's dense fp32 model with a mAP and the same settings. mAP is a property of the
+      model, not of batch or scenario, so the same batch+scenario reference is preferred
+      and any other is used when it has none (first in reading order).
     * ``pareto``: on the throughput/mAP front among successful rows of the same
-      batch size (comparing across batch sizes would mix latency regimes).
+      (scenario, batch): comparing across them would mix latency regimes.
 
-    Derived values are NaN for rows that did not succeed, or whose reference
-    cell is missing/failed, rather than being silently computed from junk.
+    Derived values are NaN for rows that did not succeed, or whose reference cell is
+    missing, failed or measured under other settings, rather than computed from junk.
     """
-    # Work on a fresh RangeIndex: the per-batch Pareto assignment aligns on the
+    # Work on a fresh RangeIndex: the per-group Pareto assignment aligns on the
     # index, which must be unique (a concatenated frame may repeat labels).
-    out = df.reset_index(drop=True)
+    out = normalize(df.reset_index(drop=True).copy())
     ok = ok_mask(out)
-    refs = _dense_fp32_refs(out)
+    scenario = text_column(out, "scenario")
+    settings = text_column(out, "settings_key")
+    keep = pd.to_numeric(out["keep"], errors="coerce").to_numpy(dtype=float)
+    dense_fp32 = ok & out["precision"].eq(REFERENCE_PRECISION).fillna(False) & pd.Series(
+        np.isclose(keep, DENSE_KEEP), index=out.index)
+
+    records = out.to_dict("records")
+    for rec, scen in zip(records, scenario):
+        rec["scenario"] = scen
+    speed_refs: dict[tuple, int] = {}
+    for i in out.index[dense_fp32]:
+        speed_refs[(str(out.at[i, "target"]), out.at[i, "batch"], scenario[i], settings[i])] = i
+    # map references per (target, settings): same (scenario, batch) first, else reading order
+    map_refs: dict[tuple, list[int]] = {}
+    has_map = dense_fp32 & column(out, "map").notna()
+    for i in sorted(out.index[has_map], key=lambda j: (_scenario_rank(scenario[j]), scenario[j], out.at[j, "batch"])):
+        map_refs.setdefault((str(out.at[i, "target"]), settings[i]), []).append(i)
+
+    derived = {c: np.full(len(out), np.nan) for c in DERIVED_COLUMNS if c != "pareto"}
+    for i in out.index[ok]:
+        target, batch = str(out.at[i, "target"]), out.at[i, "batch"]
+        for ref_target, names in ((target, ("speedup_vs_target_dense_fp32", "speedup_lo", "speedup_hi")),
+                                  (REFERENCE_TARGET, ("speedup_vs_torch_dense_fp32", "speedup_torch_lo",
+                                                      "speedup_torch_hi"))):
+            ref = speed_refs.get((ref_target, batch, scenario[i], settings[i]))
+            if ref is not None:
+                for name, value in zip(names, paired_speedup(records[i], records[ref])):
+                    derived[name][i] = value
+        candidates = map_refs.get((target, settings[i]), [])
+        same = [j for j in candidates if scenario[j] == scenario[i] and out.at[j, "batch"] == batch]
+        ref_map = (same or candidates or [None])[0]
+        if ref_map is not None:
+            derived["map_drop_pts"][i] = (float(out.at[ref_map, "map"]) - float(out.at[i, "map"])) * 100.0
+    for name, values in derived.items():
+        out[name] = pd.Series(values, index=out.index).replace([np.inf, -np.inf], np.nan)
+
     throughput = column(out, "throughput_ips").where(ok)
     mean_ap = column(out, "map").where(ok)
-
-    ref_tp = _lookup(refs, ["target", "batch"], "throughput_ips")
-    torch_tp = _lookup(refs[refs["target"].eq(REFERENCE_TARGET)], ["batch"], "throughput_ips")
-    ref_map = _lookup(refs, ["target", "batch"], "map")
-    ref_map_any_batch: dict = {}
-    for (target, _batch), value in sorted(ref_map.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
-        ref_map_any_batch.setdefault(target, value)
-
-    target_batch = list(zip(out["target"], out["batch"]))
-    tp_ref = pd.Series([ref_tp.get(k, np.nan) for k in target_batch], index=out.index, dtype=float)
-    tp_torch = pd.Series([torch_tp.get((b,), np.nan) for b in out["batch"]], index=out.index, dtype=float)
-    map_ref = pd.Series(
-        [ref_map.get((t, b), ref_map_any_batch.get(t, np.nan)) for t, b in target_batch],
-        index=out.index,
-        dtype=float,
-    )
-
-    out["speedup_vs_target_dense_fp32"] = throughput / tp_ref.where(tp_ref > 0)
-    out["speedup_vs_torch_dense_fp32"] = throughput / tp_torch.where(tp_torch > 0)
-    out["map_drop_pts"] = (map_ref - mean_ap) * 100.0
-
     pareto = pd.Series(False, index=out.index, dtype=bool)
     candidates = out[throughput.notna() & mean_ap.notna()]
-    for _batch, group in candidates.groupby("batch", sort=True):
+    groups = pd.DataFrame({"scenario": scenario, "batch": out["batch"]}).loc[candidates.index]
+    for _key, group in groups.groupby(["scenario", "batch"], sort=True, dropna=False):
         points = list(zip(throughput[group.index].astype(float), mean_ap[group.index].astype(float)))
         pareto[group.index] = pareto_front(points)
     out["pareto"] = pareto
@@ -218,19 +343,22 @@ def ensure_derived(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def sort_cells(df: pd.DataFrame) -> pd.DataFrame:
-    """Order rows for reading: batch, target, precision (fp32→bf16→int8), keep descending.
+    """Order rows for reading: scenario, batch, target, precision (fp32→bf16→int8), keep descending.
 
     Dense fp32 lands first within each target so each reference row sits above
-    the cells that are compared to it. Unknown precisions sort after the known ones.
+    the cells that are compared to it. Unknown precisions and scenarios sort after the known ones.
     """
     rank = {p: i for i, p in enumerate(PRECISION_ORDER)}
+    scenario = text_column(df, "scenario")
     key = pd.DataFrame({
+        "scenario": scenario.map(_scenario_rank),
+        "scenario_name": scenario,
         "batch": column(df, "batch"),
         "target": df["target"].astype(str),
         "precision": df["precision"].map(lambda p: rank.get(p, len(rank))),
         "precision_name": df["precision"].astype(str),
-        "keep": -column(df, "keep"),
-    })
+        "keep": -pd.to_numeric(column(df, "keep"), errors="coerce"),
+    }, index=df.index)
     order = key.sort_values(list(key.columns), kind="stable").index
     return df.loc[order].reset_index(drop=True)
 
@@ -240,7 +368,7 @@ def short_reason(reason: object, limit: int = 60) -> str:
 
     Full tracebacks stay in the CSV; tables only need enough to recognise the cause.
     """
-    if reason is None or (isinstance(reason, float) and math.isnan(reason)):
+    if _missing(reason):
         return ""
     text = str(reason).strip().splitlines()[0] if str(reason).strip() else ""
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
@@ -258,7 +386,7 @@ def format_keep(value: object) -> str:
     return text if "." in text or "e" in text else text + ".0"
 
 
-def _fmt(value: object, spec: str, suffix: str = "") -> str:
+def fmt(value: object, spec: str, suffix: str = "") -> str:
     """Format a number, rendering missing values as an en dash."""
     try:
         number = float(value)  # type: ignore[arg-type]
@@ -267,23 +395,44 @@ def _fmt(value: object, spec: str, suffix: str = "") -> str:
     return "–" if math.isnan(number) else f"{number:{spec}}{suffix}"
 
 
+_fmt = fmt  # the name older callers used
+
+
+def format_interval(value: object, lo: object, hi: object, spec: str, suffix: str = "") -> str:
+    """``1.52× [1.48–1.55]``; the bracket is left out when the interval is unknown, so a
+    figure without rounds never pretends to have a spread."""
+    figure = fmt(value, spec, suffix)
+    if figure == "–":
+        return figure
+    low, high = fmt(lo, spec), fmt(hi, spec)
+    return figure if "–" in (low, high) else f"{figure} [{low}–{high}]"
+
+
+def figure_bounds(row: Mapping) -> tuple[float, float]:
+    """(min, max) over rounds of a row's headline figure: throughput for offline cells,
+    p50 latency for single-stream ones."""
+    return _round_bounds(row, is_single_stream(row.get("scenario")))
+
+
 def summary_markdown(df: pd.DataFrame) -> str:
     """Short markdown table of every cell, in the spirit of ``yolo benchmark`` output.
 
     Meant for a terminal or a PR comment: failed/unavailable cells stay in the
     table (status plus a shortened reason) so a missing number is never
     mistaken for a cell that was not requested. ``speed-up`` is against the same
-    target's dense fp32 cell at the same batch size.
+    target's dense fp32 cell at the same batch and scenario, with its min–max over
+    paired rounds; ``!`` marks a cell the harness flagged noisy.
     """
-    headers = ["target", "precision", "keep", "batch", "status", "img/s", "p50 ms",
-               "mAP", "drop pts", "speed-up", "peak MiB"]
+    headers = ["scenario", "target", "precision", "keep", "batch", "status", "rounds", "img/s", "p50 ms",
+               "mAP", "drop pts", "speed-up", "peak MiB", "noisy"]
     lines = [
         "| " + " | ".join(headers) + " |",
-        "|" + "|".join(["---"] * 5 + ["---:"] * 6) + "|",
+        "|" + "|".join(["---"] * 6 + ["---:"] * 7 + [":---:"]) + "|",
     ]
     if df.empty:
         return "\n".join(lines) + "\n\n(no cells)\n"
     table = sort_cells(ensure_derived(df))
+    any_noisy = False
     for _, row in table.iterrows():
         status = str(row["status"])
         if status != "ok":
@@ -291,14 +440,20 @@ def summary_markdown(df: pd.DataFrame) -> str:
             status = f"{status}: {reason}" if reason else status
         elif short_reason(row.get("accuracy_note")):
             status = f"ok, no mAP: {short_reason(row.get('accuracy_note'))}"
+        noisy = truthy(row.get("noisy"))
+        any_noisy |= noisy and str(row["status"]) == "ok"
         cells = [
-            str(row["target"]), str(row["precision"]), format_keep(row["keep"]), _fmt(row["batch"], ".0f"),
-            status,
-            _fmt(row.get("throughput_ips"), ".1f"), _fmt(row.get("latency_p50_ms"), ".2f"),
-            _fmt(row.get("map"), ".3f"), _fmt(row["map_drop_pts"], ".2f"),
-            _fmt(row["speedup_vs_target_dense_fp32"], ".2f", "x"), _fmt(row.get("peak_rss_mb"), ".0f"),
+            str(row.get("scenario")) if not _missing(row.get("scenario")) else "–",
+            str(row["target"]), str(row["precision"]), format_keep(row["keep"]), fmt(row["batch"], ".0f"),
+            status, fmt(row.get("rounds"), ".0f"),
+            fmt(row.get("throughput_ips"), ".1f"), fmt(row.get("latency_p50_ms"), ".2f"),
+            fmt(row.get("map"), ".3f"), fmt(row["map_drop_pts"], ".2f"),
+            format_interval(row["speedup_vs_target_dense_fp32"], row["speedup_lo"], row["speedup_hi"], ".2f", "×"),
+            fmt(row.get("peak_rss_mib"), ".0f"), "!" if noisy else "",
         ]
         if str(row["status"]) != "ok":
-            cells[5:] = ["–"] * 6
+            cells[6:] = ["–"] * 7 + [""]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    if any_noisy:
+        lines += ["", "! = noisy: the harness saw too much spread or load in its rounds (reason in report.html)"]
     return "\n".join(lines) + "\n"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import json
 import time
 from abc import ABC, abstractmethod
@@ -73,27 +74,82 @@ class Artifact:
         return cls(**data, cached=True)
 
 
+SINGLE_STREAM, OFFLINE = "single-stream", "offline"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a target produces one precision. The capability table every target declares:
+    `supports`, `needs_calibration` and the artifact cache key all derive from it."""
+    name: str = "none"               # quantization recipe ("none": the float model as converted)
+    calibrated: bool = False         # builds from the shared calibration images
+    settings: tuple = ()             # (key, value) pairs that shape the artifact
+    requires: tuple[str, ...] = ()   # importable modules the recipe needs
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """What the measured process is told: the same for every cell of a run (part of the
+    run settings --resume checks), except the scenario, which picks how the runtime runs."""
+    threads: int
+    scenario: str = SINGLE_STREAM
+    ov_int8_float: str = "f32"
+
+
+@dataclass(frozen=True)
+class OfflineResult:
+    images: int
+    queries: int
+    elapsed_s: float
+    latencies_ms: list
+
+
 class Runner:
-    """Static-shape inference: (B, 3, S, S) float32 -> (logits, boxes, token_logits) numpy."""
+    """Static-shape inference: (B, 3, S, S) float32 -> (logits, boxes, token_logits) numpy.
+
+    `offline(pixels, seconds)` is the scenario's throughput loop. By default it is the sync
+    call back to back (one request in flight): what torch and a TFLite interpreter do at
+    their best on a CPU. Runtimes with their own throughput practice (OpenVINO's
+    AsyncInferQueue under the THROUGHPUT hint) pass `offline_fn`; `mode`, `streams` and
+    `requests` say which ran."""
 
     executed_precision: str = "unknown"
 
     def __init__(self, fn: Callable[[np.ndarray], tuple[np.ndarray, ...]], executed_precision: str,
-                 details: dict | None = None) -> None:
+                 details: dict | None = None, offline_fn: Callable[[np.ndarray, float], OfflineResult] | None = None,
+                 mode: str = "sync, 1 request", streams: int = 1, requests: int = 1) -> None:
         self._fn = fn
+        self._offline = offline_fn
         self.executed_precision = executed_precision
         # what the runtime really did (interpreter and version, per-layer precisions, config):
         # recorded on the result row as runtime_details
         self.details: dict = details or {}
+        self.mode, self.streams, self.requests = mode, streams, requests
 
     def __call__(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return self._fn(pixels)
 
+    def offline(self, pixels: np.ndarray, seconds: float) -> OfflineResult:
+        if self._offline is not None:
+            return self._offline(pixels, seconds)
+        lat = []
+        start = time.perf_counter()
+        while not lat or time.perf_counter() - start < seconds:
+            t = time.perf_counter()
+            self._fn(pixels)
+            lat.append((time.perf_counter() - t) * 1000)
+        elapsed = time.perf_counter() - start
+        return OfflineResult(len(pixels) * len(lat), len(lat), elapsed, lat)
+
 
 class Target(ABC):
     name: str
-    precisions: tuple[str, ...]
+    recipes: dict[str, Recipe]
     runtime_modules: tuple[str, ...] = ()  # alternatives: the first importable one is the runtime
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        return tuple(self.recipes)
 
     def import_runtime(self) -> None:
         """Imports the runtime alone, so a cell's memory baseline holds it but no model."""
@@ -110,12 +166,18 @@ class Target(ABC):
 
     def supports(self, precision: str) -> str | None:
         """None when this machine can run `precision` on this backend, else why not."""
-        return None if precision in self.precisions else f"{self.name} has no {precision} precision"
+        recipe = self.recipes.get(precision)
+        if recipe is None:
+            return f"{self.name} has no {precision} precision"
+        for module in recipe.requires:
+            if importlib.util.find_spec(module) is None:
+                return f"{module} is not installed (needed for {self.name} {precision})"
+        return None
 
     def needs_calibration(self, precision: str) -> bool:
         """Whether `build` uses calibration images: the harness loads none otherwise (on
         COCO that is parsing the train annotations) and they stay out of the cache key."""
-        return precision == "int8"
+        return self.recipes[precision].calibrated
 
     def build_unavailable(self) -> str | None:
         """None when this environment can build artifacts, else why not: a runtime-only
@@ -132,8 +194,9 @@ class Target(ABC):
         """Write the model files into `out`; return Artifact fields (files, recipe, ...)."""
 
     @abstractmethod
-    def load(self, artifact: Artifact, threads: int) -> Runner:
-        """Import only the runtime, compile/load the artifact with `threads` threads."""
+    def load(self, artifact: Artifact, options: RuntimeOptions) -> Runner:
+        """Import only the runtime, compile/load the artifact for `options.scenario` with
+        `options.threads` threads."""
 
     # -- shared ---------------------------------------------------------------------------------
     def prepare(self, pipeline: "Pipeline", precision: str, batch: int, calibration: np.ndarray | None,
@@ -144,9 +207,11 @@ class Target(ABC):
         if reason:
             raise ConversionError(f"{self.name} {precision} unavailable: {reason}")
         keep = pipeline.prune.keep
-        key = _hash({"format": ARTIFACT_FORMAT, "target": self.name, "precision": precision, "batch": batch, "weights": weights_key,
-                     "prune": pipeline.prune.as_dict(), "versions": self.versions(),
-                     "calibration": _array_hash(calibration) if precision == "int8" else None})
+        recipe = self.recipes[precision]
+        key = _hash({"format": ARTIFACT_FORMAT, "target": self.name, "precision": precision, "batch": batch,
+                     "weights": weights_key, "prune": pipeline.prune.as_dict(), "versions": self.versions(),
+                     "recipe": asdict(recipe),
+                     "calibration": _array_hash(calibration) if recipe.calibrated else None})
         folder = Path(cache_dir) / f"{self.name}-{precision}-keep{keep:g}-b{batch}-{key[:16]}"
         if (folder / MANIFEST).is_file():
             return Artifact.load(folder)

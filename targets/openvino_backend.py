@@ -7,16 +7,19 @@ fp32 and bf16 cells hold the same IR: the precision is a runtime hint. int8 runs
 quant/nncf_recipe.py on the IR.
 
 Load (measured process) imports only `openvino` - never torch - and compiles with
-INFERENCE_NUM_THREADS, PERFORMANCE_HINT (LATENCY; `hint=` or env BAVIT_OV_HINT) and
-INFERENCE_PRECISION_HINT:
+INFERENCE_NUM_THREADS, PERFORMANCE_HINT and INFERENCE_PRECISION_HINT. The hint follows the
+scenario, as `benchmark_app` does: single-stream compiles with LATENCY and runs one sync
+request (`benchmark_app -hint latency -api sync`); offline compiles with THROUGHPUT and keeps
+OPTIMAL_NUMBER_OF_INFER_REQUESTS requests in flight through an `AsyncInferQueue`
+(`benchmark_app -hint throughput`, its default). Precision hints:
 - fp32: "f32". This CPU supports bf16, where OpenVINO's default is bf16: without the hint
   an "fp32" cell would run bf16.
 - bf16: "bf16".
 - int8: "f32" for the layers left in floating point (heads, norms, softmax), so the int8
   cell differs from the fp32 cell by quantization alone, like the torch and LiteRT int8
   cells. OpenVINO's own default here would run them in bf16 ("i8+bf16"): measured on the tiny
-  model about 2-3x the output error of "i8+f32". `int8_float=` or env BAVIT_OV_INT8_FLOAT
-  ("bf16") selects that instead.
+  model about 2-3x the output error of "i8+f32". `bench.run --ov-int8-float bf16` selects
+  that instead.
 The runner's `executed_precision` is read back from the compiled model's runtime graph, not
 taken from the request: "i8" when any FullyConnected/Convolution/MatMul runs in i8/u8, plus the
 float precisions those and the normalisation layers (MVN) execute in (e.g. "i8+f32",
@@ -24,8 +27,7 @@ float precisions those and the normalisation layers (MVN) execute in (e.g. "i8+f
 """
 from __future__ import annotations
 
-import importlib.util
-import os
+import time
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -33,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from targets.base import Artifact, Runner, Target, package_version
+from quant import nncf_recipe
+from targets.base import OFFLINE, Artifact, OfflineResult, Recipe, Runner, RuntimeOptions, Target, package_version
 
 if TYPE_CHECKING:
     import openvino as ov
@@ -55,8 +58,20 @@ FLOAT_TYPES = ("f32", "bf16", "f16")
 
 class OpenVinoTarget(Target):
     name = "openvino"
-    precisions = ("fp32", "bf16", "int8")
+    recipes = {"fp32": Recipe(), "bf16": Recipe(),  # one IR: the precision is a runtime hint
+               "int8": Recipe(nncf_recipe.NAME, calibrated=True,
+                              settings=tuple(sorted((k, str(v)) for k, v in nncf_recipe.SETTINGS.items())),
+                              requires=("nncf",))}
     runtime_modules = ("openvino",)
+
+    def import_runtime(self) -> None:
+        """openvino and its CPU plugin (loaded by the first compile, ~tens of MiB), so the
+        cell's memory baseline holds the runtime and the model's increase is the model's."""
+        import openvino as ov
+        import openvino.opset13 as ops
+
+        x = ops.parameter([1], ov.Type.f32)
+        ov.Core().compile_model(ov.Model([ops.relu(x)], [x]), "CPU")
 
     def available(self) -> str | None:
         try:
@@ -73,8 +88,6 @@ class OpenVinoTarget(Target):
             caps = cpu_capabilities()
             if "BF16" not in caps:
                 return f"this CPU reports no BF16 support to OpenVINO (capabilities: {', '.join(caps) or 'none'})"
-        if precision == "int8" and importlib.util.find_spec("nncf") is None:
-            return "nncf is not installed (needed for OpenVINO int8)"
         return None
 
     def versions(self) -> dict[str, str]:
@@ -87,7 +100,7 @@ class OpenVinoTarget(Target):
         import openvino as ov
         import torch
 
-        if precision not in self.precisions:
+        if precision not in self.recipes:
             raise ValueError(f"openvino has no {precision} precision")
         if precision == "int8" and calibration is None:
             raise ValueError("int8 needs calibration images")
@@ -114,12 +127,10 @@ class OpenVinoTarget(Target):
             output.get_tensor().set_names({name})
         fields: dict[str, Any] = {}
         if precision == "int8":
-            from quant import nncf_recipe
-
             settings: dict = {}
             model = nncf_recipe.quantize(model, calibration, batch, settings_out=settings)
             fields.update(recipe=nncf_recipe.NAME, recipe_settings=settings, fp32_kept=nncf_recipe.FP32_KEPT)
-            float_hint = f"{DEFAULT_INT8_FLOAT} (default; BAVIT_OV_INT8_FLOAT overrides at load)"
+            float_hint = f"{DEFAULT_INT8_FLOAT} (default; bench.run --ov-int8-float overrides at load)"
         else:
             float_hint = FLOAT_HINT[precision]
         ov.save_model(model, out / XML, compress_to_fp16=False)
@@ -130,16 +141,16 @@ class OpenVinoTarget(Target):
         return fields
 
     # -- measured process -------------------------------------------------------------------
-    def load(self, artifact: Artifact, threads: int, hint: str | None = None,
-             int8_float: str | None = None) -> Runner:
+    def load(self, artifact: Artifact, options: RuntimeOptions) -> Runner:
         import openvino as ov
 
         if artifact.precision == "int8":
-            precision_hint = int8_float or os.environ.get("BAVIT_OV_INT8_FLOAT") or DEFAULT_INT8_FLOAT
+            precision_hint = options.ov_int8_float
         else:
             precision_hint = FLOAT_HINT[artifact.precision]
-        config = {"INFERENCE_NUM_THREADS": int(threads),
-                  "PERFORMANCE_HINT": hint or os.environ.get("BAVIT_OV_HINT") or "LATENCY",
+        offline = options.scenario == OFFLINE
+        config = {"INFERENCE_NUM_THREADS": int(options.threads),
+                  "PERFORMANCE_HINT": "THROUGHPUT" if offline else "LATENCY",
                   "INFERENCE_PRECISION_HINT": precision_hint}
         core = ov.Core()
         model = core.read_model(Path(artifact.path) / artifact.files[0])
@@ -154,8 +165,41 @@ class OpenVinoTarget(Target):
             logits, boxes, tokens = (request.get_output_tensor(i).data.copy() for i in range(n_out))
             return logits, boxes, tokens
 
-        runner = Runner(run, executed)
-        runner.details = dict(details, config={k: str(v) for k, v in config.items()})
+        streams = int(compiled.get_property("NUM_STREAMS"))
+        nireq = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) if offline else 1
+        queue = ov.AsyncInferQueue(compiled, nireq) if offline else None
+
+        def throughput(pixels: np.ndarray, seconds: float) -> OfflineResult:
+            """benchmark_app's loop: every request refilled as soon as it is done; outputs
+            stay in the requests (no copies), as benchmark_app leaves them."""
+            x = np.ascontiguousarray(pixels, dtype=np.float32)
+            starts: dict[int, float] = {}
+            lat: list[float] = []
+            clock = time.perf_counter
+
+            def done(_request, job: int) -> None:
+                lat.append((clock() - starts.pop(job)) * 1000)
+
+            queue.set_callback(done)
+            jobs = 0
+            start = clock()
+            while jobs < nireq or clock() - start < seconds:
+                slot = queue.get_idle_request_id()  # blocks until a request is free
+                starts[jobs] = clock()
+                queue[slot].set_input_tensor(0, ov.Tensor(x, shared_memory=True))
+                queue.start_async(userdata=jobs)
+                jobs += 1
+            queue.wait_all()
+            elapsed = clock() - start
+            return OfflineResult(len(x) * jobs, jobs, elapsed, lat)
+
+        mode = (f"async AsyncInferQueue, THROUGHPUT hint, {nireq} requests, {streams} streams" if offline
+                else f"sync, LATENCY hint, 1 request, {streams} stream{'s' if streams > 1 else ''}")
+        runner = Runner(run, executed, offline_fn=throughput if offline else None, mode=mode,
+                        streams=streams, requests=nireq)
+        runner.details = dict(details, config={k: str(v) for k, v in config.items()},
+                              compiled={"NUM_STREAMS": streams, "OPTIMAL_NUMBER_OF_INFER_REQUESTS": nireq,
+                                        "INFERENCE_NUM_THREADS": str(compiled.get_property("INFERENCE_NUM_THREADS"))})
         return runner
 
 

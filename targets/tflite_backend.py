@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from targets.base import Artifact, Runner, Target, package_version
+from quant import litert_recipe
+from targets.base import Artifact, Recipe, Runner, RuntimeOptions, Target, package_version
 
 if TYPE_CHECKING:
     from bavit.pipeline import Pipeline
@@ -64,7 +65,9 @@ def interpreter_class() -> tuple[type, str]:
 
 class TfliteTarget(Target):
     name = "tflite"
-    precisions = ("fp32", "int8")
+    recipes = {"fp32": Recipe(),
+               "int8": Recipe(litert_recipe.NAME, calibrated=True,
+                              settings=tuple(sorted((k, str(v)) for k, v in litert_recipe.SETTINGS.items())))}
     runtime_modules = tuple(f"{m}.interpreter" for m in INTERPRETERS)
 
     def available(self) -> str | None:
@@ -109,8 +112,6 @@ class TfliteTarget(Target):
         elif precision == "int8":
             if calibration is None or len(calibration) == 0:
                 raise ValueError("int8 needs calibration images")
-            from quant import litert_recipe
-
             fields = litert_recipe.quantize_and_convert(pipeline, calibration, batch, path)
         else:
             raise ValueError(f"tflite has no {precision} precision")
@@ -118,7 +119,8 @@ class TfliteTarget(Target):
         return {"files": [MODEL_FILE], **fields}
 
     # -- load (runtime side: no torch) ----------------------------------------------------------
-    def load(self, artifact: Artifact, threads: int) -> Runner:
+    def load(self, artifact: Artifact, options: RuntimeOptions) -> Runner:
+        threads = options.threads
         cls, module = interpreter_class()
         model_path = Path(artifact.path) / (artifact.files[0] if artifact.files else MODEL_FILE)
         interp = cls(model_path=str(model_path), num_threads=threads)

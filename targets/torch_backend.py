@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from targets.base import Artifact, Runner, Target, package_version
+from quant import torchao_recipe
+from targets.base import Artifact, Recipe, Runner, RuntimeOptions, Target, package_version
 
 if TYPE_CHECKING:
     from bavit.pipeline import Pipeline
@@ -32,22 +33,17 @@ FORMATS = {EXPORTED: "torch.export .pt2, run eagerly via ExportedProgram.module(
 
 class TorchTarget(Target):
     name = "torch"
-    precisions = ("fp32", "int8")
+    recipes = {"fp32": Recipe(),
+               # dynamic activation scales: no calibration set
+               "int8": Recipe(torchao_recipe.NAME, calibrated=False,
+                              settings=tuple(sorted((k, str(v)) for k, v in torchao_recipe.SETTINGS.items())),
+                              requires=("torchao",))}
     runtime_modules = ("torch",)
 
     def available(self) -> str | None:
         if importlib.util.find_spec("torch") is None:  # no import: torch is ~220 MB
             return "torch is not installed"
         return None
-
-    def supports(self, precision: str) -> str | None:
-        reason = super().supports(precision)
-        if reason is None and precision == "int8" and importlib.util.find_spec("torchao") is None:
-            reason = "torchao is not installed (needed for torch int8)"
-        return reason
-
-    def needs_calibration(self, precision: str) -> bool:
-        return False  # torchao dynamic int8 computes activation scales on every call
 
     def versions(self) -> dict[str, str]:
         return {p: package_version(p) or "not installed" for p in ("torch", "torchao", "transformers")}
@@ -60,8 +56,6 @@ class TorchTarget(Target):
         model = copy.deepcopy(pipeline).eval()  # quantize_ works in place; the caller keeps fp32
         fields: dict[str, Any] = {}
         if precision == "int8":
-            from quant import torchao_recipe
-
             torchao_recipe.quantize(model)
             n = torchao_recipe.quantized_layers(model)
             if n == 0:
@@ -92,10 +86,16 @@ class TorchTarget(Target):
         return fields
 
     # -- measured process -------------------------------------------------------------------
-    def load(self, artifact: Artifact, threads: int) -> Runner:
+    def import_runtime(self) -> None:
+        """torch, and torchao (its quantized tensor types and ops), before the memory baseline."""
+        import torch  # noqa: F401
+        if importlib.util.find_spec("torchao") is not None:
+            import torchao  # noqa: F401
+
+    def load(self, artifact: Artifact, options: RuntimeOptions) -> Runner:
         import torch
 
-        torch.set_num_threads(threads)
+        torch.set_num_threads(options.threads)
         if artifact.precision == "int8":
             import torchao  # noqa: F401 - registers the torchao quantization ops / tensor types
         path = Path(artifact.path) / artifact.files[0]

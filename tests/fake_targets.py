@@ -7,11 +7,16 @@ from pathlib import Path
 
 import numpy as np
 
-from targets.base import Runner, Target
+from targets.base import Recipe, Runner, RuntimeOptions, Target
+
+# "drift": a call costs DRIFT_BASE_MS x keep, times a factor that grows by DRIFT_RATE per
+# second since the model was loaded (a machine slowing down during a sweep)
+DRIFT_BASE_MS = 8.0
+DRIFT_RATE = 0.3
 
 
 class FakeTarget(Target):
-    precisions = ("fp32", "int8")
+    recipes = {"fp32": Recipe(), "int8": Recipe("fake", calibrated=True)}
 
     def __init__(self, name: str, behaviour: str = "ok") -> None:
         self.name = name
@@ -34,7 +39,7 @@ class FakeTarget(Target):
         np.save(out / "model.npy", np.zeros(16, dtype=np.float32))
         return {"files": ["model.npy"], "extra": shapes, "recipe": "fake" if precision == "int8" else "none"}
 
-    def load(self, artifact, threads: int) -> Runner:
+    def load(self, artifact, options: RuntimeOptions) -> Runner:
         if self.behaviour == "raise":
             raise RuntimeError("boom: this target always fails")
         if self.behaviour == "hang":
@@ -44,8 +49,12 @@ class FakeTarget(Target):
 
         timed: list[np.ndarray] = []
 
+        t0 = time.time()
+
         def run(pixels: np.ndarray):
             b = len(pixels)
+            if self.behaviour == "drift":
+                time.sleep(DRIFT_BASE_MS / 1000 * artifact.keep * (1 + DRIFT_RATE * (time.time() - t0)))
             if not timed:  # the first call is the harness's timed batch
                 timed.append(pixels.copy())
             if self.behaviour == "accuracy-fails" and not np.array_equal(pixels, timed[0]):
@@ -64,8 +73,10 @@ FAKE_HANG = FakeTarget("fake-hang", "hang")
 FAKE_UNAVAILABLE = FakeTarget("fake-missing", "unavailable")
 FAKE_NO_CONVERTER = FakeTarget("fake-noconv", "no-converter")
 FAKE_ACCURACY_FAILS = FakeTarget("fake-badacc", "accuracy-fails")
+FAKE_DRIFT = FakeTarget("fake-drift", "drift")
 # the harness's subprocesses import this as `fake_targets` (tests/ on their PYTHONPATH)
 PLUGINS = ",".join(f"{t.name}=fake_targets:{var}" for var, t in
                    [("FAKE", FAKE), ("FAKE_RAISE", FAKE_RAISE), ("FAKE_ALLOC", FAKE_ALLOC),
                     ("FAKE_HANG", FAKE_HANG), ("FAKE_UNAVAILABLE", FAKE_UNAVAILABLE),
-                    ("FAKE_NO_CONVERTER", FAKE_NO_CONVERTER), ("FAKE_ACCURACY_FAILS", FAKE_ACCURACY_FAILS)])
+                    ("FAKE_NO_CONVERTER", FAKE_NO_CONVERTER), ("FAKE_ACCURACY_FAILS", FAKE_ACCURACY_FAILS),
+                    ("FAKE_DRIFT", FAKE_DRIFT)])

@@ -15,8 +15,9 @@ from fake_targets import PLUGINS
 
 ROOT = Path(__file__).resolve().parents[1]
 CHILD_PATH = os.pathsep.join([str(ROOT), str(ROOT / "tests")])
-FAST = ["--weights", "random:tiny", "--images", "4", "--warmup", "0", "--min-iters", "2", "--min-seconds", "0",
+FAST = ["--weights", "random:tiny", "--images", "4", "--warmup", "0", "--rounds", "2", "--round-seconds", "0.1",
         "--calib-images", "8", "--threads", "1"]
+OFF = "offline"
 
 
 def bench(out: Path, *args: str, env_extra: dict | None = None, check: bool = False, **kw):
@@ -39,22 +40,28 @@ def test_failed_and_unavailable_cells_do_not_stop_the_sweep(tmp_path):
                  "--precision", "fp32")
     assert proc.returncode == 1, proc.stderr[-2000:]            # a cell failed
     by_id = {r["cell_id"]: r for r in rows(out)}
-    assert len(by_id) == 6
-    assert by_id["fake/fp32/keep1/b2"]["status"] == "ok"
-    assert by_id["fake/fp32/keep0.5/b2"]["status"] == "ok"
-    bad = by_id["fake-raise/fp32/keep0.5/b2"]
-    assert bad["status"] == "failed" and "boom" in bad["error"] and "\n" not in bad["error"]
-    assert by_id["fake-missing/fp32/keep1/b2"]["status"] == "unavailable"
-    assert "not installed" in by_id["fake-missing/fp32/keep1/b2"]["error"]
-    ok = by_id["fake/fp32/keep0.5/b2"]
-    assert ok["tokens_kept"] == 32 and ok["tokens_total"] == 64
-    assert ok["iterations"] >= 2 and ok["throughput_ips"] > 0 and ok["images"] == 4
-    assert Path(ok["detections_file"]).is_file()
-    for key in ("sys_cpu", "sys_isa", "sys_versions", "load_start", "load_end", "peak_rss_mb", "latency_p99_ms"):
+    assert len(by_id) == 12                                      # 3 targets x 2 keeps x 2 scenarios
+    for scenario, batch in (("single-stream", 1), (OFF, 2)):
+        assert by_id[f"fake/fp32/keep1/b{batch}/{scenario}"]["status"] == "ok"
+        assert by_id[f"fake/fp32/keep0.5/b{batch}/{scenario}"]["status"] == "ok"
+        bad = by_id[f"fake-raise/fp32/keep0.5/b{batch}/{scenario}"]
+        assert bad["status"] == "failed" and "boom" in bad["error"] and "\n" not in bad["error"]
+        assert by_id[f"fake-missing/fp32/keep1/b{batch}/{scenario}"]["status"] == "unavailable"
+        assert "not installed" in by_id[f"fake-missing/fp32/keep1/b{batch}/{scenario}"]["error"]
+    ok = by_id[f"fake/fp32/keep0.5/b2/{OFF}"]
+    assert ok["tokens_kept"] == 32 and ok["tokens_total"] == 64 and ok["scenario"] == OFF
+    assert ok["rounds"] == 2 and len(ok["round_throughput_ips"]) == 2 and ok["throughput_ips"] > 0
+    assert ok["images"] == 4 and Path(ok["detections_file"]).is_file()
+    # mAP is computed once per distinct model: the fp32 batch-1 model computes what batch 2 does
+    single = by_id["fake/fp32/keep0.5/b1/single-stream"]
+    assert ok["accuracy_from"] == single["accuracy_from"] == "fake/fp32/keep0.5/b2"
+    assert single["map"] == ok["map"]
+    for key in ("sys_cpu", "sys_isa", "sys_versions", "load_max", "peak_rss_mib", "latency_p99_ms", "load_s",
+                "first_inference_ms", "noisy", "spread_pct", "throughput_min", "throughput_max", "mode"):
         assert key in ok
     # the report was built and names the failure
     csv = pd.read_csv(out / "report.csv")
-    assert len(csv) == 6
+    assert len(csv) == 12
     assert "boom" in (out / "report.html").read_text()
     assert "fake-raise" in proc.stdout                            # summary table on stdout
 
@@ -62,78 +69,101 @@ def test_failed_and_unavailable_cells_do_not_stop_the_sweep(tmp_path):
 def test_hanging_cell_times_out(tmp_path):
     out = tmp_path / "run"
     proc = bench(out, "--target", "fake-hang,fake", "--keep", "1.0", "--batch", "1", "--precision", "fp32",
-                 "--timeout", "20")
+                 "--scenario", OFF, "--timeout", "20")
     assert proc.returncode == 1
     by_id = {r["cell_id"]: r for r in rows(out)}
-    assert by_id["fake-hang/fp32/keep1/b1"]["status"] == "failed"
-    assert "timeout" in by_id["fake-hang/fp32/keep1/b1"]["error"]
-    assert by_id["fake/fp32/keep1/b1"]["status"] == "ok"
+    assert by_id[f"fake-hang/fp32/keep1/b1/{OFF}"]["status"] == "failed"
+    assert "timeout" in by_id[f"fake-hang/fp32/keep1/b1/{OFF}"]["error"]
+    assert by_id[f"fake/fp32/keep1/b1/{OFF}"]["status"] == "ok"
 
 
 def test_peak_memory_belongs_to_the_cell(tmp_path):
     out = tmp_path / "run"
     bench(out, "--target", "fake,fake-alloc", "--keep", "1.0", "--batch", "1", "--precision", "fp32",
-          "--images", "0", check=True)
+          "--scenario", OFF, "--images", "0", check=True)
     by_id = {r["cell_id"]: r for r in rows(out)}
-    plain, heavy = by_id["fake/fp32/keep1/b1"], by_id["fake-alloc/fp32/keep1/b1"]
-    # the fake allocates 200 MiB; *_mb figures are MiB (2**20 bytes), the bar is 200 MB
-    assert (heavy["peak_rss_mb"] - plain["peak_rss_mb"]) * 2**20 >= 200e6
-    assert (heavy["rss_increase_mb"] - plain["rss_increase_mb"]) * 2**20 >= 200e6
+    plain, heavy = by_id[f"fake/fp32/keep1/b1/{OFF}"], by_id[f"fake-alloc/fp32/keep1/b1/{OFF}"]
+    # the fake allocates 200 MiB; *_mib figures are MiB (2**20 bytes), the bar is 200 MB
+    assert (heavy["peak_rss_mib"] - plain["peak_rss_mib"]) * 2**20 >= 200e6
+    assert (heavy["rss_increase_mib"] - plain["rss_increase_mib"]) * 2**20 >= 200e6
     assert plain["torch_imported"] is False
-    assert plain["baseline_rss_mb"] < 150, "the measured process must not import torch"
+    assert plain["baseline_rss_mib"] < 150, "the measured process must not import torch"
 
 
 def test_killed_run_resumes_without_redoing_cells(tmp_path):
+    """Rows are written as each target's rounds finish: a run killed during the second
+    target keeps the first's, and --resume measures only what is missing."""
     out = tmp_path / "run"
     env = dict(os.environ, BAVIT_TARGET_PLUGINS=PLUGINS, PYTHONPATH=CHILD_PATH, BAVIT_CACHE=str(tmp_path / "cache"))
-    args = [sys.executable, "-m", "bench.run", "--out", str(out), *FAST, "--target", "fake", "--keep",
-            "1.0,0.75,0.5,0.25", "--batch", "1", "--precision", "fp32", "--no-report"]
+    args = [sys.executable, "-m", "bench.run", "--out", str(out), *FAST, "--target", "fake,fake-alloc", "--keep",
+            "1.0,0.75,0.5,0.25", "--batch", "1", "--precision", "fp32", "--scenario", OFF, "--no-report"]
     proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if (out / "results.jsonl").is_file() and len(rows(out)) >= 1:
             break
-        time.sleep(0.2)
+        time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
     first = rows(out)
-    assert 1 <= len(first) < 4
+    assert 1 <= len(first) < 8
     started = {r["cell_id"]: r["started_at"] for r in first}
     done = subprocess.run(args + ["--resume"], env=env, cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     final = rows(out)
     ids = [r["cell_id"] for r in final]
-    assert sorted(set(ids)) == sorted(f"fake/fp32/keep{k}/b1" for k in ("1", "0.75", "0.5", "0.25"))
-    assert len(ids) == 4                                          # nothing measured twice
+    assert sorted(set(ids)) == sorted(f"{t}/fp32/keep{k}/b1/{OFF}" for t in ("fake", "fake-alloc")
+                                      for k in ("1", "0.75", "0.5", "0.25"))
+    assert len(ids) == 8                                          # nothing measured twice
     for r in final:
         if r["cell_id"] in started:
             assert r["started_at"] == started[r["cell_id"]]
+    assert not any(p.poll() is None for p in [proc])
 
 
 def test_resume_refuses_a_run_measured_with_other_settings(tmp_path):
     out = tmp_path / "run"
-    cell = ["--target", "fake", "--keep", "1.0", "--batch", "1", "--precision", "fp32", "--no-report"]
+    cell = ["--target", "fake", "--keep", "1.0", "--batch", "1", "--precision", "fp32", "--scenario", OFF,
+            "--no-report"]
     bench(out, *cell, check=True)
     proc = bench(out, *cell, "--resume", "--dilate", "3")
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
     assert "run.json was measured with other settings (dilate 0 -> 3)" in proc.stderr
+    proc = bench(out, *cell, "--resume", "--ov-int8-float", "bf16")  # a runtime knob is a setting too
+    assert proc.returncode == 2 and "ov_int8_float 'f32' -> 'bf16'" in proc.stderr
     assert len(rows(out)) == 1
     bench(out, *cell, "--resume", check=True)  # same settings: nothing left to run
     assert len(rows(out)) == 1
 
 
+def test_a_used_run_folder_is_refused_without_resume_or_force(tmp_path):
+    out = tmp_path / "run"
+    cell = ["--target", "fake", "--keep", "1.0", "--batch", "1", "--precision", "fp32", "--scenario", OFF,
+            "--no-report"]
+    bench(out, *cell, check=True)
+    proc = bench(out, *cell, "--threads", "2")
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "holds results.jsonl of an earlier run; pass --resume to finish it, --force to start over" in proc.stderr
+    assert len(rows(out)) == 1
+    bench(out, *cell, "--threads", "2", "--force", check=True)   # starts over: the old row is gone
+    (row,) = rows(out)
+    assert row["threads"] == 2
+
+
 def test_failed_accuracy_pass_keeps_the_speed_figures(tmp_path):
     out = tmp_path / "run"
-    bench(out, "--target", "fake-badacc", "--keep", "1.0", "--batch", "2", "--precision", "fp32", check=True)
+    bench(out, "--target", "fake-badacc", "--keep", "1.0", "--batch", "2", "--precision", "fp32", "--scenario", OFF,
+          check=True)
     row = rows(out)[0]
-    assert row["status"] == "ok" and row["throughput_ips"] > 0 and "map" not in row
+    assert row["status"] == "ok" and row["throughput_ips"] > 0 and row["map"] is None
     assert row["accuracy_note"] == "accuracy pass failed: RuntimeError: boom: only the timed batch runs"
     assert "boom: only the timed batch runs" in (out / "report.html").read_text()
 
 
 def test_missing_converter_is_unavailable_not_failed(tmp_path):
     out = tmp_path / "run"
-    proc = bench(out, "--target", "fake-noconv", "--keep", "1.0", "--batch", "1", "--precision", "fp32")
+    proc = bench(out, "--target", "fake-noconv", "--keep", "1.0", "--batch", "1", "--precision", "fp32",
+                 "--scenario", OFF)
     assert proc.returncode == 0, proc.stderr[-2000:]
     row = rows(out)[0]
     assert row["status"] == "unavailable" and "fake converter is not installed" in row["error"]
@@ -155,15 +185,19 @@ def test_a_line_cut_by_a_crash_is_dropped_not_glued(tmp_path):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--target", "nope"], "--target: unknown target 'nope'"),
+    (["--target", "nope"], "--target: unknown value 'nope'"),
     (["--keep", "0"], "--keep: keep ratios must be in (0, 1]"),
     (["--keep", "1.5"], "--keep: keep ratios must be in (0, 1]"),
     (["--data", "coco:/does/not/exist"], "path not found: /does/not/exist"),
-    (["--precision", "int4"], "--precision: unknown precision 'int4'"),
+    (["--precision", "int4"], "--precision: unknown value 'int4'"),
     (["--dilate", "2"], "--dilate must be 0 (off), 1 or an odd kernel size"),
-    (["--min-iters", "0"], "--min-iters must be >= 1"),
+    (["--rounds", "0"], "--rounds must be >= 1"),
+    (["--scenario", "server"], "--scenario: unknown value 'server'"),
+    (["--resume", "--force"], "--resume and --force contradict each other"),
+    (["--max-map-drop", "-1"], "--max-map-drop must be >= 0"),
     (["--calib-images", "0"], "--calib-images must be >= 1"),
-    (["--timeout", "0"], "--timeout > 0"),
+    (["--timeout", "0"], "--timeout must be > 0"),
+    (["--round-seconds", "0"], "--round-seconds must be > 0"),
     (["--weights", "weights/tiny", "--bavit-layers", "7", "--keep", "0.5"], "no bavit7/ classifier"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, needle):
@@ -181,43 +215,78 @@ def test_unwritable_out_dir(tmp_path):
     assert proc.stderr.strip().count("\n") == 0
 
 
-EXPECTED_COLUMNS = {"cell_id", "target", "precision", "keep", "batch", "threads", "status", "error",
-                    "executed_precision", "recipe", "recipe_settings", "fp32_kept", "throughput_ips",
-                    "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "iterations", "peak_rss_mb",
-                    "baseline_rss_mb", "rss_increase_mb", "map", "ap50", "ap75", "token_acc", "fg_recall",
-                    "fg_precision", "tokens_kept", "tokens_total", "images", "convert_s", "artifact_bytes",
-                    "load_start", "load_end", "sys_cpu", "sys_cores", "sys_isa", "sys_ram_gb", "sys_os",
-                    "sys_python", "sys_versions", "model", "data", "started_at", "wall_s"}
+EXPECTED_COLUMNS = {"cell_id", "model_id", "scenario", "target", "precision", "keep", "batch", "threads", "status",
+                    "error", "executed_precision", "recipe", "recipe_settings", "fp32_kept", "throughput_ips",
+                    "throughput_min", "throughput_max", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms",
+                    "latency_samples", "rounds", "round_throughput_ips", "round_p50_ms", "spread_pct", "noisy",
+                    "noisy_reason", "load_max", "load_s", "first_inference_ms", "peak_rss_mib", "baseline_rss_mib",
+                    "rss_increase_mib", "map", "ap50", "ap75", "token_acc", "fg_recall", "fg_precision",
+                    "accuracy_from", "accuracy_reused", "tokens_kept", "tokens_total", "images", "convert_s",
+                    "artifact_bytes", "mode", "streams", "requests", "settings_key", "sys_cpu", "sys_cores",
+                    "sys_isa", "sys_ram_gb", "sys_os", "sys_python", "sys_versions", "model", "data", "started_at"}
 
 
 def test_two_target_two_keep_sweep_rows_and_columns(tmp_path):
-    """Real backends on a tiny random model: 2 targets x 2 keeps x fp32 x batch 2."""
+    """Real backends on a tiny random model: 2 targets x 2 keeps x fp32 x both scenarios."""
     out = tmp_path / "run"
     bench(out, "--target", "torch,openvino", "--keep", "1.0,0.5", "--batch", "2", "--precision", "fp32",
           check=True)
     got = rows(out)
     assert sorted(r["cell_id"] for r in got) == sorted(
-        f"{t}/fp32/keep{k}/b2" for t in ("torch", "openvino") for k in ("1", "0.5"))
+        f"{t}/fp32/keep{k}/{b}" for t in ("torch", "openvino") for k in ("1", "0.5")
+        for b in ("b1/single-stream", "b2/offline"))
     for r in got:
         assert r["status"] == "ok", r.get("error")
         assert EXPECTED_COLUMNS <= set(r), EXPECTED_COLUMNS - set(r)
         assert r["tokens_kept"] == (64 if r["keep"] == 1.0 else 32)
         assert r["executed_precision"] == "f32"
-        assert r["images"] == 4
+        assert r["images"] == 4 and r["accuracy_reused"] is False
+        assert r["load_s"] > 0 and r["first_inference_ms"] > 0 and r["rounds"] == 2
+        assert r["latency_p99_ms"] is None or r["latency_samples"] >= 100
         if r["keep"] == 1.0:   # dense detector alone: BAViT does not run
             assert r["token_acc"] is None and r["fg_recall"] is None
         else:
             assert 0.0 <= r["token_acc"] <= 1.0
-    ov = [r for r in got if r["target"] == "openvino"]
-    assert all(json.loads(r["runtime_details"]).get("inference_precision_hint") for r in ov)
-    assert all(r["baseline_rss_mb"] < 200 for r in ov), "OpenVINO cells must not carry torch's memory"
+    ov = {r["scenario"]: r for r in got if r["target"] == "openvino" and r["keep"] == 1.0}
+    assert all(json.loads(r["runtime_details"]).get("inference_precision_hint") for r in ov.values())
+    assert ov["offline"]["mode"].startswith("async AsyncInferQueue, THROUGHPUT hint")
+    assert ov["offline"]["requests"] >= 1 and ov["single-stream"]["requests"] == 1
+    assert json.loads(ov["offline"]["runtime_details"])["config"]["PERFORMANCE_HINT"] == "THROUGHPUT"
+    assert all(r["baseline_rss_mib"] < 200 for r in ov.values()), "OpenVINO cells must not carry torch's memory"
     csv = pd.read_csv(out / "report.csv")
-    assert len(csv) == 4 and {"speedup_vs_target_dense_fp32", "map_drop_pts"} <= set(csv.columns)
-    # a second run finds every artifact in the cache
+    assert len(csv) == 8 and {"speedup_vs_target_dense_fp32", "map_drop_pts"} <= set(csv.columns)
+    # a second run finds every artifact in the cache, and the accuracy of every unchanged artifact
     again = tmp_path / "again"
     bench(again, "--target", "torch,openvino", "--keep", "1.0,0.5", "--batch", "2", "--precision", "fp32",
-          "--images", "0", check=True)
-    assert all(r["artifact_cached"] for r in rows(again))
+          check=True)
+    second = {r["cell_id"]: r for r in rows(again)}
+    assert all(r["artifact_cached"] and r["accuracy_reused"] for r in second.values())
+    assert all(second[r["cell_id"]]["map"] == r["map"] for r in got)
+
+
+def _ratio(slow: dict, fast: dict) -> float:
+    """Offline speed-up of `fast` over `slow`: the median of the paired per-round ratios."""
+    import numpy as np
+    return float(np.median(np.asarray(fast["round_throughput_ips"]) / np.asarray(slow["round_throughput_ips"])))
+
+
+@pytest.mark.parametrize("interleave", [True, False])
+def test_interleaving_recovers_the_true_ratio_under_drift(tmp_path, interleave):
+    """A fake whose calls cost 8 ms x keep and slow down by 30 % a second: keep 0.5 is 2.0x
+    keep 1.0 at any instant. Interleaved rounds recover that within 5 %; the same cells timed
+    back to back do not (the later cell runs on a slower machine)."""
+    out = tmp_path / "run"
+    args = ["--target", "fake-drift", "--keep", "1.0,0.5", "--batch", "1", "--precision", "fp32",
+            "--scenario", OFF, "--rounds", "3", "--round-seconds", "0.6", "--images", "0", "--no-report"]
+    if not interleave:
+        args.append("--no-interleave")
+    bench(out, *args, check=True)
+    by_keep = {r["keep"]: r for r in rows(out)}
+    ratio = _ratio(by_keep[1.0], by_keep[0.5])
+    if interleave:
+        assert ratio == pytest.approx(2.0, rel=0.05)
+    else:
+        assert ratio < 2.0 * 0.85
 
 
 def test_a_cache_folder_without_manifest_is_rebuilt(tmp_path):
@@ -249,7 +318,7 @@ def test_stock_style_detector_runs_at_image_size(tmp_path):
     init_embeddings(det, seed=0)
     det.save_pretrained(tmp_path / "w" / "detector")
     cell = ["--weights", str(tmp_path / "w"), "--target", "fake", "--keep", "1.0", "--batch", "2",
-            "--precision", "fp32"]
+            "--precision", "fp32", "--scenario", OFF]
     proc = bench(tmp_path / "run", *cell)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
     assert "image_size 64x96 is not square" in proc.stderr and "--image-size N" in proc.stderr
@@ -265,8 +334,8 @@ def test_int8_calibrates_past_the_scored_images_when_only_they_exist(tmp_path):
     data = make_synthetic(tmp_path / "coco", n_images=12, size=64, seed=0, split="val")
     out = tmp_path / "run"
     proc = bench(out, "--data", f"coco:{data}", "--target", "fake,torch", "--keep", "1.0", "--batch", "1",
-                 "--precision", "int8", check=True)
+                 "--precision", "int8", "--scenario", OFF, check=True)
     by_id = {r["cell_id"]: r for r in rows(out)}
-    assert by_id["fake/int8/keep1/b1"]["calibration"] == "val images 4+ (not scored)"
-    assert by_id["torch/int8/keep1/b1"]["calibration"] is None  # dynamic int8: no calibration loaded
+    assert by_id[f"fake/int8/keep1/b1/{OFF}"]["calibration"] == "val images 4+ (not scored)"
+    assert by_id[f"torch/int8/keep1/b1/{OFF}"]["calibration"] is None  # dynamic int8: no calibration loaded
     assert "int8 calibrates on val images 4+ (not scored)" in proc.stderr

@@ -1,12 +1,16 @@
-"""Tests for the ``reports`` package: derived metrics, CSV/HTML output and the CLI.
+"""Tests for the ``reports`` package: derived metrics, decisions, CSV/HTML output and the CLI.
 
-A synthetic ``results.jsonl`` with hand-picked numbers stands in for a real
-run, so every derived value can be checked against arithmetic done by hand.
+A synthetic ``results.jsonl`` with hand-picked per-round numbers stands in for a real
+run, so every derived value (paired ratio medians and min–max, fallbacks, decisions
+under limits) can be checked against arithmetic done by hand. Rows are built through
+``bench.contracts.Row`` so a renamed schema field breaks these tests, not the report.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
+import html
 import json
 import math
 import os
@@ -18,16 +22,21 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from reports.build import build, compare, main
+from bench.contracts import Row
+from reports.build import build, compare, main, markdown_report, summary_text
+from reports.decide import ANY_TARGET, check_limits, decide, decision_markdown
 from reports.table import (
     DERIVED_COLUMNS,
     add_derived,
     load_results,
+    paired_speedup,
     pareto_front,
     summary_markdown,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = "s1"
+OFF, SS = "offline", "single-stream"
 
 SYS = {
     "sys_cpu": "Intel(R) Xeon(R) Platinum 8480+",
@@ -39,56 +48,101 @@ SYS = {
     "sys_versions": json.dumps({"torch": "2.13.0", "openvino": "2026.4.1"}),
     "sys_host": "bench-box-01",
 }
+NOISY_REASON = "load 3.1 > 2 cores during round 2"
 
-# (target, precision, keep) -> (throughput img/s, p50 ms, mAP, peak MB)
-OK_CELLS = {
-    ("torch", "fp32", 1.0): (100.0, 10.0, 0.400, 900.0),
-    ("torch", "fp32", 0.5): (150.0, 6.7, 0.380, 880.0),
-    ("torch", "int8", 1.0): (200.0, 5.0, 0.390, 700.0),
-    ("torch", "int8", 0.5): (300.0, 3.3, 0.360, 690.0),
-    ("openvino", "fp32", 1.0): (250.0, 4.0, 0.400, 600.0),
-    ("openvino", "fp32", 0.5): (400.0, 2.5, 0.385, 590.0),
-    ("openvino", "int8", 1.0): (500.0, 2.0, 0.395, 450.0),
-    ("openvino", "int8", 0.5): (800.0, 1.25, 0.370, 440.0),
+
+def cell_id(target: str, precision: str, keep: float, batch: int, scenario: str) -> str:
+    return f"{target}/{precision}/keep{keep:g}/b{batch}/{scenario}"
+
+
+def make_row(target: str, precision: str, keep: float, batch: int = 8, scenario: str = OFF, *,
+             status: str = "ok", error: str | None = None, rounds: list[float] | None = None,
+             throughput: float | None = None, p50: float | None = None, p90: float | None = None,
+             p99: float | None = None, samples: int | None = None, mean_ap: float | None = None,
+             peak: float | None = None, settings: str = SETTINGS, **extra: object) -> dict:
+    """One results.jsonl line as ``bench.contracts.Row`` writes it.
+
+    ``rounds`` are per-round throughputs (offline) or per-round p50 ms (single-stream);
+    the headline median and min/max follow from them unless given."""
+    rounds = list(rounds or [])
+    offline = scenario == OFF
+    if rounds and offline:
+        throughput = throughput if throughput is not None else float(pd.Series(rounds).median())
+    if rounds and not offline:
+        p50 = p50 if p50 is not None else float(pd.Series(rounds).median())
+    model_id = f"{target}/{precision}/keep{keep:g}/b{batch}"
+    row = Row(
+        cell_id=cell_id(target, precision, keep, batch, scenario), model_id=model_id, target=target,
+        precision=precision, keep=keep, batch=batch, scenario=scenario, status=status, error=error,
+        settings_key=settings, run_id="run-1", model="bavit-yolos-ti", detector="weights/ti/detector",
+        data="synthetic", threads=2, image_size=512, started_at="2026-05-01T10:00:00",
+        recipe="default", executed_precision={"fp32": "f32", "int8": "i8+f32", "bf16": "bf16"}[precision],
+        convert_s=1.5, artifact_bytes=25_000_000, tokens_kept=int(1024 * keep), tokens_total=1024,
+        load_s=0.8 if status == "ok" else None, first_inference_ms=40.0 if status == "ok" else None,
+        peak_rss_mib=peak, baseline_rss_mib=None if peak is None else 300.0,
+        rss_increase_mib=None if peak is None else peak - 300.0,
+        mode="sync" if scenario == SS else "async", streams=1, requests=1,
+        rounds=len(rounds) or None, throughput_ips=throughput,
+        throughput_min=min(rounds) if rounds and offline else None,
+        throughput_max=max(rounds) if rounds and offline else None,
+        latency_p50_ms=p50, latency_p90_ms=p90, latency_p99_ms=p99, latency_samples=samples,
+        round_throughput_ips=rounds if offline else [], round_p50_ms=[] if offline else rounds,
+        noisy=False if status == "ok" else None,
+        map=mean_ap, ap50=None if mean_ap is None else mean_ap + 0.2, ap75=mean_ap,
+        images=64 if mean_ap is not None else None, accuracy_from=model_id if mean_ap is not None else None,
+        accuracy_reused=False if mean_ap is not None else None, **SYS,
+    )
+    data = dataclasses.asdict(row)
+    unknown = set(extra) - set(data) - {"extra_harness_field"}
+    assert not unknown, unknown  # a typo in a test must not slip past the schema
+    data.update(extra)
+    return data
+
+
+# Offline, batch 8: per-round throughputs (img/s). Single-stream, batch 1: per-round p50 (ms).
+OFFLINE_CELLS = {
+    # (target, precision, keep): (rounds, mAP, peak MiB, p50, p90, p99, samples)
+    ("torch", "fp32", 1.0): ([100.0, 110.0, 90.0], 0.400, 900.0, 80.0, 88.0, None, 60),
+    ("torch", "int8", 0.5): ([300.0, 330.0, 240.0], 0.380, 690.0, 25.0, 27.0, 28.0, 150),
+    ("openvino", "fp32", 1.0): ([200.0, 230.0, 180.0], 0.400, 600.0, 40.0, 42.0, 45.0, 150),
+    ("openvino", "fp32", 0.5): ([300.0, 345.0, 270.0], 0.392, 430.0, 27.0, None, None, 10),
+    ("openvino", "int8", 1.0): ([400.0, 414.0, 396.0], 0.395, 450.0, 20.0, 22.0, 30.0, 150),
+    ("openvino", "int8", 0.5): ([600.0, 690.0, 540.0], 0.388, 440.0, 15.0, 16.0, None, 60),
+}
+SINGLE_CELLS = {
+    # (target, precision, keep): (rounds p50 ms, pooled p50, mAP)
+    ("torch", "fp32", 1.0): ([20.0, 22.0, 18.0], 20.0, None),       # mAP only scored offline
+    ("torch", "int8", 0.5): ([8.0, 11.0, 6.0], 8.0, 0.380),
+    ("openvino", "fp32", 1.0): ([10.0, 10.0, 9.0], 10.0, 0.400),
+    ("openvino", "int8", 1.0): ([6.0, 5.0, 4.5], 5.2, 0.395),
+    ("openvino", "int8", 0.5): ([5.0, 4.0, 6.0], 5.0, 0.388),
 }
 FAILED_REASON = "converter crashed: unsupported op GATHER_ND"
 UNAVAILABLE_REASON = "no bf16 kernels on this CPU"
 
 
-def cell_id(target: str, precision: str, keep: float, batch: int = 1) -> str:
-    return f"{target}/{precision}/keep{keep:g}/b{batch}"
-
-
-def make_row(target: str, precision: str, keep: float, batch: int = 1, *, status: str = "ok",
-             error: str | None = None, throughput: float | None = None, p50: float | None = None,
-             mean_ap: float | None = None, peak: float | None = None) -> dict:
-    """One results.jsonl row following the harness schema (unmeasured fields null)."""
-    return {
-        "cell_id": cell_id(target, precision, keep, batch), "target": target, "precision": precision,
-        "keep": keep, "batch": batch, "threads": 16, "status": status, "error": error,
-        "executed_precision": {"fp32": "f32", "int8": "i8+f32", "bf16": "bf16"}[precision],
-        "recipe": "default", "recipe_settings": json.dumps({"calib": 32}), "fp32_kept": "",
-        "throughput_ips": throughput, "latency_p50_ms": p50,
-        "latency_p90_ms": None if p50 is None else p50 * 1.1,
-        "latency_p99_ms": None if p50 is None else p50 * 1.3, "iterations": 50 if throughput else None,
-        "peak_rss_mb": peak, "baseline_rss_mb": None if peak is None else 300.0,
-        "rss_increase_mb": None if peak is None else peak - 300.0,
-        "map": mean_ap, "ap50": None if mean_ap is None else mean_ap + 0.2, "ap75": mean_ap,
-        "token_acc": 0.9, "fg_recall": 0.8, "fg_precision": 0.7, "tokens_kept": int(576 * keep),
-        "tokens_total": 576, "images": 500 if mean_ap is not None else None,
-        "convert_s": 1.5, "artifact_bytes": 25_000_000, "load_start": 0.0, "load_end": 1.0,
-        **SYS, "model": "bavit-yolos-tiny", "data": "coco-val-500", "started_at": "2026-05-01T10:00:00",
-        "wall_s": 12.0, "extra_harness_field": "passes-through",
-    }
-
-
 def sample_rows() -> list[dict]:
-    rows = [make_row("openvino", "int8", 0.5, throughput=10.0, p50=99.0, mean_ap=0.1, peak=1.0)]  # superseded
-    rows += [make_row(t, p, k, throughput=tp, p50=lat, mean_ap=m, peak=mb)
-             for (t, p, k), (tp, lat, m, mb) in OK_CELLS.items()]
-    rows.append(make_row("tflite", "int8", 0.5, status="failed", error=FAILED_REASON + "\nTraceback ..."))
-    rows.append(make_row("tflite", "bf16", 1.0, status="unavailable", error=UNAVAILABLE_REASON))
+    rows = [make_row("openvino", "int8", 0.5, rounds=[1.0, 2.0, 3.0], mean_ap=0.1, peak=1.0)]  # superseded
+    for (t, p, k), (rounds, m, peak, p50, p90, p99, n) in OFFLINE_CELLS.items():
+        extra: dict = {"extra_harness_field": "passes-through"}
+        if (t, p, k) == ("openvino", "int8", 1.0):
+            extra.update(noisy=True, noisy_reason=NOISY_REASON, spread_pct=4.5, load_max=3.1)
+        rows.append(make_row(t, p, k, rounds=rounds, mean_ap=m, peak=peak, p50=p50, p90=p90, p99=p99,
+                             samples=n, **extra))
+    for (t, p, k), (rounds, p50, m) in SINGLE_CELLS.items():
+        extra = {"extra_harness_field": "passes-through"}
+        if m is not None:  # one artifact scored for both scenarios: this row reuses the b8 outputs
+            extra.update(accuracy_from=f"{t}/{p}/keep{k:g}/b8", accuracy_reused=(t, p, k) == ("openvino", "fp32", 1.0))
+        rows.append(make_row(t, p, k, 1, SS, rounds=rounds, p50=p50, throughput=1000.0 / p50,
+                             p90=p50 * 1.2, p99=p50 * 1.4, samples=300, mean_ap=m, peak=500.0, **extra))
+    rows.append(make_row("tflite", "int8", 0.5, status="failed", error=FAILED_REASON + "\nTraceback ...",
+                         extra_harness_field="passes-through"))
+    rows.append(make_row("tflite", "bf16", 1.0, status="unavailable", error=UNAVAILABLE_REASON,
+                         extra_harness_field="passes-through"))
     return rows
+
+
+N_CELLS = len(OFFLINE_CELLS) + len(SINGLE_CELLS) + 2
 
 
 def write_run(run_dir: Path, rows: list[dict]) -> Path:
@@ -107,17 +161,39 @@ def built(run_dir: Path) -> dict[str, Path]:
     return build(run_dir)
 
 
+@pytest.fixture(scope="module")
+def derived(run_dir: Path) -> pd.DataFrame:
+    return add_derived(load_results(run_dir)).set_index("cell_id")
+
+
 def by_cell(df: pd.DataFrame) -> pd.DataFrame:
     return df.set_index("cell_id")
 
 
+def triple(df: pd.DataFrame, cell: str, stem: str = "target") -> tuple[float, float, float]:
+    names = {"target": ("speedup_vs_target_dense_fp32", "speedup_lo", "speedup_hi"),
+             "torch": ("speedup_vs_torch_dense_fp32", "speedup_torch_lo", "speedup_torch_hi")}[stem]
+    return tuple(float(df.loc[cell, n]) for n in names)  # type: ignore[return-value]
+
+
+OV_INT8_K1 = cell_id("openvino", "int8", 1.0, 8, OFF)
+OV_INT8_K05 = cell_id("openvino", "int8", 0.5, 8, OFF)
+OV_FP32_K05 = cell_id("openvino", "fp32", 0.5, 8, OFF)
+SS_OV_INT8_K1 = cell_id("openvino", "int8", 1.0, 1, SS)
+SS_OV_INT8_K05 = cell_id("openvino", "int8", 0.5, 1, SS)
+
+
 # --- loading -----------------------------------------------------------------
 
-def test_load_keeps_last_row_of_duplicated_cell(run_dir: Path) -> None:
+def test_load_keeps_last_row_of_duplicated_cell_and_round_lists(run_dir: Path) -> None:
     df = load_results(run_dir)
-    assert len(df) == 10
+    assert len(df) == N_CELLS
     assert df["cell_id"].is_unique
-    assert by_cell(df).loc["openvino/int8/keep0.5/b1", "throughput_ips"] == 800.0
+    row = by_cell(df).loc[OV_INT8_K05]
+    assert row["throughput_ips"] == 600.0
+    assert row["round_throughput_ips"] == [600.0, 690.0, 540.0]
+    assert by_cell(df).loc[SS_OV_INT8_K05, "round_p50_ms"] == [5.0, 4.0, 6.0]
+    assert by_cell(df).loc[cell_id("tflite", "int8", 0.5, 8, OFF), "round_p50_ms"] == []
 
 
 @pytest.mark.parametrize(
@@ -140,51 +216,110 @@ def test_load_missing_run_dir(tmp_path: Path) -> None:
 
 # --- derived metrics ---------------------------------------------------------
 
-def test_speedups_and_map_drop_match_hand_computed(run_dir: Path) -> None:
-    df = by_cell(add_derived(load_results(run_dir)))
+def test_paired_offline_speedups_match_hand_computed(derived: pd.DataFrame) -> None:
+    # ratio_i = tp_i / ref_i; figure = median, interval = min–max over the 3 rounds
     expected = {
-        # cell: (vs same target dense fp32, vs torch dense fp32, mAP drop pts)
-        "torch/fp32/keep1/b1": (1.0, 1.0, 0.0),
-        "torch/int8/keep0.5/b1": (3.0, 3.0, 4.0),
-        "openvino/fp32/keep1/b1": (1.0, 2.5, 0.0),
-        "openvino/fp32/keep0.5/b1": (1.6, 4.0, 1.5),
-        "openvino/int8/keep1/b1": (2.0, 5.0, 0.5),
-        "openvino/int8/keep0.5/b1": (3.2, 8.0, 3.0),
+        cell_id("torch", "fp32", 1.0, 8, OFF): ((1.0, 1.0, 1.0), (1.0, 1.0, 1.0)),
+        # [300/100, 330/110, 240/90] = [3, 3, 2.667]
+        cell_id("torch", "int8", 0.5, 8, OFF): ((3.0, 240 / 90, 3.0), (3.0, 240 / 90, 3.0)),
+        # vs torch: [200/100, 230/110, 180/90] = [2, 2.0909, 2]
+        cell_id("openvino", "fp32", 1.0, 8, OFF): ((1.0, 1.0, 1.0), (2.0, 2.0, 230 / 110)),
+        # [400/200, 414/230, 396/180] = [2, 1.8, 2.2]; vs torch [4, 3.7636, 4.4]
+        OV_INT8_K1: ((2.0, 1.8, 2.2), (4.0, 414 / 110, 4.4)),
+        # [3, 3, 3]; vs torch [6, 6.2727, 6]
+        OV_INT8_K05: ((3.0, 3.0, 3.0), (6.0, 6.0, 690 / 110)),
     }
-    for cell, (vs_target, vs_torch, drop) in expected.items():
-        assert df.loc[cell, "speedup_vs_target_dense_fp32"] == pytest.approx(vs_target), cell
-        assert df.loc[cell, "speedup_vs_torch_dense_fp32"] == pytest.approx(vs_torch), cell
-        assert df.loc[cell, "map_drop_pts"] == pytest.approx(drop), cell
-    for cell in ("tflite/int8/keep0.5/b1", "tflite/bf16/keep1/b1"):
-        assert df.loc[cell, DERIVED_COLUMNS[:3]].isna().all()
-        assert not df.loc[cell, "pareto"]
+    for cell, (vs_target, vs_torch) in expected.items():
+        assert triple(derived, cell) == pytest.approx(vs_target), cell
+        assert triple(derived, cell, "torch") == pytest.approx(vs_torch), cell
+    # the paired median differs from the ratio of the medians' bounds: 1.8 is no min/max ratio
+    assert derived.loc[OV_INT8_K1, "speedup_lo"] != pytest.approx(396 / 230)
 
 
-def test_map_drop_falls_back_to_reference_of_other_batch() -> None:
-    # mAP measured only at batch 1; the batch-8 dense reference has null mAP.
-    rows = [
-        make_row("torch", "fp32", 1.0, 1, throughput=100.0, mean_ap=0.40),
-        make_row("torch", "fp32", 1.0, 8, throughput=400.0),
-        make_row("torch", "int8", 0.5, 8, throughput=1000.0, mean_ap=0.37),
-        make_row("openvino", "int8", 1.0, 8, throughput=900.0, mean_ap=0.39),  # no openvino reference at all
-    ]
+def test_paired_single_stream_speedups_are_latency_ratios(derived: pd.DataFrame) -> None:
+    # ratio_i = ref_p50_i / p50_i: ov fp32 [10, 10, 9] over ov int8 k1 [6, 5, 4.5] = [1.667, 2, 2]
+    assert triple(derived, SS_OV_INT8_K1) == pytest.approx((2.0, 10 / 6, 2.0))
+    # [10/5, 10/4, 9/6] = [2, 2.5, 1.5]; vs torch [20/5, 22/4, 18/6] = [4, 5.5, 3]
+    assert triple(derived, SS_OV_INT8_K05) == pytest.approx((2.0, 1.5, 2.5))
+    assert triple(derived, SS_OV_INT8_K05, "torch") == pytest.approx((4.0, 3.0, 5.5))
+    # single-stream cells never borrow the offline reference of the same target
+    assert triple(derived, cell_id("torch", "int8", 0.5, 1, SS)) == pytest.approx((2.5, 2.0, 3.0))
+
+
+def test_map_drop_prefers_same_scenario_then_any(derived: pd.DataFrame) -> None:
+    assert derived.loc[OV_INT8_K05, "map_drop_pts"] == pytest.approx(1.2)
+    assert derived.loc[SS_OV_INT8_K05, "map_drop_pts"] == pytest.approx(1.2)
+    # the single-stream torch fp32 row has no mAP: the offline b8 reference (0.400) is used
+    assert derived.loc[cell_id("torch", "int8", 0.5, 1, SS), "map_drop_pts"] == pytest.approx(2.0)
+    assert math.isnan(derived.loc[cell_id("torch", "fp32", 1.0, 1, SS), "map_drop_pts"])
+
+
+def test_map_drop_same_batch_reference_wins_over_other() -> None:
+    rows = [make_row("torch", "fp32", 1.0, 1, SS, rounds=[10.0], mean_ap=0.30),
+            make_row("torch", "fp32", 1.0, 8, OFF, rounds=[100.0], mean_ap=0.40),
+            make_row("torch", "int8", 1.0, 8, OFF, rounds=[150.0], mean_ap=0.39)]
     df = by_cell(add_derived(pd.DataFrame(rows)))
-    assert df.loc["torch/int8/keep0.5/b8", "map_drop_pts"] == pytest.approx(3.0)
-    assert df.loc["torch/int8/keep0.5/b8", "speedup_vs_target_dense_fp32"] == pytest.approx(2.5)
-    assert math.isnan(df.loc["openvino/int8/keep1/b8", "speedup_vs_target_dense_fp32"])
-    assert math.isnan(df.loc["openvino/int8/keep1/b8", "map_drop_pts"])
-    assert df.loc["openvino/int8/keep1/b8", "speedup_vs_torch_dense_fp32"] == pytest.approx(2.25)
+    assert df.loc[cell_id("torch", "int8", 1.0, 8, OFF), "map_drop_pts"] == pytest.approx(1.0)
+
+
+def test_failed_cells_have_no_derived_values(derived: pd.DataFrame) -> None:
+    for cell in (cell_id("tflite", "int8", 0.5, 8, OFF), cell_id("tflite", "bf16", 1.0, 8, OFF)):
+        assert derived.loc[cell, list(DERIVED_COLUMNS[:-1])].isna().all()
+        assert not derived.loc[cell, "pareto"]
+
+
+@pytest.mark.parametrize(("scenario", "mine", "theirs", "expected"), [
+    # round lists of different length: ratio of medians, lo = my min / their max, hi = my max / their min
+    (OFF, dict(rounds=[200.0, 210.0]), dict(rounds=[100.0, 110.0, 90.0]), (205 / 100, 200 / 110, 210 / 90)),
+    # no rounds at all, min/max columns recorded
+    (OFF, dict(throughput=300.0, throughput_min=280.0, throughput_max=310.0),
+     dict(throughput=100.0, throughput_min=95.0, throughput_max=105.0), (3.0, 280 / 105, 310 / 95)),
+    # no rounds and no min/max: the figure only
+    (OFF, dict(throughput=300.0), dict(throughput=100.0), (3.0, math.nan, math.nan)),
+    # single-stream, no rounds: ref p50 / p50, no interval
+    (SS, dict(p50=4.0), dict(p50=10.0), (2.5, math.nan, math.nan)),
+    # single-stream, lists of different length: bounds from the lists (fastest/slowest round)
+    (SS, dict(rounds=[4.0, 5.0]), dict(rounds=[10.0, 12.0, 11.0]), (11.0 / 4.5, 10 / 5, 12 / 4)),
+])
+def test_speedup_falls_back_to_ratio_of_medians(scenario: str, mine: dict, theirs: dict,
+                                                 expected: tuple[float, float, float]) -> None:
+    batch = 1 if scenario == SS else 8
+    rows = [make_row("openvino", "fp32", 1.0, batch, scenario, **theirs),
+            make_row("openvino", "int8", 1.0, batch, scenario, **mine)]
+    df = by_cell(add_derived(pd.DataFrame(rows)))
+    got = triple(df, cell_id("openvino", "int8", 1.0, batch, scenario))
+    assert got == pytest.approx(expected, nan_ok=True)
+    assert paired_speedup(rows[1], rows[0]) == pytest.approx(expected, nan_ok=True)
+
+
+def test_settings_key_mismatch_gives_nan() -> None:
+    rows = [make_row("torch", "fp32", 1.0, rounds=[100.0, 100.0, 100.0], mean_ap=0.4),
+            make_row("openvino", "fp32", 1.0, rounds=[200.0, 200.0, 200.0], mean_ap=0.4),
+            make_row("openvino", "int8", 1.0, rounds=[400.0, 400.0, 400.0], mean_ap=0.39, settings="s2")]
+    df = by_cell(add_derived(pd.DataFrame(rows)))
+    other = cell_id("openvino", "int8", 1.0, 8, OFF)
+    assert all(math.isnan(v) for v in triple(df, other) + triple(df, other, "torch"))
+    assert math.isnan(df.loc[other, "map_drop_pts"])
+    # with the same settings the same rows compare: 2.0 and 4.0, drop 1 point
+    rows[2]["settings_key"] = SETTINGS
+    df = by_cell(add_derived(pd.DataFrame(rows)))
+    assert triple(df, other) == pytest.approx((2.0, 2.0, 2.0))
+    assert triple(df, other, "torch") == pytest.approx((4.0, 4.0, 4.0))
+    assert df.loc[other, "map_drop_pts"] == pytest.approx(1.0)
 
 
 def test_failed_reference_gives_nan_speedup() -> None:
-    rows = [
-        make_row("torch", "fp32", 1.0, throughput=100.0, mean_ap=0.4),
-        make_row("openvino", "fp32", 1.0, status="failed", error="boom", throughput=999.0, mean_ap=0.4),
-        make_row("openvino", "int8", 1.0, throughput=300.0, mean_ap=0.39),
-    ]
+    rows = [make_row("torch", "fp32", 1.0, rounds=[100.0], mean_ap=0.4),
+            make_row("openvino", "fp32", 1.0, status="failed", error="boom", rounds=[999.0], mean_ap=0.4),
+            make_row("openvino", "int8", 1.0, rounds=[300.0], mean_ap=0.39)]
     df = by_cell(add_derived(pd.DataFrame(rows)))
-    assert math.isnan(df.loc["openvino/int8/keep1/b1", "speedup_vs_target_dense_fp32"])
-    assert df.loc["openvino/int8/keep1/b1", "speedup_vs_torch_dense_fp32"] == pytest.approx(3.0)
+    cell = cell_id("openvino", "int8", 1.0, 8, OFF)
+    assert math.isnan(df.loc[cell, "speedup_vs_target_dense_fp32"])
+    assert math.isnan(df.loc[cell, "map_drop_pts"])
+    assert df.loc[cell, "speedup_vs_torch_dense_fp32"] == pytest.approx(3.0)
+    # its mAP drop is unknown, so decide() cannot vouch for it, and says why
+    notes = decide(pd.DataFrame(rows)).set_index(["scenario", "target"])["note"]
+    assert notes[(OFF, "openvino")] == "no cell with a mAP drop (no ok dense fp32 reference with a mAP)"
 
 
 def test_pareto_front_hand_made() -> None:
@@ -201,30 +336,130 @@ def test_pareto_front_hand_made() -> None:
     assert pareto_front([]) == []
 
 
-def test_pareto_column_per_batch(run_dir: Path) -> None:
-    raw = load_results(run_dir)
-    df = add_derived(raw)
-    front = set(df.loc[df["pareto"], "cell_id"])
-    assert front == {"openvino/fp32/keep1/b1", "openvino/int8/keep1/b1", "openvino/int8/keep0.5/b1"}
-    # A slow, inaccurate cell alone at batch 8 is compared only within its own batch.
-    slow = pd.DataFrame([make_row("torch", "int8", 0.5, 8, throughput=1.0, mean_ap=0.01)])
-    assert by_cell(add_derived(pd.concat([raw, slow]))).loc["torch/int8/keep0.5/b8", "pareto"]
+def test_pareto_column_per_scenario_and_batch(derived: pd.DataFrame) -> None:
+    front = set(derived.index[derived["pareto"].astype(bool)])
+    assert front == {
+        cell_id("openvino", "fp32", 1.0, 8, OFF), OV_INT8_K1, OV_INT8_K05,
+        # (200 img/s, 0.388) would be dominated by offline (400, 0.395): panels are separate
+        cell_id("openvino", "fp32", 1.0, 1, SS), SS_OV_INT8_K1, SS_OV_INT8_K05,
+    }
+
+
+# --- decisions ---------------------------------------------------------------
+
+def picks(decisions: pd.DataFrame) -> dict[tuple[str, str], str | None]:
+    """(scenario, target) -> picked cell id, None when nothing qualified (empty cell columns)."""
+    return {(r["scenario"], r["target"]): r["cell_id"] if isinstance(r["cell_id"], str) else None
+            for r in decisions.to_dict("records")}
+
+
+def test_decide_default_limit(run_dir: Path) -> None:
+    decisions = decide(load_results(run_dir))
+    got = picks(decisions)
+    assert got[(OFF, ANY_TARGET)] == OV_INT8_K1          # 400 img/s, −0.5; 600 img/s loses 1.2
+    assert got[(OFF, "openvino")] == OV_INT8_K1
+    assert got[(OFF, "torch")] == cell_id("torch", "fp32", 1.0, 8, OFF)  # int8 keep 0.5 loses 2.0
+    assert got[(SS, ANY_TARGET)] == SS_OV_INT8_K1        # p50 5.2 ms; 5.0 ms loses 1.2
+    assert got[(SS, "torch")] is None                   # fp32 has no mAP, int8 loses 2.0
+    assert got[(OFF, "tflite")] is None
+    assert list(decisions["scenario"]) == [SS] * 3 + [OFF] * 4   # "any" first, targets sorted
+    row = decisions.set_index(["scenario", "target"]).loc[(OFF, ANY_TARGET)]
+    assert (row["figure"], row["figure_lo"], row["figure_hi"]) == (400.0, 396.0, 414.0)
+    assert (row["speedup"], row["speedup_lo"], row["speedup_hi"]) == pytest.approx((2.0, 1.8, 2.2))
+    assert row["map_drop_pts"] == pytest.approx(0.5) and row["noisy"] and row["noisy_reason"] == NOISY_REASON
+    assert (row["latency_ms"], row["latency_pct"]) == (30.0, "p99")
+    ss = decisions.set_index(["scenario", "target"]).loc[(SS, ANY_TARGET)]
+    assert (ss["figure"], ss["figure_lo"], ss["figure_hi"], ss["figure_unit"]) == (5.2, 4.5, 6.0, "ms p50")
+    notes = decisions.set_index(["scenario", "target"])["note"]
+    assert notes[(SS, "torch")] == "no cell within 1 point"
+    assert notes[(OFF, "tflite")] == "no successful cell"
+
+
+def test_decide_looser_map_limit_and_boundary(run_dir: Path) -> None:
+    got = picks(decide(load_results(run_dir), max_map_drop=2.0))
+    assert got[(OFF, ANY_TARGET)] == OV_INT8_K05
+    # (0.400 − 0.380) × 100 is 2.0000000000000018 in floats: exactly at the limit still qualifies
+    assert got[(OFF, "torch")] == cell_id("torch", "int8", 0.5, 8, OFF)
+    assert got[(SS, ANY_TARGET)] == SS_OV_INT8_K05
+
+
+def test_decide_latency_limit_uses_highest_reported_percentile(run_dir: Path) -> None:
+    df = load_results(run_dir)
+    loose = decide(df, max_map_drop=2.0, max_latency_ms=25.0).set_index(["scenario", "target"])
+    # ov int8 keep 0.5 has no p99 (60 samples): its p90 16 ms is what is checked
+    assert loose.loc[(OFF, ANY_TARGET), "cell_id"] == OV_INT8_K05
+    assert loose.loc[(OFF, ANY_TARGET), "latency_pct"] == "p90"
+    # torch int8 keep 0.5: p99 28 ms > 25
+    assert pd.isna(loose.loc[(OFF, "torch"), "cell_id"])
+    # within 1 point: ov int8 k1 p99 30, ov fp32 k0.5 (only p50: 27), ov fp32 p99 45, torch 80 — nothing fits
+    strict = decide(df, max_map_drop=1.0, max_latency_ms=25.0).set_index(["scenario", "target"])
+    row = strict.loc[(OFF, ANY_TARGET)]
+    assert pd.isna(row["cell_id"]) and math.isnan(row["figure"]) and math.isnan(row["speedup"])
+    assert row["note"] == "no cell within 1 point, latency ≤ 25 ms"
+    assert strict.loc[(SS, ANY_TARGET), "cell_id"] == SS_OV_INT8_K1  # p99 5.2 × 1.4 = 7.28 ms
+
+
+def test_decide_memory_limit(run_dir: Path) -> None:
+    got = picks(decide(load_results(run_dir), max_rss_mb=449.0))
+    assert got[(OFF, ANY_TARGET)] == OV_FP32_K05   # ov int8 keep 1.0 peaks at 450 MiB
+    assert got[(SS, ANY_TARGET)] is None           # every single-stream cell peaks at 500 MiB
+
+
+def test_decide_names_cells_without_a_speed_figure() -> None:
+    rows = [make_row("torch", "fp32", 1.0, mean_ap=0.4),  # ok, but the timed rounds recorded nothing
+            make_row("tflite", "fp32", 1.0, status="failed", error="boom")]
+    notes = decide(pd.DataFrame(rows)).set_index(["scenario", "target"])["note"]
+    assert notes[(OFF, ANY_TARGET)] == "no cell with a speed figure"
+    assert notes[(OFF, "torch")] == "no cell with a speed figure"
+    assert notes[(OFF, "tflite")] == "no successful cell"
+
+
+def test_decide_without_any_map_picks_on_speed(tmp_path: Path) -> None:
+    rows = [dict(r, map=None, accuracy_from=None) for r in sample_rows()]
+    decisions = decide(load_results(write_run(tmp_path / "speed", rows))).set_index(["scenario", "target"])
+    assert decisions.loc[(OFF, ANY_TARGET), "cell_id"] == OV_INT8_K05
+    assert decisions.loc[(SS, ANY_TARGET), "cell_id"] == SS_OV_INT8_K05
+    assert decisions.loc[(OFF, "torch"), "cell_id"] == cell_id("torch", "int8", 0.5, 8, OFF)
+    assert decisions.loc[(OFF, ANY_TARGET), "note"] == "no mAP in this run: picked on speed alone"
+
+
+@pytest.mark.parametrize("limits", [(-1.0, None, None), (1.0, -5.0, None), (1.0, None, -1.0),
+                                    (float("nan"), None, None)])
+def test_negative_limits_are_rejected(limits: tuple) -> None:
+    with pytest.raises(ValueError, match="must be a number >= 0"):
+        check_limits(*limits)
+
+
+def test_decision_markdown_reads_as_the_answer(run_dir: Path) -> None:
+    md = decision_markdown(decide(load_results(run_dir)))
+    lines = md.splitlines()
+    assert lines[0].startswith("## Decision (mAP drop ≤ 1 pts")
+    assert lines[2] == ("single-stream: openvino int8 keep 1.0 b1 — p50 5.20 ms [4.50–6.00], "
+                        "2.00× [1.67–2.00] over openvino dense fp32, mAP 0.395 (−0.5 pts)")
+    assert lines[3] == ("offline: openvino int8 keep 1.0 b8 — 400.0 img/s [396.0–414.0], "
+                        "2.00× [1.80–2.20] over openvino dense fp32, mAP 0.395 (−0.5 pts) "
+                        f"! noisy: {NOISY_REASON}")
+    assert "| single-stream | torch | – | – | – | – | – | no cell within 1 point |" in md
+    with_latency = decision_markdown(decide(load_results(run_dir), max_latency_ms=50.0), max_latency_ms=50.0)
+    assert "p99 30.00 ms" in with_latency and "≤ 50 ms" in with_latency
 
 
 # --- outputs -----------------------------------------------------------------
 
-def test_csv_rows_and_columns(built: dict[str, Path], run_dir: Path) -> None:
+def test_csv_rows_and_columns(built: dict[str, Path]) -> None:
     csv = pd.read_csv(built["csv"])
-    expected_ids = {cell_id(t, p, k) for t, p, k in OK_CELLS} | {
-        "tflite/int8/keep0.5/b1", "tflite/bf16/keep1/b1"}
-    assert len(csv) == 10
-    assert set(csv["cell_id"]) == expected_ids
-    original = list(sample_rows()[0].keys())
+    assert len(csv) == N_CELLS
+    assert set(csv["cell_id"]) == {r["cell_id"] for r in sample_rows()}
+    original = list(sample_rows()[1].keys())
     assert list(csv.columns) == original + list(DERIVED_COLUMNS)
     assert (csv["extra_harness_field"] == "passes-through").all()
-    row = csv.set_index("cell_id").loc["openvino/int8/keep0.5/b1"]
-    assert row["speedup_vs_torch_dense_fp32"] == pytest.approx(8.0)
+    row = csv.set_index("cell_id").loc[OV_INT8_K05]
+    assert row["speedup_vs_torch_dense_fp32"] == pytest.approx(6.0)
+    assert json.loads(row["round_throughput_ips"]) == [600.0, 690.0, 540.0]
     assert bool(row["pareto"]) is True
+    decisions = pd.read_csv(built["decision_csv"])
+    assert built["decision_csv"].parent == built["csv"].parent
+    assert decisions.set_index(["scenario", "target"]).loc[(OFF, ANY_TARGET), "cell_id"] == OV_INT8_K1
 
 
 def test_html_is_self_contained_and_complete(built: dict[str, Path]) -> None:
@@ -233,49 +468,84 @@ def test_html_is_self_contained_and_complete(built: dict[str, Path]) -> None:
     assert len(images) == 3
     assert page.count("data:image/png;base64") == 3
     assert all(base64.b64decode(img).startswith(b"\x89PNG\r\n\x1a\n") for img in images)
-    assert 'class="dataframe report-table summary"' in page
-    for value in ("800.0", "3.20×", "8.00×", "0.370", "bench-box-01", "avx512_vnni", "2026.4.1"):
+    # the answer first: decision, then machine, then the table
+    assert page.index("<h1>") < page.index("<h2>Decision</h2>") < page.index("<h2>Machine</h2>") \
+        < page.index("<h2>Summary</h2>")
+    assert "Limits: mAP drop ≤ 1 pts" in page and "no latency limit" in page
+    assert 'class="report-table summary"' in page and 'class="report-table decision"' in page
+    for value in ("400.0 [396.0–414.0]", "2.00× [1.80–2.20]", "4.00× [3.76–4.40]", "0.388",
+                  "bench-box-01", "avx512_vnni", "2026.4.1", "n=60&lt;100", "n=10&lt;20",
+                  "median", "min–max", "at least 20", "at least 100"):
         assert value in page, value
+    reason = html.escape(NOISY_REASON)  # "3.1 > 2" must reach the page as "3.1 &gt; 2"
+    assert f'<td title="{reason}">!</td>' in page
+    noisy_section = page[page.index("<h2>Noisy cells</h2>"):page.index("<h2>Failed")]
+    assert OV_INT8_K1 in noisy_section and reason in noisy_section and OV_INT8_K05 not in noisy_section
     assert FAILED_REASON in page and UNAVAILABLE_REASON in page
-    assert "tflite/int8/keep0.5/b1" in page
+    accuracy = page[page.index("<h2>Accuracy notes</h2>"):]
+    assert f"{SS_OV_INT8_K05}</code>: mAP from openvino/int8/keep0.5/b8" in accuracy
+    assert "reused from cache" in accuracy and accuracy.count("reused from cache") == 1
     assert "http://" not in page and "https://" not in page
     assert not re.search(r'(src|href)="(?!data:)', page)
     assert "Comparison with" not in page
 
 
-def test_html_when_every_cell_failed(tmp_path: Path) -> None:
-    rows = [make_row("tflite", "int8", 0.5, status="failed", error="x < y & z")]
+def test_html_escapes_results_text(tmp_path: Path) -> None:
+    rows = [make_row("tflite", "int8", 0.5, status="failed", error="x < y & z"),
+            make_row("openvino", "fp32", 1.0, rounds=[10.0], noisy=True, noisy_reason='<b>"hot"</b>')]
     page = build(write_run(tmp_path / "bad", rows))["html"].read_text(encoding="utf-8")
     assert page.count("data:image/png;base64") == 3
-    assert "x &lt; y &amp; z" in page
+    assert "x &lt; y &amp; z" in page and "x < y" not in page
+    assert "&lt;b&gt;&quot;hot&quot;&lt;/b&gt;" in page and "<b>" not in page
+
+
+def test_html_when_every_cell_failed(tmp_path: Path) -> None:
+    rows = [make_row("tflite", "int8", 0.5, status="failed", error="boom")]
+    paths = build(write_run(tmp_path / "bad", rows))
+    page = paths["html"].read_text(encoding="utf-8")
+    assert page.count("data:image/png;base64") == 3 and "no successful cell" in page
+    assert pd.read_csv(paths["decision_csv"])["cell_id"].isna().all()
 
 
 def test_summary_markdown(run_dir: Path) -> None:
     md = summary_markdown(load_results(run_dir))
     lines = md.strip().splitlines()
-    assert lines[0].startswith("| target | precision | keep | batch | status | img/s | p50 ms | mAP")
-    assert len(lines) == 2 + 10
-    assert "| openvino | int8 | 0.5 | 1 | ok | 800.0 | 1.25 | 0.370 | 3.00 | 3.20x | 440 |" in md
-    failed = next(line for line in lines if line.startswith("| tflite | int8"))
+    assert lines[0].startswith("| scenario | target | precision | keep | batch | status | rounds | img/s | p50 ms")
+    assert lines[2].startswith("| single-stream | openvino | fp32 | 1.0 | 1 |")   # scenario, batch, target order
+    assert ("| offline | openvino | int8 | 1.0 | 8 | ok | 3 | 400.0 | 20.00 | 0.395 | 0.50 | "
+            "2.00× [1.80–2.20] | 450 | ! |") in md
+    assert ("| offline | openvino | int8 | 0.5 | 8 | ok | 3 | 600.0 | 15.00 | 0.388 | 1.20 | "
+            "3.00× [3.00–3.00] | 440 |  |") in md
+    failed = next(line for line in lines if line.startswith("| offline | tflite | int8"))
     assert "failed: converter crashed" in failed and "Traceback" not in failed
+    assert lines[-1].startswith("! = noisy")
+
+
+def test_markdown_report_starts_with_the_decision(run_dir: Path) -> None:
+    text = summary_text(run_dir, max_map_drop=2.0)
+    assert text.startswith("## Decision (mAP drop ≤ 2 pts")
+    assert text.index("offline: openvino int8 keep 0.5 b8") < text.index("| scenario | target | precision")
+    assert markdown_report(load_results(run_dir), 2.0) == text
 
 
 # --- comparison and CLI ------------------------------------------------------
 
 def test_compare_ratio_and_one_sided_cells(run_dir: Path) -> None:
     this = load_results(run_dir)
-    base_rows = [make_row("torch", "fp32", 1.0, throughput=50.0, p50=20.0, mean_ap=0.41, peak=950.0),
-                 make_row("torch", "fp32", 0.25, throughput=70.0, mean_ap=0.30)]
-    cmp = compare(this, pd.DataFrame(base_rows)).set_index(["target", "precision", "keep", "batch"])
-    row = cmp.loc[("torch", "fp32", 1.0, 1)]
+    base_rows = [make_row("torch", "fp32", 1.0, rounds=[50.0], p50=160.0, mean_ap=0.41, peak=950.0),
+                 make_row("torch", "fp32", 0.25, rounds=[70.0], mean_ap=0.30),
+                 make_row("torch", "fp32", 1.0, 1, SS, rounds=[40.0], throughput=25.0)]
+    cmp = compare(this, pd.DataFrame(base_rows)).set_index(["target", "precision", "keep", "batch", "scenario"])
+    row = cmp.loc[("torch", "fp32", 1.0, 8, OFF)]
     assert row["throughput_ratio"] == pytest.approx(2.0)
     assert row["map_diff_pts"] == pytest.approx(-1.0)
-    assert (row["p50_this"], row["p50_baseline"]) == (10.0, 20.0)
-    assert (row["peak_mb_this"], row["peak_mb_baseline"]) == (900.0, 950.0)
-    only_base = cmp.loc[("torch", "fp32", 0.25, 1)]
+    assert (row["p50_this"], row["p50_baseline"]) == (80.0, 160.0)
+    assert (row["peak_mib_this"], row["peak_mib_baseline"]) == (900.0, 950.0)
+    assert cmp.loc[("torch", "fp32", 1.0, 1, SS), "throughput_ratio"] == pytest.approx(50.0 / 25.0)
+    only_base = cmp.loc[("torch", "fp32", 0.25, 8, OFF)]
     assert math.isnan(only_base["throughput_this"]) and only_base["throughput_baseline"] == 70.0
-    assert math.isnan(cmp.loc[("openvino", "int8", 0.5, 1), "throughput_baseline"])
-    assert len(cmp) == 11
+    assert math.isnan(cmp.loc[("openvino", "int8", 0.5, 8, OFF), "throughput_baseline"])
+    assert len(cmp) == N_CELLS + 1
 
 
 def test_cli_with_baseline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -284,12 +554,40 @@ def test_cli_with_baseline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     baseline = write_run(tmp_path / "baseline", slower)
     assert main([str(current), "--baseline", str(baseline)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("| target |") and "openvino" in out
+    assert out.startswith("## Decision") and "\n| scenario | target | precision |" in out
     cmp = pd.read_csv(current / "comparison.csv")
-    assert cmp["throughput_ratio"].dropna().tolist() == pytest.approx([2.0] * 8)
+    assert cmp["throughput_ratio"].dropna().tolist() == pytest.approx([2.0] * 11)
     page = (current / "report.html").read_text(encoding="utf-8")
     assert "Comparison with baseline" in page and "2.00×" in page
     assert page.count("data:image/png;base64") == 3
+
+
+def test_cli_redecides_with_other_limits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = write_run(tmp_path / "run", sample_rows())
+    assert main([str(run)]) == 0
+    first = pd.read_csv(run / "decision.csv").set_index(["scenario", "target"])
+    assert first.loc[(OFF, ANY_TARGET), "cell_id"] == OV_INT8_K1
+    capsys.readouterr()
+    assert main([str(run), "--max-map-drop", "2", "--max-latency-ms", "25", "--max-rss-mb", "445"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == ("## Decision (mAP drop ≤ 2 pts vs the target's dense fp32; tail latency "
+                                   "(p99, else p90, else p50) ≤ 25 ms; peak RSS ≤ 445 MiB)")
+    again = pd.read_csv(run / "decision.csv").set_index(["scenario", "target"])
+    assert again.loc[(OFF, ANY_TARGET), "cell_id"] == OV_INT8_K05
+    assert "peak RSS ≤ 445 MiB" in (run / "report.html").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("args", [["--max-map-drop", "-1"], ["--max-latency-ms", "-3"],
+                                  ["--max-rss-mb", "lots"]])
+def test_cli_bad_limit_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                              args: list[str]) -> None:
+    run = write_run(tmp_path / "run", sample_rows())
+    assert main([str(run), *args]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and args[0] in lines[0] and "usage" not in captured.err
+    assert not (run / "report.html").exists()
 
 
 def test_cli_missing_dir_exits_2_with_one_line(tmp_path: Path) -> None:
@@ -308,9 +606,12 @@ def test_cli_missing_dir_exits_2_with_one_line(tmp_path: Path) -> None:
 def test_speed_only_run_builds_a_report(tmp_path: Path) -> None:
     """--images 0 writes no accuracy fields at all; the report must still build."""
     rows = [{k: v for k, v in r.items() if k not in ("map", "ap50", "ap75", "token_acc", "fg_recall",
-                                                    "fg_precision")} for r in sample_rows()]
+                                                    "fg_precision", "accuracy_from", "accuracy_reused")}
+            for r in sample_rows()]
     paths = build(write_run(tmp_path / "speed", rows))
     df = pd.read_csv(paths["csv"])
     assert df["map"].isna().all() and df["map_drop_pts"].isna().all()
     assert df["speedup_vs_target_dense_fp32"].notna().any()
-    assert paths["html"].read_text().count("data:image/png;base64") == 3
+    page = paths["html"].read_text()
+    assert page.count("data:image/png;base64") == 3
+    assert "no mAP in this run: picked on speed alone" in page

@@ -18,7 +18,7 @@ from conftest import BACKEND_KEEPS as KEEPS
 
 from quant import litert_recipe
 from targets import ConversionError, get_target, tflite_backend
-from targets.base import MANIFEST, Artifact
+from targets.base import MANIFEST, Artifact, RuntimeOptions
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +75,7 @@ def _max_diff(ref, out):
 @pytest.mark.parametrize("keep", KEEPS)
 def test_fp32_matches_eager(keep, build, reference, pixels):
     art = build("fp32", keep)
-    runner = TARGET.load(art, threads=1)
+    runner = TARGET.load(art, RuntimeOptions(1))
     out = runner(pixels)
     assert [o.shape for o in out] == [r.shape for r in reference[keep]]
     assert all(o.dtype == np.float32 for o in out)
@@ -107,11 +107,11 @@ def test_int8_close_to_fp32(build, pipes, reference, pixels):
     assert settings["calibration_images"] == 8 and settings["calibration_batches"] == 4   # 8 images, batch 2
     assert settings["float_modules"] == list(litert_recipe.FLOAT_MODULES)
     assert art.size_bytes < 0.5 * fp32.size_bytes, (art.size_bytes, fp32.size_bytes)
-    runner = TARGET.load(art, threads=1)
+    runner = TARGET.load(art, RuntimeOptions(1))
     assert runner.executed_precision == "i8+f32"
     assert runner.details["int8_matmul_ops"] > 0 and runner.details["input_dtype"] == "int8"
     out = runner(pixels)
-    ref = TARGET.load(fp32, threads=1)(pixels)
+    ref = TARGET.load(fp32, RuntimeOptions(1))(pixels)
     for name, r, o in zip(NAMES, ref, out):
         rel = float(np.abs(r - o).max() / np.abs(r).max())
         assert rel <= litert_recipe.TOLERANCE[name], (name, rel)
@@ -153,11 +153,11 @@ def test_runner_process_never_imports_torch(build, pixels, tmp_path):
         import numpy as np
         import targets.tflite_backend, quant.litert_recipe
         from targets import get_target
-        from targets.base import Artifact
+        from targets.base import Artifact, RuntimeOptions
         imported = sorted(m for m in ('torch', 'litert_torch', 'transformers') if m in sys.modules)
         target = get_target('tflite')
         target.import_runtime()
-        runners = [target.load(Artifact.load(p), threads=1) for p in {[str(a.path) for a in arts]!r}]
+        runners = [target.load(Artifact.load(p), RuntimeOptions(1)) for p in {[str(a.path) for a in arts]!r}]
         for r, name in zip(runners, ('fp32', 'int8')):
             for i, o in enumerate(r(np.load({str(tmp_path / 'x.npy')!r}))):
                 np.save({str(tmp_path)!r} + f'/{{name}}{{i}}.npy', o)
@@ -173,7 +173,7 @@ def test_runner_process_never_imports_torch(build, pixels, tmp_path):
     assert report == {"at_import": [], "after_run": [], "precisions": ["f32", "i8+f32"],
                       "interpreter": "ai_edge_litert"}
     for art, name in zip(arts, ("fp32", "int8")):  # same file, same interpreter: same numbers
-        here = TARGET.load(art, threads=1)(pixels)
+        here = TARGET.load(art, RuntimeOptions(1))(pixels)
         for i, o in enumerate(here):
             np.testing.assert_allclose(np.load(tmp_path / f"{name}{i}.npy"), o, rtol=0, atol=1e-6)
 
@@ -280,7 +280,7 @@ def test_committed_fixtures_reproduce_their_reference(precision):
     with np.load(FIXTURES / "reference.npz") as ref:
         ref = {k: ref[k] for k in ref.files}
     art = Artifact.load(FIXTURES / precision)
-    runner = TARGET.load(art, threads=1)
+    runner = TARGET.load(art, RuntimeOptions(1))
     out = runner(ref["pixels"])
     for name, o in zip(NAMES, out):
         np.testing.assert_allclose(o, ref[f"{precision}_{name}"], rtol=0, atol=1e-5, err_msg=name)

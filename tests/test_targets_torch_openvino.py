@@ -17,7 +17,7 @@ from conftest import BACKEND_KEEPS as KEEPS
 
 from quant import nncf_recipe, torchao_recipe
 from targets import ConversionError, get_target
-from targets.base import MANIFEST, Artifact
+from targets.base import MANIFEST, Artifact, RuntimeOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 FP32_TOL = {"logits": 1e-3, "boxes": 1e-4, "token_logits": 1e-4}   # max abs diff vs eager
@@ -72,7 +72,7 @@ def _rel_mean_diff(ref, out):
 @pytest.mark.parametrize("target", ["torch", "openvino"])
 def test_fp32_matches_eager(target, keep, build, reference, pixels):
     art = build(target, "fp32", keep)
-    runner = get_target(target).load(art, threads=1)
+    runner = get_target(target).load(art, RuntimeOptions(1))
     out = runner(pixels)
     assert [o.shape for o in out] == [r.shape for r in reference[keep]]
     assert all(o.dtype == np.float32 for o in out)
@@ -104,7 +104,7 @@ def test_openvino_bf16_hint_is_read_back(build, pixels, reference):
         pytest.skip(target.supports("bf16"))
     # fp32 and bf16 share the IR: load the fp32 one as a bf16 cell instead of converting again
     art = dataclasses.replace(build("openvino", "fp32", 0.5), precision="bf16")
-    runner = target.load(art, threads=1)
+    runner = target.load(art, RuntimeOptions(1))
     assert runner.executed_precision == "bf16"
     assert runner.details["inference_precision_hint"] == "bf16"
     rel = _rel_mean_diff(reference[0.5], runner(pixels))
@@ -117,7 +117,7 @@ def test_int8_close_to_fp32(target, recipe, build, reference, pixels):
     art = build(target, "int8", 0.5)
     assert art.recipe == recipe.NAME and art.fp32_kept == recipe.FP32_KEPT
     assert art.recipe_settings and "head" in art.fp32_kept
-    runner = get_target(target).load(art, threads=1)
+    runner = get_target(target).load(art, RuntimeOptions(1))
     out = runner(pixels)
     rel = _rel_mean_diff(reference[0.5], out)
     assert all(v <= INT8_REL_TOL for v in rel.values()), rel
@@ -139,7 +139,7 @@ def test_openvino_int8_default_float_is_bf16_when_asked(build):
     target = get_target("openvino")
     if target.supports("bf16"):
         pytest.skip(target.supports("bf16"))
-    runner = target.load(build("openvino", "int8", 0.5), threads=1, int8_float="bf16")
+    runner = target.load(build("openvino", "int8", 0.5), RuntimeOptions(1, ov_int8_float="bf16"))
     assert runner.executed_precision == "i8+bf16"
 
 
@@ -214,7 +214,7 @@ def test_torch_falls_back_to_pickled_module(monkeypatch, pipes, pixels, referenc
     target = get_target("torch")
     art = target.prepare(pipes[0.5], "fp32", BATCH, None, tmp_path, "w")
     assert art.files == ["pipeline.pt"] and "export unsupported" in art.extra["export_error"]
-    diff = _max_diff(reference[0.5], target.load(art, threads=1)(pixels))
+    diff = _max_diff(reference[0.5], target.load(art, RuntimeOptions(1))(pixels))
     assert all(diff[n] <= FP32_TOL[n] for n in NAMES), diff
 
 
@@ -227,11 +227,11 @@ def test_openvino_runner_never_imports_torch(build, reference, pixels, tmp_path)
         import numpy as np
         import targets.openvino_backend, targets.torch_backend, quant.nncf_recipe, quant.torchao_recipe
         from targets import get_target
-        from targets.base import Artifact
+        from targets.base import Artifact, RuntimeOptions
         imported = 'torch' in sys.modules
         target = get_target('openvino')
         target.import_runtime()  # the harness's memory baseline
-        runners = [target.load(Artifact.load(p), threads=1) for p in {[str(fp32.path), str(int8.path)]!r}]
+        runners = [target.load(Artifact.load(p), RuntimeOptions(1)) for p in {[str(fp32.path), str(int8.path)]!r}]
         outs = [r(np.load({str(tmp_path / 'x.npy')!r})) for r in runners]
         for i, o in enumerate(outs[0]):
             np.save({str(tmp_path)!r} + f'/out{{i}}.npy', o)

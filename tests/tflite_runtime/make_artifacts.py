@@ -47,7 +47,7 @@ def main(out: Path) -> None:
     import torch
 
     from bavit.pipeline import weights_key
-    from targets.base import MANIFEST, Artifact
+    from targets.base import MANIFEST, Artifact, RuntimeOptions
     from targets.tflite_backend import TARGET
 
     pipeline = build_pipeline()
@@ -71,7 +71,7 @@ def main(out: Path) -> None:
             manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "path": precision},
                                            indent=1, sort_keys=True))
             art = Artifact.load(dest)
-            runner = TARGET.load(art, 1)
+            runner = TARGET.load(art, RuntimeOptions(1))
             for name, value in zip(("logits", "boxes", "token_logits"), runner(pixels)):
                 ref[f"{precision}_{name}"] = value
             print(f"{precision}: {art.size_bytes} bytes, executed {runner.executed_precision}, "

@@ -58,13 +58,13 @@ def reference():
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_tflite_runtime_reproduces_litert(precision, reference):
-    from targets.base import Artifact
+    from targets.base import Artifact, RuntimeOptions
     from targets.tflite_backend import TARGET
 
     assert TARGET.available() is None
     artifact = Artifact.load(ARTIFACTS / precision)
     assert artifact.precision == precision
-    runner = TARGET.load(artifact, threads=1)
+    runner = TARGET.load(artifact, RuntimeOptions(1))
     assert runner.details["interpreter"] == "tflite_runtime"
     assert ("i8" in runner.executed_precision) == (precision == "int8")
     outputs = runner(reference["pixels"])

@@ -1,0 +1,330 @@
+"""The typed contracts between the harness's processes, and the result row it writes.
+
+The parent (bench.run) and its workers (bench.worker) exchange these frozen dataclasses as
+JSON files or JSON lines; `to_json` / `from_json` are the only (de)serialisers, so a field
+renamed on one side fails loudly on the other instead of being read as a missing key.
+
+`Row` is the schema of one line of results.jsonl: the scorer (reports/) reads those lines
+by these field names and nothing else.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+SCENARIOS = ("single-stream", "offline")
+# a percentile is reported only when the pooled sample count supports it
+PERCENTILE_FLOOR = {50: 1, 90: 20, 99: 100}
+
+
+def to_json(obj: Any) -> str:
+    return json.dumps(dataclasses.asdict(obj), sort_keys=True, default=str)
+
+
+def from_dict(cls: type[T], data: dict) -> T:
+    """Build `cls` from a dict; nested dataclass fields (and lists of them) are rebuilt too.
+    Unknown keys are an error: both sides run the same code."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise TypeError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _rebuild(hints[name], value)
+    return cls(**kwargs)
+
+
+def _rebuild(hint: Any, value: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+        return from_dict(hint, value)
+    if origin in (list, tuple) and isinstance(value, list):
+        args = typing.get_args(hint)
+        inner = args[0] if args else Any
+        items = [_rebuild(inner, v) for v in value]
+        return tuple(items) if origin is tuple else items
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(hint):
+            if dataclasses.is_dataclass(arg) and isinstance(value, dict):
+                return from_dict(arg, value)
+    return value
+
+
+def from_json(cls: type[T], text: str) -> T:
+    return from_dict(cls, json.loads(text))
+
+
+def digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything besides the cell itself that changes a figure. --resume refuses a run folder
+    whose settings differ, and reports compare only rows whose `settings_key` match."""
+    model: str
+    detector: str
+    image_size: int | None
+    bavit_layers: int
+    bg_share: float
+    dilate: int
+    threads: int
+    data: str
+    split: str
+    labels: str | None
+    images: int
+    calib_images: int
+    rounds: int
+    round_seconds: float
+    warmup: int
+    interleave: bool
+    ov_int8_float: str
+
+    @property
+    def key(self) -> str:
+        return digest(dataclasses.asdict(self))[:16]
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    keep: float
+    bg_share: float
+    dilate: int
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """One artifact to build (or find in the cache)."""
+    model_id: str                 # target/precision/keepK/bB
+    target: str
+    precision: str
+    batch: int
+    weights: str
+    bavit_layers: int
+    detector: str
+    image_size: int | None
+    prune: PruneSpec
+    calib_data: str
+    calib_split: str
+    calib_skip: int
+    calib_images: int
+    cache_dir: str
+
+
+@dataclass(frozen=True)
+class Built:
+    """What a build left: the artifact folder and the pipeline facts a row records."""
+    model_id: str
+    ok: bool
+    error: str | None = None
+    artifact: str | None = None
+    cached: bool = False
+    prunes: bool = False
+    tokens_kept: int = 0
+    tokens_total: int = 0
+    input_size: int = 0
+    patch: int = 0
+
+
+@dataclass(frozen=True)
+class AccuracySpec:
+    data: str
+    split: str
+    images: int
+    labels: str | None
+    cat_ids: list[int | None] | None
+    patch: int
+    prunes: bool
+    detections: str               # where the detections JSON goes
+    cache_file: str | None        # accuracy of an unchanged artifact on unchanged data
+
+
+@dataclass(frozen=True)
+class ColdSpec:
+    """One cell's own process: memory, load/compile time, first inference; then (apart from
+    every timed window) the accuracy pass when this cell is the one scoring its model."""
+    cell_id: str
+    target: str
+    artifact: str
+    scenario: str
+    batch: int
+    threads: int
+    pixels: str
+    input_size: int
+    ov_int8_float: str
+    accuracy: AccuracySpec | None = None
+
+
+@dataclass(frozen=True)
+class ServeCell:
+    cell_id: str
+    artifact: str
+    scenario: str
+    batch: int
+    pixels: str
+
+
+@dataclass(frozen=True)
+class ServeSpec:
+    """A target's speed process: loads all its cells, then measures the slices it is sent."""
+    target: str
+    threads: int
+    warmup: int
+    ov_int8_float: str
+    cells: list[ServeCell]
+
+
+@dataclass(frozen=True)
+class Slice:
+    """One timed window of one cell, as the serving process measured it."""
+    cell_id: str
+    images: int
+    queries: int
+    elapsed_s: float
+    latencies_ms: list[float]
+    cpu_s: float                  # CPU time the serving process used in the window
+
+
+@dataclass
+class Row:
+    """One line of results.jsonl: one cell = target x precision x keep x batch x scenario.
+
+    Speed figures are medians over `rounds` interleaved rounds; `round_*` lists hold each
+    round's figure, from which reports derive paired speed-up intervals. MiB = 2**20 bytes."""
+    cell_id: str
+    model_id: str                 # the artifact's identity (cell minus scenario)
+    target: str
+    precision: str
+    keep: float
+    batch: int
+    scenario: str
+    status: str                   # ok | failed | unavailable
+    error: str | None = None
+    settings_key: str = ""
+    run_id: str = ""
+    model: str = ""
+    detector: str = ""
+    data: str = ""
+    threads: int = 0
+    bavit_layers: int = 0
+    bg_share: float = 0.0
+    dilate: int = 0
+    image_size: int = 0
+    started_at: str = ""
+    # -- build -------------------------------------------------------------------------------
+    recipe: str | None = None
+    recipe_settings: str | None = None
+    fp32_kept: str | None = None
+    calibration: str | None = None
+    convert_s: float | None = None
+    artifact_bytes: int | None = None
+    artifact_cached: bool | None = None
+    artifact: str | None = None
+    tokens_kept: int | None = None
+    tokens_total: int | None = None
+    # -- cold start (the cell's own process) --------------------------------------------------
+    load_s: float | None = None               # read + compile/load of the model
+    first_inference_ms: float | None = None
+    peak_rss_mib: float | None = None
+    baseline_rss_mib: float | None = None     # after the runtime and its plugins loaded
+    rss_increase_mib: float | None = None
+    torch_imported: bool | None = None
+    executed_precision: str | None = None
+    runtime_details: str | None = None
+    mode: str | None = None                   # how the scenario runs on this runtime
+    streams: int | None = None
+    requests: int | None = None
+    # -- steady state (interleaved rounds) -----------------------------------------------------
+    rounds: int | None = None
+    throughput_ips: float | None = None       # median over rounds of images / elapsed
+    throughput_min: float | None = None
+    throughput_max: float | None = None
+    latency_p50_ms: float | None = None       # pooled over every round's samples
+    latency_p90_ms: float | None = None       # None below its sample floor
+    latency_p99_ms: float | None = None
+    latency_samples: int | None = None
+    round_throughput_ips: list[float] = field(default_factory=list)
+    round_p50_ms: list[float] = field(default_factory=list)
+    spread_pct: float | None = None           # (max - min) / median of round throughputs
+    load_max: float | None = None             # highest 1-min load average seen in its slices
+    noisy: bool | None = None
+    noisy_reason: str | None = None
+    # -- accuracy (apart from performance) ------------------------------------------------------
+    map: float | None = None
+    ap50: float | None = None
+    ap75: float | None = None
+    token_acc: float | None = None
+    fg_recall: float | None = None
+    fg_precision: float | None = None
+    images: int | None = None
+    token_images: int | None = None
+    accuracy_from: str | None = None          # model_id whose outputs were scored
+    accuracy_reused: bool | None = None       # from the cache: unchanged artifact, unchanged data
+    accuracy_note: str | None = None
+    detections_file: str | None = None
+    # -- machine ---------------------------------------------------------------------------------
+    sys_cpu: str = ""
+    sys_cores: int = 0
+    sys_isa: str = ""
+    sys_ram_gb: float = 0.0
+    sys_os: str = ""
+    sys_python: str = ""
+    sys_versions: str = ""
+    sys_host: str = ""
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    map: float | None
+    ap50: float | None
+    ap75: float | None
+    token_acc: float | None
+    fg_recall: float | None
+    fg_precision: float | None
+    images: int
+    token_images: int
+    reused: bool = False
+
+
+@dataclass(frozen=True)
+class ColdResult:
+    cell_id: str
+    ok: bool
+    error: str | None = None
+    load_s: float | None = None
+    first_inference_ms: float | None = None
+    peak_rss_mib: float | None = None
+    baseline_rss_mib: float | None = None
+    torch_imported: bool | None = None
+    executed_precision: str | None = None
+    runtime_details: str | None = None
+    mode: str | None = None
+    streams: int | None = None
+    requests: int | None = None
+    accuracy: Accuracy | None = None
+    accuracy_note: str | None = None
+    accuracy_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Command:
+    """Parent -> serving process: measure `cell_id` for `seconds`, or quit (cell_id None)."""
+    cell_id: str | None
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Serving process -> parent: ready (slice None after loading), a slice, or one cell's error."""
+    ok: bool
+    slice: Slice | None = None
+    error: str | None = None
+    failed_cells: dict[str, str] = field(default_factory=dict)   # cell_id -> why it could not load

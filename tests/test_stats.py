@@ -1,0 +1,54 @@
+"""The harness's arithmetic: percentiles with sample floors, round medians and spreads, the
+noisy flag, and the interleaved schedule."""
+from __future__ import annotations
+
+import pytest
+
+from bench.contracts import Slice
+from bench.run import schedule
+from bench.stats import percentile, summarise
+
+
+def _slice(images: int, seconds: float, lat: list[float]) -> Slice:
+    return Slice("c", images, len(lat), seconds, lat, seconds)
+
+
+def test_percentiles_need_their_sample_floor():
+    assert percentile(list(range(99)), 99) is None          # 99 samples: the p99 would be the max
+    assert percentile(list(range(100)), 99) == pytest.approx(98.01)
+    assert percentile(list(range(19)), 90) is None
+    assert percentile(list(range(20)), 90) == pytest.approx(17.1)
+    assert percentile([3.0], 50) == 3.0
+
+
+def test_summary_is_the_median_of_rounds_with_spread_and_pooled_percentiles():
+    rounds = [[_slice(10, 1.0, [100.0] * 5), _slice(10, 1.0, [100.0] * 5)],   # 10 img/s
+              [_slice(24, 2.0, [80.0] * 10)],                                 # 12 img/s
+              [_slice(11, 1.0, [90.0] * 5)]]                                  # 11 img/s
+    s = summarise(rounds, loads=[1.0, 1.2], threads=2)
+    assert s.rounds == 3 and s.round_throughput_ips == [10.0, 12.0, 11.0]
+    assert (s.throughput_ips, s.throughput_min, s.throughput_max) == (11.0, 10.0, 12.0)
+    assert s.round_p50_ms == [100.0, 80.0, 90.0]
+    assert s.latency_samples == 25 and s.latency_p99_ms is None and s.latency_p90_ms == 100.0
+    assert s.spread_pct == pytest.approx(2 / 11 * 100)
+    assert s.noisy and "rounds disagree by 18%" in s.noisy_reason
+
+
+def test_quiet_rounds_are_not_noisy_but_a_loaded_machine_is():
+    rounds = [[_slice(100, 1.0, [10.0] * 100)], [_slice(104, 1.0, [10.0] * 104)]]
+    assert not summarise(rounds, loads=[2.0, 2.3], threads=2).noisy
+    loaded = summarise(rounds, loads=[2.0, 3.1], threads=2)
+    assert loaded.noisy and loaded.noisy_reason == "3.10 runnable tasks > 2 threads"
+    assert loaded.latency_p99_ms == 10.0
+
+
+def test_interleaved_schedule_is_a_palindrome_per_round():
+    plan = schedule(["a", "b", "c"], rounds=2, seconds=2.0, interleave=True)
+    assert [c for _, c, _ in plan] == list("abccba") * 2
+    assert [r for r, _, _ in plan] == [0] * 6 + [1] * 6
+    assert {s for _, _, s in plan} == {1.0}
+    # each cell's timed windows centre on the round's centre: a linear drift cancels
+    positions = {c: [i + 0.5 for i, (_, x, _) in enumerate(plan[:6]) if x == c] for c in "abc"}
+    assert {sum(p) / 2 for p in positions.values()} == {3.0}
+    back_to_back = schedule(["a", "b"], rounds=2, seconds=2.0, interleave=False)
+    assert [c for _, c, _ in back_to_back] == list("aaaabbbb")
