@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from targets.base import OFFLINE, SINGLE_STREAM
+from targets.base import SINGLE_STREAM
 
 _MEDIAN = re.compile(r"Median:\s*([\d.]+)\s*ms")
 _FPS = re.compile(r"Throughput:\s*([\d.]+)\s*FPS")
@@ -65,7 +65,8 @@ def check_cell(row: dict, pixels_dir: Path, pairs: int, seconds: float) -> dict:
 
     artifact = Artifact.load(row["artifact"])
     settings = json.loads((pixels_dir.parent / "run.json").read_text())["settings"]
-    runner = TARGET.load(artifact, RuntimeOptions(int(row["threads"]), row["scenario"], settings["ov_int8_float"]))
+    options = RuntimeOptions(int(row["threads"]), row["scenario"], settings["ov_int8_float"], int(row["batch"]))
+    runner = TARGET.load(artifact, options)
     hint = json.loads(row["runtime_details"])["config"]["INFERENCE_PRECISION_HINT"]
     pixels = np.load(pixels_dir / f"inputs-b{int(row['batch'])}.npy")
     from bench.loop import warm_up

@@ -139,6 +139,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="the decision: fastest cell whose mAP drop stays within this many points (default 1)")
     p.add_argument("--max-latency-ms", type=float, default=None, help="the decision: latency bound")
     p.add_argument("--max-rss-mb", type=float, default=None, help="the decision: peak memory bound (MiB)")
+    p.add_argument("--build-jobs", type=int, default=2,
+                   help="build processes side by side (default 2; conversion is mostly one core's work, and "
+                        "nothing is timed meanwhile; convert_s is measured under that sharing)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds before a cell's process is killed")
     p.add_argument("--cache", default=None, help="artifact cache (default: $BAVIT_CACHE/artifacts)")
     p.add_argument("--out", default=None, help="run folder (default: runs/<UTC time>)")
@@ -167,7 +170,8 @@ def check(args: argparse.Namespace) -> dict:
     if args.dilate < 0 or (args.dilate > 1 and args.dilate % 2 == 0):
         raise UsageError(f"--dilate must be 0 (off), 1 or an odd kernel size, got {args.dilate}")
     for option, value, low in (("--images", args.images, 0), ("--calib-images", args.calib_images, 1),
-                               ("--rounds", args.rounds, 1), ("--bavit-layers", args.bavit_layers, 1)):
+                               ("--rounds", args.rounds, 1), ("--bavit-layers", args.bavit_layers, 1),
+                               ("--build-jobs", args.build_jobs, 1)):
         if value < low:
             raise UsageError(f"{option} must be >= {low}, got {value}")
     for option, value in (("--round-seconds", args.round_seconds), ("--timeout", args.timeout)):
@@ -231,53 +235,96 @@ class _Children:
         cls.live.clear()
 
 
-def _run_build(specs: list[BuildSpec], work: Path, logs: Path, timeout: float, threads: int, bar) -> dict[str, Built]:
-    """One build process for every artifact (torch is imported once). A crash or a hang costs
-    the artifact in progress; the process is started again for the rest."""
+# rough seconds per artifact on a 2-core machine, only to share the builds out evenly
+_BUILD_COST = {("tflite", "int8"): 85, ("tflite", "fp32"): 40, ("openvino", "int8"): 30}
+
+
+def _share_out(specs: list[BuildSpec], jobs: int, artifact_of) -> list[list[BuildSpec]]:
+    """Specs split into `jobs` lists of about equal estimated cost (longest first), the specs
+    of one artifact (e.g. every batch of a dynamic-batch IR) always in the same list: two
+    processes never build the same artifact."""
+    groups: dict = {}
+    for s in specs:
+        groups.setdefault(artifact_of(s), []).append(s)
+    loads = [[0.0, []] for _ in range(max(1, jobs))]
+    for group in sorted(groups.values(), key=lambda g: -_BUILD_COST.get((g[0].target, g[0].precision), 8)):
+        lightest = min(loads, key=lambda x: x[0])
+        lightest[0] += _BUILD_COST.get((group[0].target, group[0].precision), 8)
+        lightest[1].extend(group)
+    order = {s.model_id: i for i, s in enumerate(specs)}
+    return [sorted(lst, key=lambda s: order[s.model_id]) for _, lst in loads if lst]
+
+
+class _BuildProcess:
+    """One build process over a list of specs, restarted for the rest when it dies or hangs."""
+
+    def __init__(self, specs: list[BuildSpec], name: str, work: Path, logs: Path, threads: int) -> None:
+        self.remaining, self.name, self.work, self.logs, self.threads = list(specs), name, work, logs, threads
+        self.attempt = 0
+        self.proc: subprocess.Popen | None = None
+        self._start()
+
+    def _start(self) -> None:
+        self.attempt += 1
+        stem = f"build-{self.name}-{self.attempt}"
+        self.spec_file, self.out_file = self.work / f"{stem}.specs.json", self.work / f"{stem}.out.jsonl"
+        self.current = self.out_file.with_name(self.out_file.name + ".current")
+        self.spec_file.write_text(json.dumps([asdict(s) for s in self.remaining]))
+        self.out_file.unlink(missing_ok=True)
+        self.proc = _spawn(["build", str(self.spec_file), str(self.out_file)], self.logs / f"build-{self.name}.log",
+                           self.threads)
+        _Children.live.add(self.proc)
+        self.seen, self.building, self.since = 0, None, time.monotonic()
+
+    def poll(self, results: dict[str, Built], timeout: float, bar) -> bool:
+        """Collects finished artifacts; False once every spec has a result."""
+        finished = self.proc.poll() is not None
+        if self.out_file.is_file():
+            for line in self.out_file.read_text().splitlines()[self.seen:]:
+                try:
+                    built = from_json(Built, line)
+                except ValueError:
+                    break  # a line being written: read it next time
+                results[built.model_id] = built
+                self.seen += 1
+                bar.update(1)
+        building = self.current.read_text().strip() if self.current.is_file() else None
+        if building != self.building:
+            self.building, self.since = building, time.monotonic()
+            if building:
+                bar.set_description(f"build {building}")
+        verdict = None
+        if not finished and self.building and time.monotonic() - self.since > timeout:
+            _kill(self.proc)
+            finished, verdict = True, f"timeout: build did not finish in {timeout:g} s"
+        if not finished:
+            return True
+        _Children.live.discard(self.proc)
+        self.remaining = [s for s in self.remaining if s.model_id not in results]
+        if not self.remaining:
+            return False
+        ids = {s.model_id for s in self.remaining}
+        stuck = self.building if self.building in ids else self.remaining[0].model_id
+        results[stuck] = Built(stuck, False, error=verdict or f"build process died (exit code "
+                                                              f"{self.proc.returncode}); see logs/build-{self.name}.log")
+        bar.update(1)
+        self.remaining = [s for s in self.remaining if s.model_id not in results]
+        if not self.remaining:
+            return False
+        self._start()
+        return True
+
+
+def _run_build(specs: list[BuildSpec], jobs: int, artifact_of, work: Path, logs: Path, timeout: float,
+               threads: int, bar) -> dict[str, Built]:
+    """`jobs` build processes side by side (conversion is mostly one core's work; nothing is
+    timed while they run), each importing torch once."""
     results: dict[str, Built] = {}
-    remaining = list(specs)
-    attempt = 0
-    while remaining:
-        attempt += 1
-        spec_file, out_file = work / f"build-{attempt}.specs.json", work / f"build-{attempt}.out.jsonl"
-        current = out_file.with_name(out_file.name + ".current")
-        spec_file.write_text(json.dumps([asdict(s) for s in remaining]))
-        out_file.unlink(missing_ok=True)
-        proc = _spawn(["build", str(spec_file), str(out_file)], logs / "build.log", threads)
-        _Children.live.add(proc)
-        seen, started, now_building, verdict = 0, time.monotonic(), None, None
-        while True:
-            finished = proc.poll() is not None
-            if out_file.is_file():
-                lines = out_file.read_text().splitlines()
-                for line in lines[seen:]:
-                    try:
-                        built = from_json(Built, line)
-                    except ValueError:
-                        break  # a line being written: read it next time
-                    results[built.model_id] = built
-                    seen += 1
-                    bar.update(1)
-            building = current.read_text().strip() if current.is_file() else None
-            if building != now_building:
-                now_building, started = building, time.monotonic()
-                if building:
-                    bar.set_description(f"build {building}")
-            if finished:
-                break
-            if now_building and time.monotonic() - started > timeout:
-                _kill(proc)
-                verdict = f"timeout: build did not finish in {timeout:g} s"
-                break
-            time.sleep(0.2)
-        _Children.live.discard(proc)
-        remaining = [s for s in remaining if s.model_id not in results]
-        if remaining:
-            stuck = now_building if now_building in {s.model_id for s in remaining} else remaining[0].model_id
-            results[stuck] = Built(stuck, False, error=verdict or f"build process died (exit code {proc.returncode}); "
-                                                                    "see logs/build.log")
-            bar.update(1)
-            remaining = [s for s in remaining if s.model_id not in results]
+    workers = [_BuildProcess(lst, str(i), work, logs, threads)
+               for i, lst in enumerate(_share_out(specs, jobs, artifact_of))]
+    while workers:
+        workers = [w for w in workers if w.poll(results, timeout, bar)]
+        time.sleep(0.2)
     return results
 
 
@@ -572,8 +619,9 @@ class Job:
         # 1. build every artifact in one torch process
         specs = [self._build_spec(m) for m in models_of(runnable)]
         t0 = time.monotonic()
+        self._calibration_data(specs)
         with tqdm(total=len(specs), desc="build", unit="artifact", dynamic_ncols=True) as bar:
-            built = _run_build(specs, self.work, self.logs, a.timeout, a.threads, bar)
+            built = _run_build(specs, a.build_jobs, self._artifact_of, self.work, self.logs, a.timeout, a.threads, bar)
         self._tick("build", t0)
         ok_cells = []
         for cell in runnable:
@@ -617,6 +665,21 @@ class Job:
         return self.failed
 
     # -- pieces ------------------------------------------------------------------------------------
+    @staticmethod
+    def _artifact_of(spec: BuildSpec) -> tuple:
+        from targets import get_target
+        batch = None if get_target(spec.target).batch_at_load else spec.batch
+        return (spec.target, spec.precision, spec.prune, batch)
+
+    def _calibration_data(self, specs: list[BuildSpec]) -> None:
+        """The synthetic calibration split is generated on first use: here, once, rather than
+        by each build process at the same time."""
+        from targets import get_target
+
+        if self.args.data == "synthetic" and any(get_target(s.target).needs_calibration(s.precision) for s in specs):
+            from bavit.data import load_dataset
+            # as bench.worker.build_all draws from it
+            load_dataset("synthetic", self.calib["split"], size=self.size, n_images=max(512, self.args.calib_images))
     def _build_spec(self, m: Model) -> BuildSpec:
         a = self.args
         return BuildSpec(m.model_id, m.target, m.precision, m.batch, self.label, a.bavit_layers, a.detector,
@@ -625,15 +688,17 @@ class Job:
 
     def _scorers(self, cells: list[Cell]) -> dict[str, str]:
         """model_id -> the model_id whose outputs are scored for it. Artifacts whose recipe
-        does not fit itself to batch-shaped data (float, dynamic int8) compute the same outputs
-        at every batch: the largest batch (fastest to score) scores for all. Calibrated
-        artifacts are each their own quantized model and are each scored."""
+        does not fit itself to batch-shaped data (float, dynamic int8), and one artifact that
+        serves every batch (OpenVINO's, reshaped at load), compute the same outputs at every
+        batch: the largest batch (fastest to score) scores for all. Calibrated artifacts built
+        per batch are each their own quantized model and are each scored."""
         from targets import get_target
 
         groups: dict[tuple, list[Model]] = {}
         for m in models_of(cells):
-            calibrated = get_target(m.target).needs_calibration(m.precision)
-            key = (m.target, m.precision, m.keep, m.batch if calibrated else None)
+            target = get_target(m.target)
+            own_model = target.needs_calibration(m.precision) and not target.batch_at_load
+            key = (m.target, m.precision, m.keep, m.batch if own_model else None)
             groups.setdefault(key, []).append(m)
         return {m.model_id: max(ms, key=lambda x: x.batch).model_id for ms in groups.values() for m in ms}
 

@@ -116,7 +116,7 @@ def cold(spec: ColdSpec) -> ColdResult:
     # the batch comes prepared from the parent: no data set is loaded before the peak below
     pixels = np.load(spec.pixels)
     start = time.perf_counter()
-    runner = target.load(artifact, RuntimeOptions(spec.threads, spec.scenario, spec.ov_int8_float))
+    runner = target.load(artifact, RuntimeOptions(spec.threads, spec.scenario, spec.ov_int8_float, spec.batch))
     load_s = time.perf_counter() - start
     start = time.perf_counter()
     runner(pixels)
@@ -189,8 +189,8 @@ def serve(spec: ServeSpec, cmd_fd: int, reply_fd: int) -> None:
     cells, failed = {}, {}
     for cell in spec.cells:
         try:
-            runner = target.load(Artifact.load(cell.artifact), RuntimeOptions(spec.threads, cell.scenario,
-                                                                               spec.ov_int8_float))
+            options = RuntimeOptions(spec.threads, cell.scenario, spec.ov_int8_float, cell.batch)
+            runner = target.load(Artifact.load(cell.artifact), options)
             pixels = np.load(cell.pixels)
             warm_up(cell.scenario, runner, pixels, spec.warmup)
             cells[cell.cell_id] = (cell.scenario, runner, pixels)

@@ -8,9 +8,9 @@ Settings and why:
   activations asymmetric (u8) per-tensor, which suits post-GELU/post-softmax ranges.
   PERFORMANCE (symmetric activations) measured the same accuracy on the tiny model.
 - `target_device=CPU`: the device the cells run on.
-- `subset_size`: every calibration batch. The IR has a static batch, so calibration images
-  are grouped into batches of that size, the remainder dropped (repeated to fill one batch
-  when there are fewer images than the batch).
+- `subset_size`: every calibration batch. Calibration images are grouped into batches of
+  the IR's batch (8 for the dynamic-batch IR the harness builds), the remainder dropped
+  (repeated to fill one batch when there are fewer images than the batch).
 - `ignored_scope`: the detection heads (class and box MLPs) and the BAViT head stay fp32.
   Measured on the random tiny model (keep 0.5, batch 2, 16 random calibration images,
   f32 for the rest): token-logit mean abs error 0.012 with them ignored vs 0.064 with them
@@ -57,7 +57,7 @@ SETTINGS = {
     "target_device": "CPU",
     "fast_bias_correction": True,
     "subset_size": "all calibration batches",
-    "calibration_batching": "static batch size, remainder dropped",
+    "calibration_batching": "batches of the IR's batch (8 when dynamic), remainder dropped",
     "weights": "int8 symmetric per-channel",
     "activations": "int8 asymmetric per-tensor",
     "ignored_scope": list(HEAD_PATTERNS + BAVIT_HEAD_PATTERNS),

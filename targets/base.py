@@ -49,7 +49,7 @@ class Artifact:
     target: str
     precision: str
     keep: float
-    batch: int
+    batch: int | None              # None: the batch is set when the model is loaded
     path: Path                     # the artifact folder in the cache
     files: list[str]               # model files inside it, relative
     convert_s: float               # conversion + quantization time when it was built
@@ -94,6 +94,7 @@ class RuntimeOptions:
     threads: int
     scenario: str = SINGLE_STREAM
     ov_int8_float: str = "f32"
+    batch: int = 1                   # for artifacts whose batch is set at load
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,9 @@ class Target(ABC):
     name: str
     recipes: dict[str, Recipe]
     runtime_modules: tuple[str, ...] = ()  # alternatives: the first importable one is the runtime
+    # one artifact serves every batch size (the runtime reshapes it at load): converted and
+    # quantized once, scored once
+    batch_at_load: bool = False
 
     @property
     def precisions(self) -> tuple[str, ...]:
@@ -164,8 +168,8 @@ class Target(ABC):
     def available(self) -> str | None:
         """None when usable, else the reason (e.g. 'openvino is not installed')."""
 
-    def supports(self, precision: str) -> str | None:
-        """None when this machine can run `precision` on this backend, else why not."""
+    def buildable(self, precision: str) -> str | None:
+        """None when this backend has a recipe for `precision` and its packages are installed."""
         recipe = self.recipes.get(precision)
         if recipe is None:
             return f"{self.name} has no {precision} precision"
@@ -173,6 +177,11 @@ class Target(ABC):
             if importlib.util.find_spec(module) is None:
                 return f"{module} is not installed (needed for {self.name} {precision})"
         return None
+
+    def supports(self, precision: str) -> str | None:
+        """None when this machine can run `precision` on this backend, else why not
+        (subclasses add what the CPU must have); the harness's gate for a cell."""
+        return self.buildable(precision)
 
     def needs_calibration(self, precision: str) -> bool:
         """Whether `build` uses calibration images: the harness loads none otherwise (on
@@ -189,9 +198,10 @@ class Target(ABC):
         """Package versions that shape the artifact (part of the cache key)."""
 
     @abstractmethod
-    def build(self, pipeline: "Pipeline", precision: str, batch: int, calibration: np.ndarray | None,
+    def build(self, pipeline: "Pipeline", precision: str, batch: int | None, calibration: np.ndarray | None,
               out: Path) -> dict[str, Any]:
-        """Write the model files into `out`; return Artifact fields (files, recipe, ...)."""
+        """Write the model files into `out` (batch None: any batch, set at load); return
+        Artifact fields (files, recipe, ...)."""
 
     @abstractmethod
     def load(self, artifact: Artifact, options: RuntimeOptions) -> Runner:
@@ -203,16 +213,17 @@ class Target(ABC):
                 cache_dir: Path, weights_key: str) -> Artifact:
         """Cached build: the key covers weights, pruning config, shape, precision, calibration
         and package versions, so a second run with the same inputs does not convert again."""
-        reason = self.available() or self.supports(precision)
+        reason = self.available() or self.buildable(precision)  # an artifact does not need the CPU's units
         if reason:
             raise ConversionError(f"{self.name} {precision} unavailable: {reason}")
         keep = pipeline.prune.keep
         recipe = self.recipes[precision]
+        batch = None if self.batch_at_load else batch
         key = _hash({"format": ARTIFACT_FORMAT, "target": self.name, "precision": precision, "batch": batch,
                      "weights": weights_key, "prune": pipeline.prune.as_dict(), "versions": self.versions(),
                      "recipe": asdict(recipe),
                      "calibration": _array_hash(calibration) if recipe.calibrated else None})
-        folder = Path(cache_dir) / f"{self.name}-{precision}-keep{keep:g}-b{batch}-{key[:16]}"
+        folder = Path(cache_dir) / f"{self.name}-{precision}-keep{keep:g}-b{batch or 'any'}-{key[:16]}"
         if (folder / MANIFEST).is_file():
             return Artifact.load(folder)
         tmp = folder.with_name(folder.name + ".tmp")

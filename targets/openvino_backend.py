@@ -1,7 +1,8 @@
 """OpenVINO CPU backend: fp32, bf16 and NNCF int8.
 
-Build (imports torch): `openvino.convert_model` traces the pipeline at the static batch size
-(input shape fixed to (batch, 3, S, S)), outputs are named logits / boxes / token_logits and
+Build (imports torch): `openvino.convert_model` traces the pipeline with a dynamic batch
+(input shape (-1, 3, S, S)): one IR, converted and quantized once, serves every batch size;
+`load` reshapes it to the cell's static batch before compiling. Outputs are named logits / boxes / token_logits and
 the IR is saved with `compress_to_fp16=False` (otherwise weights are stored as fp16).
 fp32 and bf16 cells hold the same IR: the precision is a runtime hint. int8 runs
 quant/nncf_recipe.py on the IR.
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 XML, BIN = "model.xml", "model.bin"
 OUTPUT_NAMES = ("logits", "boxes", "token_logits")
 FLOAT_HINT = {"fp32": "f32", "bf16": "bf16"}
+CALIB_BATCH = 8  # batch of the calibration passes (and the trace) of a dynamic-batch IR
 DEFAULT_INT8_FLOAT = "f32"
 MATRIX_LAYERS = {"FullyConnected", "Convolution", "GroupConvolution", "Deconvolution", "MatMul"}
 # the layers whose float precision names the cell (fused "Subgraph"/"Eltwise" nodes keep a few
@@ -63,6 +65,7 @@ class OpenVinoTarget(Target):
                               settings=tuple(sorted((k, str(v)) for k, v in nncf_recipe.SETTINGS.items())),
                               requires=("nncf",))}
     runtime_modules = ("openvino",)
+    batch_at_load = True
 
     def import_runtime(self) -> None:
         """openvino and its CPU plugin (loaded by the first compile, ~tens of MiB), so the
@@ -105,7 +108,8 @@ class OpenVinoTarget(Target):
         if precision == "int8" and calibration is None:
             raise ValueError("int8 needs calibration images")
         h, w = pipeline.input_size
-        shape = [batch, 3, h, w]
+        shape = [-1 if batch is None else batch, 3, h, w]
+        example = [CALIB_BATCH if batch is None else batch, 3, h, w]
         was_training = pipeline.training
         pipeline.eval()
         try:
@@ -116,7 +120,7 @@ class OpenVinoTarget(Target):
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace", category=DeprecationWarning)
                 warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing", category=FutureWarning)
-                model = ov.convert_model(pipeline, example_input=torch.zeros(*shape), input=[tuple(shape)])
+                model = ov.convert_model(pipeline, example_input=torch.zeros(*example), input=[tuple(shape)])
         finally:
             pipeline.train(was_training)
         if len(model.outputs) != len(OUTPUT_NAMES):
@@ -128,14 +132,15 @@ class OpenVinoTarget(Target):
         fields: dict[str, Any] = {}
         if precision == "int8":
             settings: dict = {}
-            model = nncf_recipe.quantize(model, calibration, batch, settings_out=settings)
+            model = nncf_recipe.quantize(model, calibration, batch or CALIB_BATCH, settings_out=settings)
             fields.update(recipe=nncf_recipe.NAME, recipe_settings=settings, fp32_kept=nncf_recipe.FP32_KEPT)
             float_hint = f"{DEFAULT_INT8_FLOAT} (default; bench.run --ov-int8-float overrides at load)"
         else:
             float_hint = FLOAT_HINT[precision]
         ov.save_model(model, out / XML, compress_to_fp16=False)
         fields.update(files=[XML, BIN], extra={
-            "converter": "openvino.convert_model (TorchScript trace), static input shape",
+            "converter": "openvino.convert_model (TorchScript trace), "
+                         + ("dynamic batch, reshaped at load" if batch is None else "static input shape"),
             "input_shape": shape, "outputs": list(OUTPUT_NAMES), "weights_stored": "f32",
             "inference_precision_hint": float_hint})
         return fields
@@ -154,6 +159,9 @@ class OpenVinoTarget(Target):
                   "INFERENCE_PRECISION_HINT": precision_hint}
         core = ov.Core()
         model = core.read_model(Path(artifact.path) / artifact.files[0])
+        if model.inputs[0].get_partial_shape().is_dynamic:
+            shape = model.inputs[0].get_partial_shape().get_min_shape()
+            model.reshape({0: [options.batch, *list(shape)[1:]]})
         compiled = core.compile_model(model, "CPU", config)
         executed, details = executed_precision(compiled)
         request = compiled.create_infer_request()
@@ -181,12 +189,13 @@ class OpenVinoTarget(Target):
                 lat.append((clock() - starts.pop(job)) * 1000)
 
             queue.set_callback(done)
+            for i in range(nireq):  # every request reads the same batch, set once as benchmark_app does
+                queue[i].set_input_tensor(0, ov.Tensor(x, shared_memory=True))
             jobs = 0
             start = clock()
             while jobs < nireq or clock() - start < seconds:
-                slot = queue.get_idle_request_id()  # blocks until a request is free
+                queue.get_idle_request_id()  # blocks until a request is free: not part of its latency
                 starts[jobs] = clock()
-                queue[slot].set_input_tensor(0, ov.Tensor(x, shared_memory=True))
                 queue.start_async(userdata=jobs)
                 jobs += 1
             queue.wait_all()

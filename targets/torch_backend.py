@@ -40,6 +40,12 @@ class TorchTarget(Target):
                               requires=("torchao",))}
     runtime_modules = ("torch",)
 
+    def supports(self, precision: str) -> str | None:
+        reason = super().supports(precision)
+        if reason is None and precision == "int8":
+            reason = int8_matmul_unavailable()
+        return reason
+
     def available(self) -> str | None:
         if importlib.util.find_spec("torch") is None:  # no import: torch is ~220 MB
             return "torch is not installed"
@@ -111,6 +117,42 @@ class TorchTarget(Target):
             return logits.numpy(), boxes.numpy(), tokens.numpy()
 
         return Runner(run, "i8-dynamic+f32" if artifact.precision == "int8" else "f32")
+
+
+# torchao's dynamic int8 runs its matmuls as torch._int_mm; on CPUs without an int8 dot-product
+# unit (AVX-512 VNNI / AVX-VNNI / AMX) that is a reference loop, tens of times slower than the
+# fp32 matmul it replaces: such cells would time the fallback, and one accuracy pass would take
+# longer than the whole sweep. Measured once per process on an encoder-sized matmul.
+INT8_SLOWDOWN_LIMIT = 3.0
+_int8_probe: list[str | None] = []
+
+
+def int8_matmul_unavailable() -> str | None:
+    """None when torch._int_mm is not much slower than the fp32 matmul here, else why."""
+    if not _int8_probe:
+        import time
+
+        import torch
+
+        a = torch.randint(-128, 127, (1024, 192), dtype=torch.int8)
+        b = torch.randint(-128, 127, (192, 768), dtype=torch.int8)
+        af, bf = a.float(), b.float()
+
+        def best(fn, x, y) -> float:
+            fn(x, y)
+            times = []
+            for _ in range(5):
+                t = time.perf_counter()
+                fn(x, y)
+                times.append(time.perf_counter() - t)
+            return min(times)
+
+        ratio = best(torch._int_mm, a, b) / best(torch.mm, af, bf)
+        cap = torch.backends.cpu.get_cpu_capability()
+        _int8_probe.append(None if ratio <= INT8_SLOWDOWN_LIMIT else
+                           f"torch._int_mm runs {ratio:.0f}x slower than the fp32 matmul on this CPU ({cap}: no "
+                           "int8 dot-product kernel); torchao int8 would time a reference loop")
+    return _int8_probe[0]
 
 
 def _weights_bytes(model) -> int:

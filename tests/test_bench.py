@@ -339,3 +339,36 @@ def test_int8_calibrates_past_the_scored_images_when_only_they_exist(tmp_path):
     assert by_id[f"fake/int8/keep1/b1/{OFF}"]["calibration"] == "val images 4+ (not scored)"
     assert by_id[f"torch/int8/keep1/b1/{OFF}"]["calibration"] is None  # dynamic int8: no calibration loaded
     assert "int8 calibrates on val images 4+ (not scored)" in proc.stderr
+
+
+def test_map_equals_pycocotools_on_the_dumped_detections(tmp_path, monkeypatch):
+    """The row's mAP is COCOeval's (pycocotools, the reference implementation) on the
+    detections the run dumped, to 1e-4: scoring adds nothing of its own."""
+    import contextlib
+    import copy
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from bavit.data import load_dataset
+
+    out = tmp_path / "run"
+    bench(out, "--weights", "weights/tiny", "--target", "torch", "--keep", "1.0", "--batch", "4",
+          "--precision", "fp32", "--scenario", OFF, "--images", "32", check=True)
+    (row,) = rows(out)
+    monkeypatch.setenv("BAVIT_CACHE", str(tmp_path / "cache"))
+    gt = copy.deepcopy(load_dataset("synthetic", "val", size=64).coco_gt(list(range(32))))
+    gt.setdefault("info", {})
+    detections = json.loads(Path(row["detections_file"]).read_text())
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = gt
+        coco.createIndex()
+        ev = COCOeval(coco, coco.loadRes(detections), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    assert row["map"] > 0.3                          # a trained detector: the comparison means something
+    assert row["map"] == pytest.approx(ev.stats[0], abs=1e-4)
+    assert row["ap50"] == pytest.approx(ev.stats[1], abs=1e-4)

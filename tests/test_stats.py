@@ -52,3 +52,25 @@ def test_interleaved_schedule_is_a_palindrome_per_round():
     assert {sum(p) / 2 for p in positions.values()} == {3.0}
     back_to_back = schedule(["a", "b"], rounds=2, seconds=2.0, interleave=False)
     assert [c for _, c, _ in back_to_back] == list("aaaabbbb")
+
+
+def test_builds_are_shared_out_evenly_and_an_artifact_never_twice():
+    from bench.contracts import BuildSpec, PruneSpec
+    from bench.run import _share_out
+
+    def spec(target: str, precision: str, keep: float, batch: int) -> BuildSpec:
+        return BuildSpec(f"{target}/{precision}/keep{keep:g}/b{batch}", target, precision, batch, "w", 2, "detector",
+                         None, PruneSpec(keep, 0.0, 0), "synthetic", "train", 0, 8, "/cache")
+
+    specs = [spec(t, p, k, b) for t in ("torch", "openvino", "tflite") for k in (1.0, 0.5) for p in ("fp32", "int8")
+             for b in (1, 8)]
+    # openvino's IR serves every batch: both batches are one artifact
+    artifact = lambda s: (s.target, s.precision, s.prune, None if s.target == "openvino" else s.batch)  # noqa: E731
+    lists = _share_out(specs, 2, artifact)
+    assert sorted(s.model_id for lst in lists for s in lst) == sorted(s.model_id for s in specs)
+    for lst in lists:
+        others = [s for other in lists if other is not lst for s in other]
+        assert not {artifact(s) for s in lst} & {artifact(s) for s in others}
+    heavy = [sum(s.target == "tflite" and s.precision == "int8" for s in lst) for lst in lists]
+    assert heavy == [2, 2]              # the four slow LiteRT int8 builds are split two and two
+    assert _share_out(specs, 1, artifact) == [specs]
