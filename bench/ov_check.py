@@ -4,9 +4,11 @@
 For each OpenVINO cell of RUN (or those named with --cell), on the cell's cached IR, with the
 run's threads and the cell's precision hint, it alternates --pairs times: the harness's own
 timed slice (bench.loop, the code the rounds run) and `benchmark_app` for --seconds:
-- single-stream: `benchmark_app -hint latency -api sync -nthreads T`; compared: median latency;
-- offline: `benchmark_app -hint throughput -nthreads T` (its default async mode, the
-  optimal number of requests); compared: throughput (FPS = images/s).
+- single-stream: `benchmark_app -hint latency -api sync`; compared: median latency;
+- offline: `benchmark_app -hint throughput` (its default async mode, the optimal number of
+  requests); compared: throughput (FPS = images/s).
+Threads and the precision hint reach benchmark_app through -load_config (it refuses -nthreads
+beside a hint); the printed command is the one that ran.
 Alternating the two tools makes the machine's drift hit both alike; the ratio printed is the
 median over pairs of harness/benchmark_app. It imports openvino only (never torch)."""
 from __future__ import annotations
@@ -34,9 +36,19 @@ def benchmark_app() -> str:
     return found
 
 
-def app_command(xml: str, scenario: str, threads: int, precision_hint: str, seconds: float) -> list[str]:
-    cmd = [benchmark_app(), "-m", xml, "-d", "CPU", "-nthreads", str(threads), "-infer_precision", precision_hint,
-           "-t", f"{seconds:g}"]
+def app_command(xml: str, scenario: str, threads: int, precision_hint: str, seconds: float, batch: int,
+                config_dir: Path) -> list[str]:
+    """benchmark_app refuses -nthreads beside a -hint (a UI rule of its own): threads and the
+    precision hint go in through -load_config, as the harness sets them on compile. The IR
+    has a dynamic batch: -shape fixes it to the cell's."""
+    from openvino import Core
+
+    shape = list(Core().read_model(xml).inputs[0].get_partial_shape().get_min_shape())
+    config = config_dir / f"ov_check-{threads}-{precision_hint}.json"
+    config.write_text(json.dumps({"CPU": {"INFERENCE_NUM_THREADS": str(threads),
+                                          "INFERENCE_PRECISION_HINT": precision_hint}}))
+    cmd = [benchmark_app(), "-m", xml, "-d", "CPU", "-shape", str([batch, *shape[1:]]).replace(" ", ""),
+           "-load_config", str(config), "-t", f"{seconds:g}"]
     if scenario == SINGLE_STREAM:
         return cmd + ["-hint", "latency", "-api", "sync"]
     return cmd + ["-hint", "throughput"]
@@ -71,7 +83,8 @@ def check_cell(row: dict, pixels_dir: Path, pairs: int, seconds: float) -> dict:
     pixels = np.load(pixels_dir / f"inputs-b{int(row['batch'])}.npy")
     from bench.loop import warm_up
     warm_up(row["scenario"], runner, pixels, 1.0)
-    cmd = app_command(str(artifact.path / artifact.files[0]), row["scenario"], int(row["threads"]), hint, seconds)
+    cmd = app_command(str(artifact.path / artifact.files[0]), row["scenario"], int(row["threads"]), hint, seconds,
+                      int(row["batch"]), pixels_dir)
     ours, theirs = [], []
     for i in range(pairs):  # ABBA: harness, app, app, harness, ...
         order = ("h", "a") if i % 2 == 0 else ("a", "h")

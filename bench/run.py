@@ -146,7 +146,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cache", default=None, help="artifact cache (default: $BAVIT_CACHE/artifacts)")
     p.add_argument("--out", default=None, help="run folder (default: runs/<UTC time>)")
     p.add_argument("--resume", action="store_true", help="finish the run in --out: skip cells recorded ok/unavailable")
-    p.add_argument("--force", action="store_true", help="start over in a used --out: its results are removed")
+    p.add_argument("--force", action="store_true",
+                   help="start over in a used --out: its results are removed (wins over --resume, so "
+                        "`tox -e bench-cpu -- --force` measures again)")
     p.add_argument("--no-report", action="store_true", help="do not build report.csv/report.html")
     return p.parse_args(argv)
 
@@ -181,8 +183,6 @@ def check(args: argparse.Namespace) -> dict:
         raise UsageError(f"--warmup must be >= 0 seconds, got {args.warmup:g}")
     if args.max_map_drop < 0 or (args.max_latency_ms or 1) <= 0 or (args.max_rss_mb or 1) <= 0:
         raise UsageError("--max-map-drop must be >= 0, --max-latency-ms and --max-rss-mb > 0")
-    if args.resume and args.force:
-        raise UsageError("--resume and --force contradict each other: finish the run, or start it over")
     kind, _, path = args.data.partition(":")
     if kind not in ("synthetic", "coco", "voc") or (kind != "synthetic" and not path):
         raise UsageError(f"--data: expected synthetic, coco:PATH or voc:PATH, got '{args.data}'")
@@ -519,7 +519,7 @@ def run(argv: list[str] | None = None) -> int:
             raise UsageError(f"--weights {label}: no bavit{args.bavit_layers}/ classifier to prune with "
                              f"(--keep {args.keep}; --bavit-layers picks bavitN/)")
         settings = settings_of(args, label)
-        if args.resume:
+        if args.resume and not args.force:
             _check_resumable(plan["out"], settings)
         model_info = _model_info(label, det_dir, args.image_size)
         size = model_info["size"]
@@ -554,7 +554,7 @@ def run(argv: list[str] | None = None) -> int:
                          "and its class names do not cover the data set's: mAP not measured")
     calib = _calibration(args, len(dataset))
     cells = enumerate_cells(plan["targets"], plan["precisions"], plan["keeps"], plan["batches"], plan["scenarios"])
-    done = finished_cells(out) if args.resume else set()
+    done = finished_cells(out) if args.resume and not args.force else set()
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     (out / "run.json").write_text(json.dumps({"argv": sys.argv if argv is None else argv, "model": label,
                                               "settings": asdict(settings), "settings_key": settings.key,
@@ -616,7 +616,7 @@ class Job:
                 self._write(self._row(cell, "unavailable", error=reason))
             else:
                 runnable.append(cell)
-        # 1. build every artifact in one torch process
+        # 1. build every artifact (torch imported once per build process)
         specs = [self._build_spec(m) for m in models_of(runnable)]
         t0 = time.monotonic()
         self._calibration_data(specs)

@@ -148,6 +148,9 @@ def test_a_used_run_folder_is_refused_without_resume_or_force(tmp_path):
     bench(out, *cell, "--threads", "2", "--force", check=True)   # starts over: the old row is gone
     (row,) = rows(out)
     assert row["threads"] == 2
+    bench(out, *cell, "--threads", "3", "--resume", "--force", check=True)  # as `tox -e bench-cpu -- --force`
+    (row,) = rows(out)
+    assert row["threads"] == 3
 
 
 def test_failed_accuracy_pass_keeps_the_speed_figures(tmp_path):
@@ -193,7 +196,6 @@ def test_a_line_cut_by_a_crash_is_dropped_not_glued(tmp_path):
     (["--dilate", "2"], "--dilate must be 0 (off), 1 or an odd kernel size"),
     (["--rounds", "0"], "--rounds must be >= 1"),
     (["--scenario", "server"], "--scenario: unknown value 'server'"),
-    (["--resume", "--force"], "--resume and --force contradict each other"),
     (["--max-map-drop", "-1"], "--max-map-drop must be >= 0"),
     (["--calib-images", "0"], "--calib-images must be >= 1"),
     (["--timeout", "0"], "--timeout must be > 0"),
