@@ -16,7 +16,7 @@ from fake_targets import PLUGINS
 ROOT = Path(__file__).resolve().parents[1]
 CHILD_PATH = os.pathsep.join([str(ROOT), str(ROOT / "tests")])
 FAST = ["--weights", "random:tiny", "--images", "4", "--warmup", "0", "--rounds", "2", "--round-seconds", "0.1",
-        "--calib-images", "8", "--threads", "1"]
+        "--calib-images", "8", "--threads", "1", "--build-jobs", "1"]
 OFF = "offline"
 
 
