@@ -11,8 +11,9 @@ from bench.contracts import Slice
 from targets.base import OFFLINE, SINGLE_STREAM, Runner
 
 
-def single_stream(runner: Runner, pixels: np.ndarray, seconds: float) -> tuple[int, int, float, list[float]]:
-    """Batch-1 queries one after another, each issued when the previous one returned."""
+def back_to_back(runner: Runner, pixels: np.ndarray, seconds: float) -> tuple[int, int, float, list[float]]:
+    """Queries one after another, each issued when the previous one returned: single-stream
+    (batch 1), and offline on runtimes without a throughput mode of their own."""
     lat: list[float] = []
     clock = time.perf_counter
     start = clock()
@@ -29,20 +30,20 @@ def run_slice(cell_id: str, scenario: str, runner: Runner, pixels: np.ndarray, s
     one, and that refill is not this model's steady state."""
     runner(pixels)
     cpu = time.process_time()
-    if scenario == SINGLE_STREAM:
-        images, queries, elapsed, lat = single_stream(runner, pixels, seconds)
-    elif scenario == OFFLINE:
-        res = runner.offline(pixels, seconds)
+    if scenario not in (SINGLE_STREAM, OFFLINE):
+        raise ValueError(f"unknown scenario {scenario!r}")
+    if scenario == OFFLINE and runner.offline_fn is not None:
+        res = runner.offline_fn(pixels, seconds)
         images, queries, elapsed, lat = res.images, res.queries, res.elapsed_s, res.latencies_ms
     else:
-        raise ValueError(f"unknown scenario {scenario!r}")
+        images, queries, elapsed, lat = back_to_back(runner, pixels, seconds)
     return Slice(cell_id, images, queries, elapsed, [float(v) for v in lat], time.process_time() - cpu)
 
 
 def warm_up(scenario: str, runner: Runner, pixels: np.ndarray, seconds: float) -> None:
     """Until `seconds` have passed (at least one query): lazy kernel selection, allocator
     growth and the CPU's clock ramp are out of the figures."""
-    if scenario == OFFLINE:
-        runner.offline(pixels, seconds)
+    if scenario == OFFLINE and runner.offline_fn is not None:
+        runner.offline_fn(pixels, seconds)
     else:
-        single_stream(runner, pixels, seconds)
+        back_to_back(runner, pixels, seconds)

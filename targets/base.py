@@ -108,11 +108,11 @@ class OfflineResult:
 class Runner:
     """Static-shape inference: (B, 3, S, S) float32 -> (logits, boxes, token_logits) numpy.
 
-    `offline(pixels, seconds)` is the scenario's throughput loop. By default it is the sync
-    call back to back (one request in flight): what torch and a TFLite interpreter do at
-    their best on a CPU. Runtimes with their own throughput practice (OpenVINO's
-    AsyncInferQueue under the THROUGHPUT hint) pass `offline_fn`; `mode`, `streams` and
-    `requests` say which ran."""
+    `offline_fn(pixels, seconds)`, when a runtime has its own throughput practice (OpenVINO's
+    AsyncInferQueue under the THROUGHPUT hint), is how the offline scenario runs it; without
+    one the load generator (bench.loop) calls the runner back to back, one call in flight,
+    which is what torch and a TFLite interpreter do at their best on a CPU. `mode`,
+    `streams` and `requests` say which ran."""
 
     executed_precision: str = "unknown"
 
@@ -120,7 +120,7 @@ class Runner:
                  details: dict | None = None, offline_fn: Callable[[np.ndarray, float], OfflineResult] | None = None,
                  mode: str = "sync, 1 request", streams: int = 1, requests: int = 1) -> None:
         self._fn = fn
-        self._offline = offline_fn
+        self.offline_fn = offline_fn
         self.executed_precision = executed_precision
         # what the runtime really did (interpreter and version, per-layer precisions, config):
         # recorded on the result row as runtime_details
@@ -129,18 +129,6 @@ class Runner:
 
     def __call__(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return self._fn(pixels)
-
-    def offline(self, pixels: np.ndarray, seconds: float) -> OfflineResult:
-        if self._offline is not None:
-            return self._offline(pixels, seconds)
-        lat = []
-        start = time.perf_counter()
-        while not lat or time.perf_counter() - start < seconds:
-            t = time.perf_counter()
-            self._fn(pixels)
-            lat.append((time.perf_counter() - t) * 1000)
-        elapsed = time.perf_counter() - start
-        return OfflineResult(len(pixels) * len(lat), len(lat), elapsed, lat)
 
 
 class Target(ABC):
