@@ -599,8 +599,11 @@ class Job:
         self.failed += row["status"] == "failed"
         append_row(self.out, row)
 
+    def _add(self, name: str, seconds: float) -> None:
+        self.timing[name] = self.timing.get(name, 0.0) + seconds
+
     def _tick(self, name: str, since: float) -> None:
-        self.timing[name] = self.timing.get(name, 0.0) + time.monotonic() - since
+        self._add(name, time.monotonic() - since)
 
     def run(self, todo: list[Cell]) -> int:
         from tqdm import tqdm
@@ -654,11 +657,9 @@ class Job:
                       desc=f"rounds {target}", unit="slice", dynamic_ncols=True) as bar:
                 slices, loads, failed, load_s = _time_target(spec, a, self.work, self.logs, bar)
             total = time.monotonic() - t0
-            self.timing["serving processes: start, load + warm-up"] = (
-                self.timing.get("serving processes: start, load + warm-up", 0.0) + load_s)
-            self.timing["timed rounds"] = self.timing.get("timed rounds", 0.0) + total - load_s
-            self.timing["accuracy (of cold start)"] = self.timing.get("accuracy (of cold start)", 0.0) + sum(
-                r.accuracy_s or 0.0 for r in colds.values())
+            self._add("serving processes: start, load + warm-up", load_s)
+            self._add("timed rounds", total - load_s)
+            self._add("accuracy (of cold start)", sum(r.accuracy_s or 0.0 for r in colds.values()))
             for c in live:
                 self._write(self._final_row(c, built, colds, scorers, slices[c.cell_id], loads[c.cell_id],
                                             failed.get(c.cell_id)))

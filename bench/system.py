@@ -58,13 +58,10 @@ def data_fingerprint(spec: str, split: str) -> dict:
         from bavit.data.synthetic import GENERATOR_VERSION
         return {"synthetic": GENERATOR_VERSION, "split": split}
     from pathlib import Path
+
+    from bench.contracts import digest
     root = Path(path).expanduser().resolve()
     files = sorted(p for p in root.rglob("*") if p.suffix in (".json", ".xml", ".txt", ".yaml", ".png")
                    and p.is_file()) if root.is_dir() else [root]
     stats = [(str(p.relative_to(root) if root.is_dir() else p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    return {"path": str(root), "split": split, "files": digest_list(stats)}
-
-
-def digest_list(items: list) -> str:
-    import hashlib
-    return hashlib.sha256(json.dumps(items).encode()).hexdigest()
+    return {"path": str(root), "split": split, "files": digest(stats)}
