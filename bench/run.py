@@ -239,17 +239,22 @@ class _Children:
 _BUILD_COST = {("tflite", "int8"): 85, ("tflite", "fp32"): 40, ("openvino", "int8"): 30}
 
 
-def _share_out(specs: list[BuildSpec], jobs: int, artifact_of) -> list[list[BuildSpec]]:
-    """Specs split into `jobs` lists of about equal estimated cost (longest first), the specs
-    of one artifact (e.g. every batch of a dynamic-batch IR) always in the same list: two
-    processes never build the same artifact."""
+def _share_out(specs: list[BuildSpec], jobs: int, artifact_of, group_of) -> list[list[BuildSpec]]:
+    """Specs split into `jobs` lists of about equal estimated cost (longest first). The specs of
+    one group always go to the same list: every batch of a dynamic-batch IR (two processes never
+    build the same artifact) and the per-batch artifacts of one calibrated model (the process
+    calibrates once for all of them). A group costs one estimate per distinct artifact."""
     groups: dict = {}
     for s in specs:
-        groups.setdefault(artifact_of(s), []).append(s)
+        groups.setdefault(group_of(s), []).append(s)
+
+    def cost(group: list[BuildSpec]) -> float:
+        return _BUILD_COST.get((group[0].target, group[0].precision), 8) * len({artifact_of(s) for s in group})
+
     loads = [[0.0, []] for _ in range(max(1, jobs))]
-    for group in sorted(groups.values(), key=lambda g: -_BUILD_COST.get((g[0].target, g[0].precision), 8)):
+    for group in sorted(groups.values(), key=lambda g: -cost(g)):
         lightest = min(loads, key=lambda x: x[0])
-        lightest[0] += _BUILD_COST.get((group[0].target, group[0].precision), 8)
+        lightest[0] += cost(group)
         lightest[1].extend(group)
     order = {s.model_id: i for i, s in enumerate(specs)}
     return [sorted(lst, key=lambda s: order[s.model_id]) for _, lst in loads if lst]
@@ -315,13 +320,13 @@ class _BuildProcess:
         return True
 
 
-def _run_build(specs: list[BuildSpec], jobs: int, artifact_of, work: Path, logs: Path, timeout: float,
+def _run_build(specs: list[BuildSpec], jobs: int, artifact_of, group_of, work: Path, logs: Path, timeout: float,
                threads: int, bar) -> dict[str, Built]:
     """`jobs` build processes side by side (conversion is mostly one core's work; nothing is
     timed while they run), each importing torch once."""
     results: dict[str, Built] = {}
     workers = [_BuildProcess(lst, str(i), work, logs, threads)
-               for i, lst in enumerate(_share_out(specs, jobs, artifact_of))]
+               for i, lst in enumerate(_share_out(specs, jobs, artifact_of, group_of))]
     while workers:
         workers = [w for w in workers if w.poll(results, timeout, bar)]
         time.sleep(0.2)
@@ -624,7 +629,7 @@ class Job:
         t0 = time.monotonic()
         self._calibration_data(specs)
         with tqdm(total=len(specs), desc="build", unit="artifact", dynamic_ncols=True) as bar:
-            built = _run_build(specs, a.build_jobs, self._artifact_of, self.work, self.logs, a.timeout, a.threads, bar)
+            built = _run_build(specs, a.build_jobs, self._artifact_of, self._build_group, self.work, self.logs, a.timeout, a.threads, bar)
         self._tick("build", t0)
         ok_cells = []
         for cell in runnable:
@@ -672,6 +677,15 @@ class Job:
         batch = None if get_target(spec.target).batch_at_load else spec.batch
         return (spec.target, spec.precision, spec.prune, batch)
 
+    @staticmethod
+    def _build_group(spec: BuildSpec) -> tuple:
+        """Specs one build process takes together: one artifact's, and a calibrated model's
+        at every batch (its recipe calibrates once and reuses the ranges)."""
+        from targets import get_target
+        target = get_target(spec.target)
+        together = target.batch_at_load or target.needs_calibration(spec.precision)
+        return (spec.target, spec.precision, spec.prune, None if together else spec.batch)
+
     def _calibration_data(self, specs: list[BuildSpec]) -> None:
         """The synthetic calibration split is generated on first use: here, once, rather than
         by each build process at the same time."""
@@ -688,19 +702,14 @@ class Job:
                          self.calib["skip"], a.calib_images, str(self.cache))
 
     def _scorers(self, cells: list[Cell]) -> dict[str, str]:
-        """model_id -> the model_id whose outputs are scored for it. Artifacts whose recipe
-        does not fit itself to batch-shaped data (float, dynamic int8), and one artifact that
-        serves every batch (OpenVINO's, reshaped at load), compute the same outputs at every
-        batch: the largest batch (fastest to score) scores for all. Calibrated artifacts built
-        per batch are each their own quantized model and are each scored."""
-        from targets import get_target
-
+        """model_id -> the model_id whose outputs are scored for it. Artifacts that differ only
+        in batch size compute the same outputs: float ones, dynamic int8, one artifact reshaped
+        at load (OpenVINO's), and calibrated ones, whose recipes calibrate at a fixed batch of
+        their own (targets.openvino_backend and quant.litert_recipe CALIB_BATCH: the same scales at every artifact
+        batch). The largest batch (fastest to score) scores for all."""
         groups: dict[tuple, list[Model]] = {}
         for m in models_of(cells):
-            target = get_target(m.target)
-            own_model = target.needs_calibration(m.precision) and not target.batch_at_load
-            key = (m.target, m.precision, m.keep, m.batch if own_model else None)
-            groups.setdefault(key, []).append(m)
+            groups.setdefault((m.target, m.precision, m.keep), []).append(m)
         return {m.model_id: max(ms, key=lambda x: x.batch).model_id for ms in groups.values() for m in ms}
 
     def _cold_phase(self, cells: list[Cell], built: dict[str, Built], scorers: dict[str, str]) -> dict[str, ColdResult]:

@@ -9,8 +9,12 @@
   pooling; LayerNorm, softmax, GELU, the attention matmuls and the token gather stay float
   (the interpreter dequantizes around them), so the model is mixed "i8+f32".
 - Calibration: every image of the shared calibration set (quant/calibration.py), in batches
-  of the artifact's static batch size; a remainder smaller than a batch is dropped (a set
-  smaller than one batch is repeated to fill one).
+  of CALIB_BATCH through a graph exported at that batch (a remainder smaller than a batch is
+  dropped; a set smaller than one batch is repeated to fill one). The observed ranges are
+  then loaded into the observers of the graph exported at the artifact's own static batch:
+  the int8 artifacts of one model at different batch sizes carry the same scales and zero
+  points, so they are one quantized model (scored once, like fp32) and are calibrated once
+  per build process (HistogramObserver calibration costs about as much as a conversion).
 - Kept in float (FLOAT_MODULES): the token selector (ranking logits, +1e4 foreground
   offsets and indices; int8 would tie and reorder tokens), BAViT's 1-output head (its logits
   are the ranking key: int8 steps tie tokens near the top-k cut-off) and both detection heads
@@ -42,12 +46,14 @@ import numpy as np
 from quant.calibration import calibration_batches
 
 NAME = "litert-pt2e-static-int8"
+CALIB_BATCH = 8
 FLOAT_MODULES = ("selector", "classifier.head", "detector.det.class_labels_classifier",
                  "detector.det.bbox_predictor")
 SETTINGS = {
     "per_channel": True,
     "symmetric": True,               # weights; activations are per-tensor affine int8
     "calibration_images": 128,       # quant.calibration.DEFAULT_IMAGES; the artifact records the count used
+    "calibration_batch": CALIB_BATCH,
     "activation_observer": "histogram",
     "weight_observer": "per-channel min/max",
     "quantizer": "litert_torch PT2EQuantizer, get_symmetric_quantization_config(is_per_channel=True)",
@@ -88,6 +94,53 @@ def make_quantizer(float_modules: tuple[str, ...] = FLOAT_MODULES):
     return _FloatRegionQuantizer(float_modules).set_global(get_symmetric_quantization_config(is_per_channel=True))
 
 
+# (pipeline id, calibration digest, float modules) -> (pipeline, calibrated observer states, batches):
+# the pipeline is held so that its id cannot be reused by another object while the entry lives
+_CALIBRATED: dict[tuple, tuple[Any, dict[str, dict], int]] = {}
+
+
+def _is_observer(module: Any) -> bool:
+    from torchao.quantization.pt2e.observer import ObserverBase
+
+    return isinstance(module, ObserverBase)
+
+
+def calibrated_states(pipeline: Any, calibration: np.ndarray, float_modules: tuple[str, ...]) -> tuple[dict[str, dict], int]:
+    """Observer name -> state after calibrating at CALIB_BATCH; (states, batches run). Memoised
+    per pipeline and calibration set, so the artifacts of other batch sizes reuse it."""
+    import hashlib
+
+    import torch
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    from targets.tflite_backend import export_for_litert
+
+    key = (id(pipeline), hashlib.sha256(np.ascontiguousarray(calibration).tobytes()).hexdigest(), float_modules)
+    if key not in _CALIBRATED:
+        module, _ = export_for_litert(pipeline, (torch.zeros(CALIB_BATCH, 3, *pipeline.input_size),))
+        module = prepare_pt2e(module, make_quantizer(float_modules))
+        batches = calibration_batches(calibration, CALIB_BATCH)
+        with torch.no_grad():
+            for images in batches:
+                module(torch.from_numpy(images))
+        states = {name: {k: v.clone() for k, v in m.state_dict().items()}
+                  for name, m in module.named_modules() if _is_observer(m)}
+        _CALIBRATED[key] = (pipeline, states, len(batches))
+    _, states, n = _CALIBRATED[key]
+    return states, n
+
+
+def load_observer_states(module: Any, states: dict[str, dict]) -> None:
+    """Loads calibrated states into a prepared graph of the same pipeline at another batch; the
+    graphs must have the same observers (the same model), else this refuses."""
+    observers = {name: m for name, m in module.named_modules() if _is_observer(m)}
+    if set(observers) != set(states):
+        raise ValueError(f"calibrated graph has {len(states)} observers, the artifact's graph {len(observers)}: "
+                         "not the same model")
+    for name, m in observers.items():
+        m.load_state_dict(states[name])
+
+
 def quantize_and_convert(pipeline: Any, calibration: np.ndarray, batch: int, path: str | Path,
                          float_modules: tuple[str, ...] = FLOAT_MODULES) -> dict[str, Any]:
     """Writes the int8 .tflite to `path`; returns Artifact fields (recipe, settings, fp32_kept, extra)."""
@@ -98,20 +151,19 @@ def quantize_and_convert(pipeline: Any, calibration: np.ndarray, batch: int, pat
 
     from targets.tflite_backend import export_for_litert, mark_eval
 
+    float_modules = tuple(float_modules)
+    states, n_batches = calibrated_states(pipeline, calibration, float_modules)
     example = (torch.zeros(batch, 3, *pipeline.input_size),)
     module, rewrites = export_for_litert(pipeline, example)
-    quantizer = make_quantizer(tuple(float_modules))
+    quantizer = make_quantizer(float_modules)
     module = prepare_pt2e(module, quantizer)
-    batches = calibration_batches(calibration, batch)
-    with torch.no_grad():
-        for images in batches:
-            module(torch.from_numpy(np.ascontiguousarray(images)))
+    load_observer_states(module, states)
     module = convert_pt2e(module, fold_quantize=False)
     converted = litert_torch.convert(mark_eval(module), example, quant_config=QuantConfig(pt2e_quantizer=quantizer))
     converted.export(str(path))
-    settings = {**SETTINGS, "calibration_images": len(batches) * batch, "calibration_batches": len(batches),
+    settings = {**SETTINGS, "calibration_images": n_batches * CALIB_BATCH, "calibration_batches": n_batches,
                 "float_modules": list(float_modules)}
-    kept = FP32_KEPT if tuple(float_modules) == FLOAT_MODULES else (
+    kept = FP32_KEPT if float_modules == FLOAT_MODULES else (
         f"modules {', '.join(float_modules) or 'none'}; LayerNorm, softmax, GELU, attention matmuls, gather")
     return {"recipe": NAME, "recipe_settings": settings, "fp32_kept": kept,
             "extra": {"sort_rewrites": rewrites}}

@@ -104,7 +104,9 @@ def test_int8_close_to_fp32(build, pipes, reference, pixels):
     assert art.recipe == litert_recipe.NAME and art.fp32_kept == litert_recipe.FP32_KEPT
     settings = art.recipe_settings
     assert settings["per_channel"] is True and settings["symmetric"] is True
-    assert settings["calibration_images"] == 8 and settings["calibration_batches"] == 4   # 8 images, batch 2
+    # calibrated at the recipe's own batch, not the artifact's: 8 images, one batch of 8
+    assert litert_recipe.CALIB_BATCH == 8 and settings["calibration_batch"] == 8
+    assert settings["calibration_images"] == 8 and settings["calibration_batches"] == 1
     assert settings["float_modules"] == list(litert_recipe.FLOAT_MODULES)
     assert art.size_bytes < 0.5 * fp32.size_bytes, (art.size_bytes, fp32.size_bytes)
     runner = TARGET.load(art, RuntimeOptions(1))
@@ -117,6 +119,33 @@ def test_int8_close_to_fp32(build, pipes, reference, pixels):
         assert rel <= litert_recipe.TOLERANCE[name], (name, rel)
     # quantization worked on an exported copy: the caller's pipeline is untouched
     assert all(np.array_equal(a, b) for a, b in zip(_eager(pipes[0.5], pixels), reference[0.5]))
+
+
+def _int8_scales(art: Artifact) -> set[tuple]:
+    """The distinct (scales, zero points) of the model's int8 tensors."""
+    cls, _ = tflite_backend.interpreter_class()
+    interp = cls(model_path=str(Path(art.path) / art.files[0]))
+    qs = [(tuple(np.round(d["quantization_parameters"]["scales"], 12)), tuple(d["quantization_parameters"]["zero_points"]))
+          for d in interp.get_tensor_details() if np.dtype(d["dtype"]) == np.int8]
+    return set(qs)
+
+
+def test_int8_artifacts_of_two_batches_are_one_quantized_model(build, pipes, calib, cache, pixels):
+    """The batch-1 artifact loads the ranges calibrated for the batch-2 one (the build
+    calibrates once per model): the same scales, and the same outputs on the same image, so
+    bench.run scores one of them for both."""
+    b2 = build("int8", 0.5)
+    b1 = TARGET.prepare(pipes[0.5], "int8", 1, calib, cache, "tiny-seed0")
+    assert b1.batch == 1 and b1.path != b2.path
+    # as sets: the batch-2 flatbuffer holds a few more int8 tensors (reshapes that a batch of
+    # one folds away), each with scales the other has too
+    scales = _int8_scales(b1)
+    assert len(scales) > 50 and scales == _int8_scales(b2)
+    one = TARGET.load(b1, RuntimeOptions(1))(pixels[:1])
+    two = TARGET.load(b2, RuntimeOptions(1))(pixels)
+    for name, a, b in zip(NAMES, one, two):
+        rel = float(np.abs(a[0] - b[0]).max() / np.abs(b[0]).max())
+        assert rel <= 0.01, (name, rel)
 
 
 def test_int8_without_calibration_fails_clearly(pipes, tmp_path):
