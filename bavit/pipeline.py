@@ -1,44 +1,79 @@
-"""The deployable model: BAViT scores -> keep top-K -> pruned YOLOS, one static-shape module."""
+"""The deployable model: a detector and the token reducer in front of (or inside) it, one
+static-shape module. `Pipeline` itself is the dense detector (reducer `none`); each method in
+`bavit/reducers/` subclasses it."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from bavit.classifier import TokenClassifier
-from bavit.pruning import TokenSelector
+from bavit.pruning import keep_count
 from bavit.yolos import PrunedYolos
 
 
 @dataclass(frozen=True)
-class PruneConfig:
-    keep: float = 1.0
-    bg_share: float = 0.0
-    dilate: int = 0
-    threshold: float = 0.0
+class LayerTokens:
+    """Tokens one transformer layer processes: attention and MLP can differ (ToMe and EViT
+    reduce between them); `weight` is its width squared over the detector's, so a narrow
+    BAViT layer counts for what its linear layers cost."""
+    where: str
+    attention: int
+    mlp: int
+    weight: float = 1.0
 
-    def as_dict(self) -> dict:
-        return asdict(self)
+    @property
+    def cost(self) -> float:
+        return self.weight * (self.attention + self.mlp) / 2
 
 
 class Pipeline(nn.Module):
-    """`forward(pixels) -> (logits, boxes, token_logits)`. token_logits are BAViT's
-    per-patch foreground logits, returned so token accuracy is measured on the very model
-    a backend runs. At keep 1.0 the pipeline is the dense detector alone, the baseline
-    every speed-up is measured against: BAViT does not run and token_logits are zeros."""
+    """`forward(pixels) -> (logits, boxes, token_logits)`: the dense detector, reducer `none`,
+    the baseline every speed-up is measured against. token_logits are a method's per-patch
+    foreground logits (BAViT's), returned so token accuracy is measured on the very model a
+    backend runs; methods without a foreground classifier return zeros and say so
+    (`scores_tokens`). At keep 1.0 every subclass runs this dense forward, bit for bit."""
 
-    def __init__(self, detector: PrunedYolos, classifier: TokenClassifier | None, prune: PruneConfig) -> None:
+    @dataclass(frozen=True)
+    class Options:
+        pass
+
+    name = "none"
+    scores_tokens = False          # token_logits are foreground logits (token accuracy applies)
+    needs_classifier = False       # loads a trained token classifier from the weights folder
+
+    def __init__(self, detector: PrunedYolos, keep: float = 1.0, options: Any = None) -> None:
         super().__init__()
-        if classifier is None and prune.keep < 1.0:
-            raise ValueError("keep < 1.0 needs a BAViT token classifier")
-        if classifier is not None and classifier.grid != detector.grid:
-            raise ValueError(f"BAViT grid {classifier.grid} != detector grid {detector.grid}")
         self.detector = detector
-        self.classifier = classifier
-        self.prune = prune
-        self.selector = TokenSelector(detector.grid, prune.keep, prune.bg_share, prune.dilate, prune.threshold)
+        self.keep = float(keep)
+        self.options = options if options is not None else self.Options()
+        self.num_tokens = detector.num_patches
+        self.k = keep_count(self.keep, self.num_tokens)
+        if self.name == "none" and self.k < self.num_tokens:
+            raise ValueError("reducer none is the dense detector: keep must be 1.0")
+
+    @classmethod
+    def create(cls, detector: PrunedYolos, keep: float, options: Any, source: WeightsSource) -> "Pipeline":
+        """The pipeline on `detector`; methods with trained parts load them from `source`."""
+        return cls(detector, keep, options)
+
+    @classmethod
+    def missing_weights(cls, root: Path, keep: float, options: Any) -> str | None:
+        """Why `root` cannot serve this method at `keep` (checked before any work), or None."""
+        return None
+
+    # -- what the model is ------------------------------------------------------------------
+    @property
+    def spec(self):
+        from bavit.reducers import ReducerSpec
+        return ReducerSpec(self.name, tuple(sorted(asdict(self.options).items())))
+
+    @property
+    def reduction(self) -> dict[str, Any]:
+        """What changes the computed function besides the weights (part of the cache key)."""
+        return {"reducer": self.spec.as_dict(), "keep": self.keep}
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -46,27 +81,48 @@ class Pipeline(nn.Module):
 
     @property
     def prunes(self) -> bool:
-        return self.selector.k < self.selector.num_tokens
+        return self.k < self.num_tokens
 
     @property
     def tokens_kept(self) -> int:
-        return self.selector.k
+        """Patch tokens the detector's last layer sees."""
+        return self.k
 
+    def layer_tokens(self) -> list[LayerTokens]:
+        """Tokens per layer, every network in the pipeline (a separate classifier included)."""
+        extra = 1 + self.detector.config.num_detection_tokens
+        n = self.num_tokens + extra
+        return [LayerTokens(f"detector.{i}", n, n) for i in range(self.detector.config.num_hidden_layers)]
+
+    @property
+    def mapping(self) -> str:
+        """How keep became this method's token budget, for the row."""
+        return f"all {self.num_tokens} patch tokens" if not self.prunes else ""
+
+    @property
+    def ideal_speedup(self) -> float:
+        """Dense token-layers over this pipeline's (patch embedding and heads not counted)."""
+        dense = Pipeline.layer_tokens(self)
+        return sum(t.cost for t in dense) / sum(t.cost for t in self.layer_tokens())
+
+    # -- forward ------------------------------------------------------------------------------
     def forward(self, pixel_values: torch.Tensor):
-        if self.classifier is None or not self.prunes:
-            scores = pixel_values.new_zeros(pixel_values.shape[0], self.detector.num_patches)
+        if not self.prunes:
             logits, boxes = self.detector(pixel_values)
-            return logits, boxes, scores
-        scores = self.classifier(pixel_values)
-        logits, boxes = self.detector(pixel_values, self.selector(scores))
-        return logits, boxes, scores
+            return logits, boxes, pixel_values.new_zeros(pixel_values.shape[0], self.num_tokens)
+        return self.reduced(pixel_values)
+
+    def reduced(self, pixel_values: torch.Tensor):
+        raise NotImplementedError
 
 
-def load_pipeline(detector_dir: str | Path, classifier_dir: str | Path | None, prune: PruneConfig,
-                  image_size: int | None = None) -> Pipeline:
-    detector = PrunedYolos.from_pretrained(detector_dir, image_size)
-    classifier = TokenClassifier.from_pretrained(classifier_dir) if classifier_dir else None
-    return Pipeline(detector, classifier, prune).eval()
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where a reducer finds trained parts of its own (a token classifier): the weights folder,
+    or None for random weights made from `seed` (speed figures only)."""
+    root: Path | None
+    seed: int = 0
+    scale: str | None = None       # random weights: the CONFIGS scale
 
 
 def weights_key(pipeline: Pipeline) -> str:
@@ -83,12 +139,11 @@ def weights_key(pipeline: Pipeline) -> str:
 DEFAULT_WEIGHTS_ROOT = Path(__file__).resolve().parents[1] / "weights"
 
 
-def resolve_weights(spec: str | None, bavit_layers: int = 2, detector: str = "detector"
-                    ) -> tuple[str, Path | None, Path | None]:
-    """-> (label, detector dir, classifier dir); dirs are None for a random model.
+def resolve_weights(spec: str | None, detector: str = "detector") -> tuple[str, Path | None]:
+    """-> (label, detector dir); the dir is None for a random model.
 
     `spec` is a folder holding `detector/` (or the `detector` variant named, e.g.
-    `detector-sparse-keep0.5`) and `bavit{N}/` (our layout), or `random:tiny` /
+    `detector-sparse-keep0.5`) and the reducers' own parts (`bavit{N}/`), or `random:tiny` /
     `random:ti` for an untrained model of that scale (speed figures only). None means the
     project's demo weights: `weights/ti`, else `weights/tiny`, else random tiny."""
     if spec is None:
@@ -104,31 +159,32 @@ def resolve_weights(spec: str | None, bavit_layers: int = 2, detector: str = "de
         from bavit.yolos import CONFIGS
         if scale not in CONFIGS:
             raise ValueError(f"--weights {spec}: unknown scale '{scale}' (choose from {', '.join(CONFIGS)})")
-        return spec, None, None
-    root = Path(spec)
-    det_dir = root / detector
+        return spec, None
+    det_dir = Path(spec) / detector
     if not (det_dir / "config.json").is_file():
-        raise FileNotFoundError(f"--weights {root}: no {detector}/config.json in this folder")
-    classifier = root / f"bavit{bavit_layers}"
-    return str(root), det_dir, classifier if (classifier / "config.json").is_file() else None
+        raise FileNotFoundError(f"--weights {spec}: no {detector}/config.json in this folder")
+    return str(Path(spec)), det_dir
 
 
-def build_pipeline(spec: str | None, prune: PruneConfig, bavit_layers: int = 2, seed: int = 0,
-                   detector: str = "detector", image_size: int | None = None) -> Pipeline:
-    """The pipeline a benchmark cell runs, from `resolve_weights` spec."""
-    label, det_dir, cls_dir = resolve_weights(spec, bavit_layers, detector)
+def load_detector(spec: str | None, detector: str = "detector", image_size: int | None = None,
+                  seed: int = 0) -> tuple[PrunedYolos, WeightsSource]:
+    label, det_dir = resolve_weights(spec, detector)
     if det_dir is None:
-        from bavit.classifier import DEFAULT_WIDTH
         from bavit.yolos import CONFIGS, init_embeddings
 
-        scale = label.split(":", 1)[1]
         torch.manual_seed(seed)
-        detector = PrunedYolos(CONFIGS[scale]()).eval()
-        init_embeddings(detector, seed=seed)
-        classifier = TokenClassifier.for_detector(detector, bavit_layers, DEFAULT_WIDTH[scale])
-        with torch.no_grad():  # untrained head would score every token 0: rank them at random
-            classifier.head.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(seed))
-        return Pipeline(detector, classifier.eval(), prune).eval()
-    if cls_dir is None and prune.keep < 1.0:
-        raise FileNotFoundError(f"--weights {label}: no bavit{bavit_layers}/ classifier for keep {prune.keep:g}")
-    return load_pipeline(det_dir, cls_dir, prune, image_size)
+        model = PrunedYolos(CONFIGS[label.split(":", 1)[1]]()).eval()
+        init_embeddings(model, seed=seed)
+        return model, WeightsSource(None, seed, label.split(":", 1)[1])
+    return PrunedYolos.from_pretrained(det_dir, image_size), WeightsSource(Path(label), seed)
+
+
+def build_pipeline(weights: str | None, reducer: Any = None, keep: float = 1.0, seed: int = 0,
+                   detector: str = "detector", image_size: int | None = None) -> Pipeline:
+    """The pipeline a benchmark cell runs: the detector of `weights` (see `resolve_weights`)
+    reduced by `reducer` (a bavit.reducers.ReducerSpec; None: dense) to `keep`."""
+    from bavit.reducers import dense, reducer_class
+
+    reducer = reducer or dense()
+    model, source = load_detector(weights, detector, image_size, seed)
+    return reducer_class(reducer.name).create(model, keep, reducer.typed_options(), source).eval()

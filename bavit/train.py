@@ -28,8 +28,8 @@ from bavit.data import DataError, load_dataset
 from bavit.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from bavit.encode import encode, label_mode_for
 from bavit.losses import SetLoss
-from bavit.pipeline import Pipeline, PruneConfig
 from bavit.pruning import TokenSelector, dilate, keep_count
+from bavit.reducers.bavit import BavitPipeline
 from bavit.validate import score
 from bavit.yolos import CONFIGS, PrunedYolos, init_embeddings
 
@@ -169,6 +169,10 @@ def torch_runner(model: nn.Module):
 
 def build(args) -> tuple[dict[str, nn.Module], object]:
     """Trainable modules, plus the frozen helper the mode needs (selector for finetune)."""
+    if args.mode == "classifier" and args.shared:
+        from bavit.reducers.shared import SharedTrunkClassifier
+        return {"model": SharedTrunkClassifier(PrunedYolos.from_pretrained(args.shared, args.image_size),
+                                               args.layers)}, None
     if args.mode == "classifier":
         det = PrunedYolos.from_pretrained(args.init, args.image_size) if args.init else _fresh_detector(args)
         width = args.width or DEFAULT_WIDTH.get(args.size)
@@ -201,7 +205,7 @@ def validate(args, modules, frozen, val_set_ds, image_size: int, patch: int) -> 
                         with_map=False)
         else:
             cls = frozen[0] if frozen else None
-            pipe = Pipeline(model, cls, PruneConfig(keep=args.keep if frozen else 1.0)).eval()
+            pipe = BavitPipeline(model, cls, args.keep if frozen else 1.0).eval()
             res = score(torch_runner(pipe), val_set_ds, image_size, patch, idx, batch=32, label_mode=args.labels)
     finally:
         model.train()
@@ -314,6 +318,9 @@ def _save_state(path: Path, modules, optim, step: int, wall: float, args, histor
 def _start(args) -> str:
     if args.mode == "finetune":
         return f"detector {args.detector}, pruned in the loop by {args.classifier} at keep {args.keep:g}"
+    if getattr(args, "shared", None):
+        return (f"a fresh head (seeded) on the frozen first {args.layers} layers of {args.shared} "
+                "(the bavit-shared reducer; only the LayerNorm and the linear head train)")
     start = args.init or "fresh initialisation (seeded)"
     if getattr(args, "token_drop", 0):
         start += (f"; token drop: {args.token_drop:g} of the steps see ground-truth foreground plus background "
@@ -370,6 +377,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             s.add_argument("--init", default=None, help="detector folder whose first blocks start BAViT")
             s.add_argument("--width", type=int, default=None,
                            help="BAViT width (default: per --size, 96 for ti; the detector's for tiny)")
+            s.add_argument("--shared", default=None, metavar="DETECTOR",
+                           help="train a head on this detector's own first --layers layers, frozen (the "
+                                "bavit-shared reducer) instead of a separate BAViT")
         elif name == "detector":
             s.add_argument("--init", default=None, help="local checkpoint to start from (HF YOLOS folder)")
             s.add_argument("--token-drop", type=float, default=0.0, metavar="P",

@@ -122,8 +122,9 @@ class PrunedYolos(nn.Module):
         return gh * gw
 
     # -- forward ------------------------------------------------------------------------------
-    def forward_features(self, pixel_values: torch.Tensor, keep_idx: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """Hidden states after every encoder layer (training uses the intermediate ones)."""
+    def embed(self, pixel_values: torch.Tensor, keep_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """The encoder's input: [CLS], the patch tokens in keep_idx (all when None) and the
+        detection tokens, each with its position embedding: (B, 1 + K + D, C)."""
         emb = self.embeddings
         b, _, h, w = pixel_values.shape
         patches = self.patch_embeddings(pixel_values)                        # (B, N, C)
@@ -132,8 +133,14 @@ class PrunedYolos(nn.Module):
         patches = patches + pos[:, 1:-d]
         if keep_idx is not None:
             patches = _gather(patches, keep_idx)
-        x = torch.cat([emb.cls_token.expand(b, -1, -1) + pos[:, :1], patches,
-                       emb.detection_tokens.expand(b, -1, -1) + pos[:, -d:]], dim=1)
+        return torch.cat([emb.cls_token.expand(b, -1, -1) + pos[:, :1], patches,
+                          emb.detection_tokens.expand(b, -1, -1) + pos[:, -d:]], dim=1)
+
+    def forward_features(self, pixel_values: torch.Tensor, keep_idx: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Hidden states after every encoder layer (training uses the intermediate ones)."""
+        b, _, h, w = pixel_values.shape
+        d = self.config.num_detection_tokens
+        x = self.embed(pixel_values, keep_idx)
         encoder = self.det.vit.encoder
         mid = encoder.interpolation((h, w)) if self.config.use_mid_position_embeddings else None
         if mid is not None and keep_idx is not None:                          # (L-1, 1, 1+N+D, C)
@@ -155,9 +162,14 @@ class PrunedYolos(nn.Module):
         boxes = (self.det.bbox_predictor(tokens) + self.box_bias).sigmoid()
         return self.det.class_labels_classifier(tokens), boxes
 
-    def forward(self, pixel_values: torch.Tensor, keep_idx: torch.Tensor | None = None):
-        x = self.det.vit.layernorm(self.forward_features(pixel_values, keep_idx)[-1])
+    def detect(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last encoder layer's output -> (logits, boxes): final norm, detection tokens
+        (always the last D, whatever happened to the patch tokens before them), heads."""
+        x = self.det.vit.layernorm(hidden)
         return self.heads(x[:, -self.config.num_detection_tokens:])
+
+    def forward(self, pixel_values: torch.Tensor, keep_idx: torch.Tensor | None = None):
+        return self.detect(self.forward_features(pixel_values, keep_idx)[-1])
 
     # -- weights ------------------------------------------------------------------------------
     @classmethod

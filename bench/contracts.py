@@ -73,9 +73,6 @@ class RunSettings:
     model: str
     detector: str
     image_size: int | None
-    bavit_layers: int
-    bg_share: float
-    dilate: int
     threads: int
     data: str
     split: str
@@ -94,24 +91,23 @@ class RunSettings:
 
 
 @dataclass(frozen=True)
-class PruneSpec:
+class ReductionSpec:
+    """Which token reducer, with every option (`bavit.reducers.ReducerSpec.text`), at which keep."""
+    reducer: str
     keep: float
-    bg_share: float
-    dilate: int
 
 
 @dataclass(frozen=True)
 class BuildSpec:
     """One artifact to build (or find in the cache)."""
-    model_id: str                 # target/precision/keepK/bB
+    model_id: str                 # target/precision/reducer/keepK/bB
     target: str
     precision: str
     batch: int
     weights: str
-    bavit_layers: int
     detector: str
     image_size: int | None
-    prune: PruneSpec
+    reduction: ReductionSpec
     calib_data: str
     calib_split: str
     calib_skip: int
@@ -128,6 +124,9 @@ class Built:
     artifact: str | None = None
     cached: bool = False
     prunes: bool = False
+    scores_tokens: bool = False   # token_logits are foreground logits (token accuracy applies)
+    mapping: str = ""             # how keep became the reducer's token budget
+    ideal_speedup: float = 1.0    # dense token-layers over the reduced model's
     tokens_kept: int = 0
     tokens_total: int = 0
     input_size: int = 0
@@ -142,7 +141,7 @@ class AccuracySpec:
     labels: str | None
     cat_ids: list[int | None] | None
     patch: int
-    prunes: bool
+    scores_tokens: bool           # token figures are measured (a reducer with a foreground classifier)
     detections: str               # where the detections JSON goes
     cache_file: str | None        # accuracy of an unchanged artifact on unchanged data
 
@@ -195,7 +194,7 @@ class Slice:
 
 @dataclass
 class Row:
-    """One line of results.jsonl: one cell = target x precision x keep x batch x scenario.
+    """One line of results.jsonl: one cell = target x precision x reducer x keep x batch x scenario.
 
     Speed figures are medians over `rounds` interleaved rounds; `round_*` lists hold each
     round's figure, from which reports derive paired speed-up intervals. MiB = 2**20 bytes."""
@@ -203,6 +202,7 @@ class Row:
     model_id: str                 # the artifact's identity (cell minus scenario)
     target: str
     precision: str
+    reducer: str                  # bavit.reducers.ReducerSpec.label ("none": the dense detector)
     keep: float
     batch: int
     scenario: str
@@ -214,9 +214,7 @@ class Row:
     detector: str = ""
     data: str = ""
     threads: int = 0
-    bavit_layers: int = 0
-    bg_share: float = 0.0
-    dilate: int = 0
+    reducer_options: str = ""     # JSON: every option of the reducer, defaults included
     image_size: int = 0
     started_at: str = ""
     # -- build -------------------------------------------------------------------------------
@@ -230,6 +228,8 @@ class Row:
     artifact: str | None = None
     tokens_kept: int | None = None
     tokens_total: int | None = None
+    reducer_mapping: str | None = None        # how keep became the reducer's token budget
+    ideal_speedup: float | None = None        # dense token-layers over this model's (classifier included)
     # -- cold start (the cell's own process) --------------------------------------------------
     load_s: float | None = None               # read + compile/load of the model
     first_inference_ms: float | None = None

@@ -1,5 +1,6 @@
-"""python -m bench.run: benchmark BAViT-pruned YOLOS across targets, precisions, keep ratios,
-batch sizes and scenarios; write results.jsonl, report.csv and report.html into --out.
+"""python -m bench.run: benchmark token-reduced detectors (BAViT and its baselines) across targets,
+precisions, reducers, keep ratios, batch sizes and scenarios; write results.jsonl, report.csv and
+report.html into --out.
 
 Scenarios (MLPerf LoadGen's names): single-stream times batch-1 queries one after another
 (latency percentiles); offline times the highest throughput each runtime's own practice
@@ -43,7 +44,7 @@ from bench.contracts import (
     ColdResult,
     ColdSpec,
     Command,
-    PruneSpec,
+    ReductionSpec,
     Reply,
     Row,
     RunSettings,
@@ -103,6 +104,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--precision", default="fp32,int8",
                    help="comma-separated: fp32, bf16 (OpenVINO on CPUs with bf16), int8 (default: fp32,int8)")
     p.add_argument("--keep", default="1.0,0.5,0.25", help="keep ratios of patch tokens, each in (0, 1]")
+    p.add_argument("--reducer", default="bavit",
+                   help="token reducers, comma-separated, each with its options after a colon: "
+                        "bavit, random, attention, tome (e.g. 'bavit:dilate=3,bg_share=0.25,tome'; "
+                        "default bavit). Keep 1.0 is the dense detector, measured once as 'none'")
     p.add_argument("--scenario", default="single-stream,offline",
                    help="single-stream (batch-1 queries one after another: latency) and/or offline "
                         "(throughput at each --batch); default both")
@@ -123,11 +128,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=None,
                    help="run the detector at N x N (stock HF YOLOS configs are not square; position "
                         "embeddings are interpolated as YOLOS does at other sizes)")
-    p.add_argument("--bavit-layers", type=int, default=2, help="BAViT depth to load: bavit{N}/ (default 2)")
     p.add_argument("--detector", default="detector",
                    help="detector folder inside --weights, e.g. detector-sparse-keep0.5 (default detector)")
-    p.add_argument("--bg-share", type=float, default=0.0, help="partial pruning: share of kept slots for background")
-    p.add_argument("--dilate", type=int, default=0, help="post-processing convolution kernel over the token mask")
     p.add_argument("--images", type=int, default=500, help="images in the accuracy pass (0: speed only)")
     p.add_argument("--labels", choices=["masks", "boxes"], default=None,
                    help="token labels for token accuracy (default: masks when the data set has them)")
@@ -167,12 +169,15 @@ def check(args: argparse.Namespace) -> dict:
     batches = _ints("--batch", args.batch)
     if args.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
-    if not 0.0 <= args.bg_share < 1.0:
-        raise UsageError(f"--bg-share must be in [0, 1), got {args.bg_share}")
-    if args.dilate < 0 or (args.dilate > 1 and args.dilate % 2 == 0):
-        raise UsageError(f"--dilate must be 0 (off), 1 or an odd kernel size, got {args.dilate}")
+    from bavit.reducers import parse_list
+    try:
+        reducers = parse_list(args.reducer)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if all(r.name == "none" for r in reducers) and min(keeps) < 1.0:
+        raise UsageError(f"--reducer none is the dense detector: it has no keep below 1.0 (--keep {args.keep})")
     for option, value, low in (("--images", args.images, 0), ("--calib-images", args.calib_images, 1),
-                               ("--rounds", args.rounds, 1), ("--bavit-layers", args.bavit_layers, 1),
+                               ("--rounds", args.rounds, 1),
                                ("--build-jobs", args.build_jobs, 1)):
         if value < low:
             raise UsageError(f"{option} must be >= {low}, got {value}")
@@ -199,7 +204,7 @@ def check(args: argparse.Namespace) -> dict:
         raise UsageError(f"--out {out}: holds results.jsonl of an earlier run; pass --resume to finish it, "
                          "--force to start over, or choose another --out")
     return {"targets": targets, "precisions": precisions, "keeps": keeps, "batches": batches,
-            "scenarios": scenarios, "out": out}
+            "scenarios": scenarios, "reducers": reducers, "out": out}
 
 
 # -- subprocesses ---------------------------------------------------------------------------------
@@ -484,8 +489,8 @@ def _terminate(signum, frame):
 
 
 def settings_of(args, label: str) -> RunSettings:
-    return RunSettings(model=label, detector=args.detector, image_size=args.image_size, bavit_layers=args.bavit_layers,
-                       bg_share=args.bg_share, dilate=args.dilate, threads=args.threads, data=args.data,
+    return RunSettings(model=label, detector=args.detector, image_size=args.image_size, threads=args.threads,
+                       data=args.data,
                        split=args.split, labels=args.labels, images=args.images, calib_images=args.calib_images,
                        rounds=args.rounds, round_seconds=args.round_seconds, warmup=args.warmup,
                        interleave=not args.no_interleave, ov_int8_float=args.ov_int8_float)
@@ -505,7 +510,8 @@ def _check_resumable(out: Path, settings: RunSettings) -> None:
 
 
 def _start_over(out: Path) -> None:
-    for name in ("results.jsonl", "run.json", "report.csv", "report.html", "decision.csv", "comparison.csv"):
+    for name in ("results.jsonl", "run.json", "report.csv", "report.html", "decision.csv", "reducers.csv",
+                 "comparison.csv"):
         (out / name).unlink(missing_ok=True)
     for name in ("work", "logs", "detections"):
         shutil.rmtree(out / name, ignore_errors=True)
@@ -519,10 +525,13 @@ def run(argv: list[str] | None = None) -> int:
     try:
         plan = check(args)
         from bavit.pipeline import resolve_weights
-        label, det_dir, cls_dir = resolve_weights(args.weights, args.bavit_layers, args.detector)
-        if det_dir is not None and cls_dir is None and min(plan["keeps"]) < 1.0:
-            raise UsageError(f"--weights {label}: no bavit{args.bavit_layers}/ classifier to prune with "
-                             f"(--keep {args.keep}; --bavit-layers picks bavitN/)")
+        from bavit.reducers import reducer_class
+        label, det_dir = resolve_weights(args.weights, args.detector)
+        for spec in plan["reducers"] if det_dir is not None else ():
+            for keep in plan["keeps"]:
+                why = reducer_class(spec.name).missing_weights(Path(label), keep, spec.typed_options())
+                if why:
+                    raise UsageError(f"--weights {label}: --reducer {spec.label} at --keep {keep:g}: {why}")
         settings = settings_of(args, label)
         if args.resume and not args.force:
             _check_resumable(plan["out"], settings)
@@ -558,7 +567,8 @@ def run(argv: list[str] | None = None) -> int:
         accuracy_note = (f"model has {model_info['num_labels']} classes, data set {len(dataset.categories)}, "
                          "and its class names do not cover the data set's: mAP not measured")
     calib = _calibration(args, len(dataset))
-    cells = enumerate_cells(plan["targets"], plan["precisions"], plan["keeps"], plan["batches"], plan["scenarios"])
+    cells = enumerate_cells(plan["targets"], plan["precisions"], [r.label for r in plan["reducers"]], plan["keeps"],
+                            plan["batches"], plan["scenarios"])
     done = finished_cells(out) if args.resume and not args.force else set()
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     (out / "run.json").write_text(json.dumps({"argv": sys.argv if argv is None else argv, "model": label,
@@ -567,7 +577,8 @@ def run(argv: list[str] | None = None) -> int:
     todo = [c for c in cells if c.cell_id not in done]
     if len(todo) < len(cells):
         print(f"resuming: {len(cells) - len(todo)} of {len(cells)} cells already recorded", file=sys.stderr)
-    job = Job(args, settings, run_id, label, size, cache, out, calib, cat_ids, accuracy_note, fingerprint())
+    job = Job(args, settings, run_id, label, size, cache, out, calib, cat_ids, accuracy_note, fingerprint(),
+              plan["reducers"])
     failed = job.run(todo)
     (out / "timing.json").write_text(json.dumps(job.timing, indent=1))
     print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in job.timing.items()), file=sys.stderr)
@@ -581,8 +592,11 @@ class Job:
     appended as each target finishes (unavailable and failed cells at once)."""
 
     def __init__(self, args, settings: RunSettings, run_id: str, label: str, size: int, cache: Path, out: Path,
-                 calib: dict, cat_ids, accuracy_note: str | None, system: dict) -> None:
+                 calib: dict, cat_ids, accuracy_note: str | None, system: dict, reducers: list) -> None:
+        from bavit.reducers import dense
+
         self.args, self.settings, self.run_id, self.label, self.size = args, settings, run_id, label, size
+        self.reducers = {r.label: r for r in [dense(), *reducers]}   # label -> ReducerSpec
         self.cache, self.out, self.calib, self.cat_ids, self.accuracy_note = cache, out, calib, cat_ids, accuracy_note
         self.system = system
         self.work, self.logs = out / "work", out / "logs"
@@ -592,10 +606,11 @@ class Job:
     def _row(self, cell: Cell, status: str, **fields) -> dict:
         m = cell.model
         a = self.args
-        row = Row(cell_id=cell.cell_id, model_id=m.model_id, target=m.target, precision=m.precision, keep=m.keep,
-                  batch=m.batch, scenario=cell.scenario, status=status, settings_key=self.settings.key,
-                  run_id=self.run_id, model=self.label, detector=a.detector, data=f"{a.data}:{a.split}",
-                  threads=a.threads, bavit_layers=a.bavit_layers, bg_share=a.bg_share, dilate=a.dilate,
+        row = Row(cell_id=cell.cell_id, model_id=m.model_id, target=m.target, precision=m.precision,
+                  reducer=m.reducer, keep=m.keep, batch=m.batch, scenario=cell.scenario, status=status,
+                  settings_key=self.settings.key, run_id=self.run_id, model=self.label, detector=a.detector,
+                  data=f"{a.data}:{a.split}", threads=a.threads,
+                  reducer_options=json.dumps(self.reducers[m.reducer].as_dict(), sort_keys=True),
                   image_size=self.size, started_at=datetime.now(timezone.utc).isoformat(), **self.system)
         row = Row(**{**asdict(row), **fields})
         return asdict(row)
@@ -629,7 +644,8 @@ class Job:
         t0 = time.monotonic()
         self._calibration_data(specs)
         with tqdm(total=len(specs), desc="build", unit="artifact", dynamic_ncols=True) as bar:
-            built = _run_build(specs, a.build_jobs, self._artifact_of, self._build_group, self.work, self.logs, a.timeout, a.threads, bar)
+            built = _run_build(specs, a.build_jobs, self._artifact_of, self._build_group, self.work, self.logs,
+                               a.timeout, a.threads, bar)
         self._tick("build", t0)
         ok_cells = []
         for cell in runnable:
@@ -675,7 +691,7 @@ class Job:
     def _artifact_of(spec: BuildSpec) -> tuple:
         from targets import get_target
         batch = None if get_target(spec.target).batch_at_load else spec.batch
-        return (spec.target, spec.precision, spec.prune, batch)
+        return (spec.target, spec.precision, spec.reduction, batch)
 
     @staticmethod
     def _build_group(spec: BuildSpec) -> tuple:
@@ -684,7 +700,7 @@ class Job:
         from targets import get_target
         target = get_target(spec.target)
         together = target.batch_at_load or target.needs_calibration(spec.precision)
-        return (spec.target, spec.precision, spec.prune, None if together else spec.batch)
+        return (spec.target, spec.precision, spec.reduction, None if together else spec.batch)
 
     def _calibration_data(self, specs: list[BuildSpec]) -> None:
         """The synthetic calibration split is generated on first use: here, once, rather than
@@ -697,8 +713,8 @@ class Job:
             load_dataset("synthetic", self.calib["split"], size=self.size, n_images=max(512, self.args.calib_images))
     def _build_spec(self, m: Model) -> BuildSpec:
         a = self.args
-        return BuildSpec(m.model_id, m.target, m.precision, m.batch, self.label, a.bavit_layers, a.detector,
-                         a.image_size, PruneSpec(m.keep, a.bg_share, a.dilate), a.data, self.calib["split"],
+        return BuildSpec(m.model_id, m.target, m.precision, m.batch, self.label, a.detector, a.image_size,
+                         ReductionSpec(self.reducers[m.reducer].text, m.keep), a.data, self.calib["split"],
                          self.calib["skip"], a.calib_images, str(self.cache))
 
     def _scorers(self, cells: list[Cell]) -> dict[str, str]:
@@ -709,7 +725,7 @@ class Job:
         batch). The largest batch (fastest to score) scores for all."""
         groups: dict[tuple, list[Model]] = {}
         for m in models_of(cells):
-            groups.setdefault((m.target, m.precision, m.keep), []).append(m)
+            groups.setdefault((m.target, m.precision, m.reducer, m.keep), []).append(m)
         return {m.model_id: max(ms, key=lambda x: x.batch).model_id for ms in groups.values() for m in ms}
 
     def _cold_phase(self, cells: list[Cell], built: dict[str, Built], scorers: dict[str, str]) -> dict[str, ColdResult]:
@@ -727,7 +743,7 @@ class Job:
                 b = built[c.model.model_id]
                 acc = None
                 if a.images > 0 and not self.accuracy_note and scoring.get(c.model.model_id) == c.cell_id:
-                    acc = AccuracySpec(a.data, a.split, a.images, a.labels, self.cat_ids, b.patch, b.prunes,
+                    acc = AccuracySpec(a.data, a.split, a.images, a.labels, self.cat_ids, b.patch, b.scores_tokens,
                                        str(self.out / "detections" / f"{c.model.slug}.json"), self._accuracy_cache(c, b))
                     bar.set_description(f"cold start + accuracy {c.cell_id}")
                 else:
@@ -742,8 +758,8 @@ class Job:
         """Keyed on everything the scored outputs depend on: the artifact (its folder name is
         its content key), how it runs (float precision of OpenVINO int8), the data and the
         scoring options."""
-        from bench.worker import ACCURACY_FORMAT
         from bench.system import data_fingerprint
+        from bench.worker import ACCURACY_FORMAT
 
         a = self.args
         key = digest({"format": ACCURACY_FORMAT, "artifact": Path(built.artifact).name, "ov_int8_float": a.ov_int8_float,
@@ -760,7 +776,8 @@ class Job:
         return dict(recipe=art.recipe, recipe_settings=json.dumps(art.recipe_settings, sort_keys=True),
                     fp32_kept=art.fp32_kept, calibration=self.calib["note"] if needs else None,
                     convert_s=art.convert_s, artifact_bytes=art.size_bytes, artifact_cached=b.cached,
-                    artifact=b.artifact, tokens_kept=b.tokens_kept, tokens_total=b.tokens_total)
+                    artifact=b.artifact, tokens_kept=b.tokens_kept, tokens_total=b.tokens_total,
+                    reducer_mapping=b.mapping, ideal_speedup=b.ideal_speedup)
 
     def _final_row(self, cell: Cell, built: dict[str, Built], colds: dict[str, ColdResult], scorers: dict[str, str],
                    slices: list[list[Slice]], loads: list[float], error: str | None) -> dict:

@@ -65,7 +65,8 @@ def one_line(err: BaseException) -> str:
 # -- build ------------------------------------------------------------------------------------
 def build_all(specs: list[BuildSpec], out: Path) -> None:
     from bavit.data import load_dataset
-    from bavit.pipeline import PruneConfig, build_pipeline, weights_key
+    from bavit.pipeline import build_pipeline, weights_key
+    from bavit.reducers import parse
     from quant.calibration import calibration_images
     from targets import get_target
 
@@ -75,9 +76,9 @@ def build_all(specs: list[BuildSpec], out: Path) -> None:
     for spec in specs:
         current.write_text(spec.model_id)
         try:
-            key = (spec.weights, spec.prune, spec.bavit_layers, spec.detector, spec.image_size)
+            key = (spec.weights, spec.reduction, spec.detector, spec.image_size)
             if key not in pipelines:
-                pipe = build_pipeline(spec.weights, PruneConfig(**asdict(spec.prune)), spec.bavit_layers,
+                pipe = build_pipeline(spec.weights, parse(spec.reduction.reducer), spec.reduction.keep,
                                       detector=spec.detector, image_size=spec.image_size)
                 pipelines[key] = (pipe, weights_key(pipe))
             pipeline, wkey = pipelines[key]
@@ -94,7 +95,9 @@ def build_all(specs: list[BuildSpec], out: Path) -> None:
                 calib = calibrations[ckey]
             art = target.prepare(pipeline, spec.precision, spec.batch, calib, Path(spec.cache_dir), wkey)
             built = Built(spec.model_id, True, artifact=str(art.path), cached=art.cached, prunes=pipeline.prunes,
-                          tokens_kept=pipeline.tokens_kept, tokens_total=pipeline.selector.num_tokens,
+                          scores_tokens=pipeline.prunes and pipeline.scores_tokens, mapping=pipeline.mapping,
+                          ideal_speedup=round(pipeline.ideal_speedup, 4),
+                          tokens_kept=pipeline.tokens_kept, tokens_total=pipeline.num_tokens,
                           input_size=pipeline.input_size[0], patch=pipeline.detector.config.patch_size)
         except Exception as err:  # this artifact fails; the others are still built
             traceback.print_exc()
@@ -159,10 +162,10 @@ def accuracy(runner, spec: AccuracySpec, size: int, batch: int) -> Accuracy:
                 cat_ids=spec.cat_ids)
     detections = acc.pop("detections")
     det_path.write_text(json.dumps(detections))
-    # at keep 1.0 BAViT does not run: there are no token figures to report
-    token = {k: acc[k] if spec.prunes else None for k in ("token_acc", "fg_recall", "fg_precision")}
+    # token figures exist only where a foreground classifier ran (BAViT below keep 1.0)
+    token = {k: acc[k] if spec.scores_tokens else None for k in ("token_acc", "fg_recall", "fg_precision")}
     result = Accuracy(map=acc["map"], ap50=acc["ap50"], ap75=acc["ap75"], images=acc["images"],
-                      token_images=acc["token_images"] if spec.prunes else 0, **token)
+                      token_images=acc["token_images"] if spec.scores_tokens else 0, **token)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(cache.name + ".tmp")

@@ -105,7 +105,8 @@ def _is_observer(module: Any) -> bool:
     return isinstance(module, ObserverBase)
 
 
-def calibrated_states(pipeline: Any, calibration: np.ndarray, float_modules: tuple[str, ...]) -> tuple[dict[str, dict], int]:
+def calibrated_states(pipeline: Any, calibration: np.ndarray,
+                      float_modules: tuple[str, ...]) -> tuple[dict[str, dict], int]:
     """Observer name -> state after calibrating at CALIB_BATCH; (states, batches run). Memoised
     per pipeline and calibration set, so the artifacts of other batch sizes reuse it."""
     import hashlib

@@ -29,9 +29,9 @@ import pandas as pd
 
 from reports.decide import check_limits, decide, decision_markdown
 from reports.html import render_html
-from reports.table import add_derived, column, load_results, ok_mask, sort_cells, summary_markdown
+from reports.table import add_derived, best_reducers, column, load_results, ok_mask, sort_cells, summary_markdown
 
-JOIN_KEYS: list[str] = ["target", "precision", "keep", "batch", "scenario"]
+JOIN_KEYS: list[str] = ["target", "precision", "reducer", "keep", "batch", "scenario"]
 
 #: comparison column stem -> source column in results.jsonl
 _COMPARED: dict[str, str] = {
@@ -64,6 +64,7 @@ def _comparable(df: pd.DataFrame, suffix: str) -> pd.DataFrame:
     out["keep"] = pd.to_numeric(out["keep"], errors="coerce").round(6)  # float keys must match exactly
     out["batch"] = pd.to_numeric(out["batch"], errors="coerce")
     out["scenario"] = out["scenario"].map(lambda v: v if isinstance(v, str) else "")
+    out["reducer"] = out["reducer"].map(lambda v: v if isinstance(v, str) else "")   # runs before reducers: ""
     for stem, source in _COMPARED.items():
         values = column(df, source)
         out[f"{stem}_{suffix}"] = values if stem == "status" else values.where(ok)
@@ -71,7 +72,7 @@ def _comparable(df: pd.DataFrame, suffix: str) -> pd.DataFrame:
 
 
 def compare(df: pd.DataFrame, base_df: pd.DataFrame) -> pd.DataFrame:
-    """Outer-join this run with a baseline run on (target, precision, keep, batch, scenario).
+    """Outer-join this run with a baseline run on (target, precision, reducer, keep, batch, scenario).
 
     ``throughput_ratio`` = this / baseline (> 1 means faster now);
     ``map_diff_pts`` = (this − baseline) × 100 (> 0 means more accurate now).
@@ -120,9 +121,10 @@ def _build(run_dir: Path, baseline: Path | None, max_map_drop: float, max_latenc
         decisions=decisions, max_map_drop=max_map_drop, max_latency_ms=max_latency_ms, max_rss_mb=max_rss_mb,
     )
     paths = {"csv": run_dir / "report.csv", "decision_csv": run_dir / "decision.csv",
-             "html": run_dir / "report.html"}
+             "reducers_csv": run_dir / "reducers.csv", "html": run_dir / "report.html"}
     df.to_csv(paths["csv"], index=False)
     decisions.to_csv(paths["decision_csv"], index=False)
+    best_reducers(df).to_csv(paths["reducers_csv"], index=False)
     if comparison is not None:
         paths["comparison_csv"] = run_dir / "comparison.csv"
         comparison.to_csv(paths["comparison_csv"], index=False)
@@ -134,7 +136,8 @@ def build(run_dir: str | Path, baseline: str | Path | None = None, max_map_drop:
           max_latency_ms: float | None = None, max_rss_mb: float | None = None) -> dict[str, Path]:
     """Write the report files for ``run_dir`` and return their paths.
 
-    Keys: ``"csv"``, ``"decision_csv"``, ``"html"``, plus ``"comparison_csv"`` when
+    Keys: ``"csv"``, ``"decision_csv"``, ``"reducers_csv"`` (the best reducer per keep ratio),
+    ``"html"``, plus ``"comparison_csv"`` when
     ``baseline`` is given. ``max_map_drop`` is in mAP points, ``max_latency_ms`` bounds the
     tail latency (p99, else p90, else p50), ``max_rss_mb`` the peak RSS in MiB.
     Raises ``FileNotFoundError``/``ValueError`` (one-line messages) on bad input

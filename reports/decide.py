@@ -43,7 +43,7 @@ ANY_TARGET = "any"
 _EPS = 1e-9
 
 DECISION_COLUMNS: tuple[str, ...] = (
-    "scenario", "target", "cell_id", "precision", "keep", "batch",
+    "scenario", "target", "cell_id", "precision", "reducer", "keep", "batch",
     "figure", "figure_lo", "figure_hi", "figure_unit",
     "speedup", "speedup_lo", "speedup_hi",
     "map", "map_drop_pts", "latency_ms", "latency_pct", "peak_rss_mib",
@@ -128,7 +128,7 @@ def _pick(cells: pd.DataFrame, scenario: str, target: str, eligible: pd.Series, 
     latency, pct = tail_latency(best)
     return {
         "scenario": scenario, "target": target, "cell_id": best["cell_id"], "precision": best["precision"],
-        "keep": best["keep"], "batch": best["batch"],
+        "reducer": best.get("reducer"), "keep": best["keep"], "batch": best["batch"],
         "figure": best["latency_p50_ms"] if single else best["throughput_ips"],
         "figure_lo": lo, "figure_hi": hi, "figure_unit": "ms p50" if single else "img/s",
         "speedup": best["speedup_vs_target_dense_fp32"], "speedup_lo": best["speedup_lo"],
@@ -231,6 +231,14 @@ def figure_text(row: Mapping) -> str:
     return f"p50 {number} ms{bracket}" if single else f"{number} img/s{bracket}"
 
 
+def _reduction(row) -> str:
+    """'dense', or the reducer and its keep: what a user would deploy."""
+    reducer = row.get("reducer")
+    if not isinstance(reducer, str) or not reducer:
+        return f"keep {format_keep(row.get('keep'))}"
+    return "dense" if reducer == "none" else f"{reducer} keep {format_keep(row.get('keep'))}"
+
+
 def decision_line(row: Mapping, show_latency: bool = False) -> str:
     """One sentence for one decision row, e.g. ``offline: openvino int8 keep 0.5 b8 — 133.5 img/s
     [131.0–135.2], 3.00× [2.95–3.04] over openvino dense fp32, mAP 0.690 (−0.6 pts)``.
@@ -240,7 +248,7 @@ def decision_line(row: Mapping, show_latency: bool = False) -> str:
     if not isinstance(row.get("cell_id"), str):
         where = scenario if row.get("target") == ANY_TARGET else f"{scenario} / {row.get('target')}"
         return f"{where}: {row.get('note') or 'nothing qualifies'}"
-    text = (f"{scenario}: {_target_of(row)} {row.get('precision')} keep {format_keep(row.get('keep'))} "
+    text = (f"{scenario}: {_target_of(row)} {row.get('precision')} {_reduction(row)} "
             f"b{fmt(row.get('batch'), '.0f')} — {figure_text(row)}")
     speedup = format_interval(row.get("speedup"), row.get("speedup_lo"), row.get("speedup_hi"), ".2f", "×")
     if speedup != "–":
@@ -282,7 +290,7 @@ def decision_markdown(decisions: pd.DataFrame, max_map_drop: float = 1.0, max_la
         picked = isinstance(r.get("cell_id"), str)
         cells = [
             str(r["scenario"] or "–"), str(r["target"]),
-            f"{r['precision']} keep {format_keep(r['keep'])} b{fmt(r['batch'], '.0f')}" if picked else "–",
+            f"{r['precision']} {_reduction(r)} b{fmt(r['batch'], '.0f')}" if picked else "–",
             figure_text(r) if picked else "–",
             format_interval(r["speedup"], r["speedup_lo"], r["speedup_hi"], ".2f", "×") if picked else "–",
             fmt(r["map"], ".3f"), fmt(r["map_drop_pts"], ".2f"),

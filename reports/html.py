@@ -17,8 +17,8 @@ from collections.abc import Callable, Mapping
 
 import pandas as pd
 
-from reports.decide import ANY_TARGET, constraints_text, decide, decision_line, figure_text
 from reports import plots
+from reports.decide import ANY_TARGET, constraints_text, decide, decision_line, figure_text
 from reports.table import (
     PERCENTILE_FLOOR,
     column,
@@ -139,6 +139,7 @@ SUMMARY_COLUMNS: dict[str, RowFormatter] = {
     "target": _col("target", _text),
     "precision": _col("precision", _text),
     "ran as": _col("executed_precision", _text),
+    "reducer": _col("reducer", _text),
     "keep": _col("keep", format_keep),
     "batch": _col("batch", _num(".0f")),
     "status": _status,
@@ -150,6 +151,7 @@ SUMMARY_COLUMNS: dict[str, RowFormatter] = {
     "× target fp32 dense": _interval("speedup_vs_target_dense_fp32", "speedup_lo", "speedup_hi", ".2f", "×"),
     "× torch fp32 dense": _interval("speedup_vs_torch_dense_fp32", "speedup_torch_lo", "speedup_torch_hi",
                                     ".2f", "×"),
+    "× ideal": _col("ideal_speedup", _num(".2f", "×")),
     "mAP": _measured("map", _num(".3f")),
     "mAP drop pts": _measured("map_drop_pts", _num(".2f")),
     "peak MiB": _measured("peak_rss_mib", _num(".0f")),
@@ -166,6 +168,7 @@ COMPARISON_COLUMNS: dict[str, RowFormatter] = {
     "scenario": _col("scenario", _text),
     "target": _col("target", _text),
     "precision": _col("precision", _text),
+    "reducer": _col("reducer", _text),
     "keep": _col("keep", format_keep),
     "batch": _col("batch", _num(".0f")),
     "status": _col("status_this", _text),
@@ -379,6 +382,32 @@ def _img(png: bytes, alt: str, caption: str) -> str:
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
+BEST_REDUCER_HTML: dict[str, RowFormatter] = {
+    "scenario": _col("scenario", _text),
+    "batch": _col("batch", _num(".0f")),
+    "target": _col("target", _text),
+    "precision": _col("precision", _text),
+    "keep": _col("keep", format_keep),
+    "best reducer": _col("best_reducer", _text),
+    "mAP": _col("map", _num(".3f")),
+    "mAP drop pts": _col("map_drop_pts", _num(".2f")),
+    "× target fp32 dense": _interval("speedup_vs_target_dense_fp32", "speedup_lo", "speedup_hi", ".2f", "×"),
+    "× ideal": _col("ideal_speedup", _num(".2f", "×")),
+    "others: mAP (× dense)": _col("others", _text),
+}
+
+
+def _best_reducers_html(data: pd.DataFrame) -> str:
+    from reports.table import best_reducers
+
+    best = best_reducers(data)
+    if best.empty:
+        return '<p class="note">No keep below 1.0 with mAP.</p>'
+    return ('<p class="note">Per keep ratio, the reducer with the highest mAP (at one keep the reducers '
+            "cost about the same token-layers: × ideal); the others follow.</p>"
+            + format_table(best, BEST_REDUCER_HTML, "best-reducers"))
+
+
 def render_html(df: pd.DataFrame, title: str = "bavit-bench report",
                 comparison: pd.DataFrame | None = None, baseline_name: str | None = None,
                 decisions: pd.DataFrame | None = None, max_map_drop: float = 1.0,
@@ -403,6 +432,9 @@ def render_html(df: pd.DataFrame, title: str = "bavit-bench report",
         _img(plots.map_vs_throughput(data), "Scatter plot of mAP against throughput with the Pareto front marked",
              "mAP vs throughput; ringed points joined by the dashed line form the Pareto front "
              "(per scenario and batch)."),
+        _img(plots.reducer_tradeoff(data), "Scatter plot of mAP against throughput, one colour per token reducer",
+             "mAP vs throughput per token reducer (colour) and target (marker); the dashed line is the "
+             "Pareto front across every reducer, target and precision."),
         _img(plots.peak_memory(data), "Bar chart of peak resident memory (MiB) per benchmark cell",
              "Peak RSS per successful cell; grey = baseline RSS once the runtime was loaded, before the model."),
     ]
@@ -415,6 +447,7 @@ def render_html(df: pd.DataFrame, title: str = "bavit-bench report",
         "<h2>Machine</h2>", _fingerprint_html(data),
         "<h2>Summary</h2>", f'<p class="note">{len(data)} cells: {html.escape(counts)}.</p>',
         format_table(data, SUMMARY_COLUMNS, "summary"), _method_html(data),
+        "<h2>Best reducer per keep ratio</h2>", _best_reducers_html(data),
         "<h2>Plots</h2>", *figures,
         "<h2>Noisy cells</h2>", _noisy_html(data),
         "<h2>Failed or unavailable cells</h2>", _failed_html(data),
@@ -426,7 +459,7 @@ def render_html(df: pd.DataFrame, title: str = "bavit-bench report",
             f"<h2>Comparison with {name}</h2>",
             '<p class="note">ratio = this run / baseline throughput; mAP diff = (this − baseline) × 100 '
             "(positive = this run is more accurate). Cells present in only one run show – for the other. "
-            "Cells are joined on target, precision, keep, batch and scenario, whatever their settings.</p>",
+            "Cells are joined on target, precision, reducer, keep, batch and scenario, whatever their settings.</p>",
             format_table(comparison, COMPARISON_COLUMNS, "comparison"),
         ]
     parts.append("</body></html>")

@@ -185,6 +185,42 @@ def map_vs_throughput(df: pd.DataFrame) -> bytes:
     return _png(fig)
 
 
+def reducer_tradeoff(df: pd.DataFrame) -> bytes:
+    """mAP against throughput with one colour per token reducer (marker per target), per
+    (scenario, batch), and the Pareto front across every reducer, target and precision: where
+    a training-free reducer sits on the front, BAViT's training bought nothing there."""
+    title = "mAP vs throughput per reducer (Pareto front across reducers)"
+    if df.empty:
+        return _message_png(NO_DATA, title)
+    derived = ensure_derived(df)
+    data = derived[ok_mask(derived) & column(derived, "throughput_ips").notna() & column(derived, "map").notna()]
+    if data.empty:
+        return _message_png(NO_DATA + " with mAP", title)
+    reducer = text_column(data, "reducer").replace("", "–")
+    cmap = matplotlib.colormaps["tab10"]
+    colours = {r: cmap(i % cmap.N) for i, r in enumerate(sorted(reducer.unique()))}
+    targets = sorted(data["target"].astype(str).unique())
+    fig, axes, panels = _panels(data, height=4.2)
+    for ax, in_panel, _series in panels:
+        for (red, target), group in in_panel.groupby([reducer[in_panel.index], in_panel["target"].astype(str)]):
+            ax.scatter(group["throughput_ips"], group["map"], color=colours[red], s=45, zorder=3, label=red,
+                       marker=_MARKERS[targets.index(target) % len(_MARKERS)])
+            for x, y, keep, precision in zip(group["throughput_ips"], group["map"], group["keep"], group["precision"]):
+                ax.annotate(f"{target[:2]} {precision} k{keep:g}", (x, y), textcoords="offset points", xytext=(5, 4),
+                            fontsize=6, color="0.35")
+        front = in_panel[in_panel["pareto"].astype(bool)].sort_values("throughput_ips")
+        if not front.empty:
+            ax.plot(front["throughput_ips"], front["map"], linestyle="--", color="black", linewidth=1, zorder=2)
+            ax.scatter(front["throughput_ips"], front["map"], s=190, facecolors="none", edgecolors="black",
+                       linewidths=1.4, label="Pareto front", zorder=4)
+        ax.set_xlabel("throughput (images/s)")
+        ax.set_ylabel("mAP@[.5:.95]")
+    fig.suptitle(title + "; marker = target: " + ", ".join(
+        f"{t} {_MARKERS[i % len(_MARKERS)]}" for i, t in enumerate(targets)))
+    _legend(fig, axes)
+    return _png(fig)
+
+
 def peak_memory(df: pd.DataFrame) -> bytes:
     """Peak RSS per successful cell as horizontal bars, split into baseline and increase.
 

@@ -36,7 +36,7 @@ REQUIRED_COLUMNS: tuple[str, ...] = ("cell_id", "target", "precision", "keep", "
 #: string or ``null`` becomes NaN instead of turning the column into objects
 #: (which would break arithmetic and plotting for every other row).
 NUMERIC_COLUMNS: tuple[str, ...] = (
-    "keep", "batch", "threads", "bavit_layers", "bg_share", "dilate", "image_size",
+    "keep", "batch", "threads", "image_size", "ideal_speedup",
     "convert_s", "artifact_bytes", "tokens_kept", "tokens_total",
     "load_s", "first_inference_ms", "peak_rss_mib", "baseline_rss_mib", "rss_increase_mib",
     "streams", "requests",
@@ -358,9 +358,48 @@ def sort_cells(df: pd.DataFrame) -> pd.DataFrame:
         "precision": df["precision"].map(lambda p: rank.get(p, len(rank))),
         "precision_name": df["precision"].astype(str),
         "keep": -pd.to_numeric(column(df, "keep"), errors="coerce"),
+        "reducer": text_column(df, "reducer"),
     }, index=df.index)
     order = key.sort_values(list(key.columns), kind="stable").index
     return df.loc[order].reset_index(drop=True)
+
+
+BEST_REDUCER_COLUMNS: tuple[str, ...] = (
+    "scenario", "batch", "target", "precision", "keep", "best_reducer", "map", "map_drop_pts",
+    "speedup_vs_target_dense_fp32", "speedup_lo", "speedup_hi", "ideal_speedup", "reducers_compared", "others",
+)
+
+
+def best_reducers(df: pd.DataFrame) -> pd.DataFrame:
+    """Per scenario, batch, target, precision and keep below 1.0: the reducer with the highest
+    mAP (at one keep the reducers cost about the same token-layers; ties go to the faster),
+    its figures, and every other reducer's mAP / speed-up beside it."""
+    derived = ensure_derived(df) if not df.empty else df
+    if derived.empty:
+        return pd.DataFrame(columns=list(BEST_REDUCER_COLUMNS))
+    keep = pd.to_numeric(column(derived, "keep"), errors="coerce")
+    data = derived[ok_mask(derived) & column(derived, "map").notna() & (keep < DENSE_KEEP - 1e-9)].copy()
+    if data.empty:
+        return pd.DataFrame(columns=list(BEST_REDUCER_COLUMNS))
+    data["scenario"] = text_column(data, "scenario")
+    data["reducer"] = text_column(data, "reducer")
+    rows = []
+    for key, group in data.groupby(["scenario", "batch", "target", "precision", "keep"], sort=True):
+        ranked = group.assign(_tp=column(group, "throughput_ips").fillna(0.0)).sort_values(
+            ["map", "_tp"], ascending=False, kind="stable")
+        best = ranked.iloc[0]
+        others = "; ".join(f"{r['reducer']} {fmt(r['map'], '.3f')} "
+                           f"({fmt(r['speedup_vs_target_dense_fp32'], '.2f', '×')})" for _, r in ranked.iloc[1:].iterrows())
+        rows.append(dict(zip(("scenario", "batch", "target", "precision", "keep"), key),
+                         best_reducer=best["reducer"], map=best["map"], map_drop_pts=best["map_drop_pts"],
+                         speedup_vs_target_dense_fp32=best["speedup_vs_target_dense_fp32"],
+                         speedup_lo=best["speedup_lo"], speedup_hi=best["speedup_hi"],
+                         ideal_speedup=best.get("ideal_speedup"), reducers_compared=len(ranked), others=others))
+    return pd.DataFrame(rows, columns=list(BEST_REDUCER_COLUMNS))
+
+
+def _text_or_dash(value: object) -> str:
+    return "–" if _missing(value) else str(value)
 
 
 def short_reason(reason: object, limit: int = 60) -> str:
@@ -423,11 +462,11 @@ def summary_markdown(df: pd.DataFrame) -> str:
     target's dense fp32 cell at the same batch and scenario, with its min–max over
     paired rounds; ``!`` marks a cell the harness flagged noisy.
     """
-    headers = ["scenario", "target", "precision", "keep", "batch", "status", "rounds", "img/s", "p50 ms",
-               "mAP", "drop pts", "speed-up", "peak MiB", "noisy"]
+    headers = ["scenario", "target", "precision", "reducer", "keep", "batch", "status", "rounds", "img/s",
+               "p50 ms", "mAP", "drop pts", "speed-up", "ideal", "peak MiB", "noisy"]
     lines = [
         "| " + " | ".join(headers) + " |",
-        "|" + "|".join(["---"] * 6 + ["---:"] * 7 + [":---:"]) + "|",
+        "|" + "|".join(["---"] * 7 + ["---:"] * 8 + [":---:"]) + "|",
     ]
     if df.empty:
         return "\n".join(lines) + "\n\n(no cells)\n"
@@ -444,15 +483,15 @@ def summary_markdown(df: pd.DataFrame) -> str:
         any_noisy |= noisy and str(row["status"]) == "ok"
         cells = [
             str(row.get("scenario")) if not _missing(row.get("scenario")) else "–",
-            str(row["target"]), str(row["precision"]), format_keep(row["keep"]), fmt(row["batch"], ".0f"),
-            status, fmt(row.get("rounds"), ".0f"),
+            str(row["target"]), str(row["precision"]), _text_or_dash(row.get("reducer")), format_keep(row["keep"]),
+            fmt(row["batch"], ".0f"), status, fmt(row.get("rounds"), ".0f"),
             fmt(row.get("throughput_ips"), ".1f"), fmt(row.get("latency_p50_ms"), ".2f"),
             fmt(row.get("map"), ".3f"), fmt(row["map_drop_pts"], ".2f"),
             format_interval(row["speedup_vs_target_dense_fp32"], row["speedup_lo"], row["speedup_hi"], ".2f", "×"),
-            fmt(row.get("peak_rss_mib"), ".0f"), "!" if noisy else "",
+            fmt(row.get("ideal_speedup"), ".2f", "×"), fmt(row.get("peak_rss_mib"), ".0f"), "!" if noisy else "",
         ]
         if str(row["status"]) != "ok":
-            cells[6:] = ["–"] * 7 + [""]
+            cells[7:] = ["–"] * 8 + [""]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     if any_noisy:
         lines += ["", "! = noisy: the harness saw too much spread or load in its rounds (reason in report.html)"]

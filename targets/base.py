@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 MANIFEST = "artifact.json"
 # Part of every cache key: bump when what a Pipeline computes changes without its weights or
 # config changing (2: keep 1.0 runs the dense detector alone, without BAViT; 3: --bg-share
-# picks background slots in a 2-D order).
-ARTIFACT_FORMAT = 3
+# picks background slots in a 2-D order; 4: the reducer and all its options key the artifact).
+ARTIFACT_FORMAT = 4
 
 
 def package_version(dist: str) -> str | None:
@@ -204,14 +204,14 @@ class Target(ABC):
         reason = self.available() or self.buildable(precision)  # an artifact does not need the CPU's units
         if reason:
             raise ConversionError(f"{self.name} {precision} unavailable: {reason}")
-        keep = pipeline.prune.keep
+        keep = pipeline.keep
         recipe = self.recipes[precision]
         batch = None if self.batch_at_load else batch
         key = _hash({"format": ARTIFACT_FORMAT, "target": self.name, "precision": precision, "batch": batch,
-                     "weights": weights_key, "prune": pipeline.prune.as_dict(), "versions": self.versions(),
+                     "weights": weights_key, "reduction": pipeline.reduction, "versions": self.versions(),
                      "recipe": asdict(recipe),
                      "calibration": _array_hash(calibration) if recipe.calibrated else None})
-        folder = Path(cache_dir) / f"{self.name}-{precision}-keep{keep:g}-b{batch or 'any'}-{key[:16]}"
+        folder = Path(cache_dir) / f"{self.name}-{precision}-{pipeline.name}-keep{keep:g}-b{batch or 'any'}-{key[:16]}"
         if (folder / MANIFEST).is_file():
             return Artifact.load(folder)
         tmp = folder.with_name(folder.name + ".tmp")

@@ -15,7 +15,7 @@ def make_tiny_pipeline(keep: float = 1.0, seed: int = 0, widen_heads: bool = Fal
     import torch
 
     from bavit.classifier import TokenClassifier
-    from bavit.pipeline import Pipeline, PruneConfig
+    from bavit.reducers.bavit import BavitPipeline
     from bavit.yolos import PrunedYolos, init_embeddings, tiny_config
 
     torch.manual_seed(seed)
@@ -28,7 +28,7 @@ def make_tiny_pipeline(keep: float = 1.0, seed: int = 0, widen_heads: bool = Fal
             gen = torch.Generator().manual_seed(seed + 3)
             for head in (det.det.class_labels_classifier, det.det.bbox_predictor):
                 head.layers[-1].weight.normal_(0, 0.5, generator=gen)
-    return Pipeline(det, cls, PruneConfig(keep=keep)).eval()
+    return BavitPipeline(det, cls, keep).eval()
 
 
 # -- backend tests share these: tiny pipelines at two keep ratios, batch 2 -------------------

@@ -35,7 +35,7 @@ class FakeTarget(Target):
         if self.behaviour == "no-converter":
             raise ImportError("no module named fake_converter")
         cfg = pipeline.detector.config
-        shapes = {"d": cfg.num_detection_tokens, "c": cfg.num_labels + 1, "n": pipeline.selector.num_tokens}
+        shapes = {"d": cfg.num_detection_tokens, "c": cfg.num_labels + 1, "n": pipeline.num_tokens}
         np.save(out / "model.npy", np.zeros(16, dtype=np.float32))
         return {"files": ["model.npy"], "extra": shapes, "recipe": "fake" if precision == "int8" else "none"}
 

@@ -42,19 +42,19 @@ def test_failed_and_unavailable_cells_do_not_stop_the_sweep(tmp_path):
     by_id = {r["cell_id"]: r for r in rows(out)}
     assert len(by_id) == 12                                      # 3 targets x 2 keeps x 2 scenarios
     for scenario, batch in (("single-stream", 1), (OFF, 2)):
-        assert by_id[f"fake/fp32/keep1/b{batch}/{scenario}"]["status"] == "ok"
-        assert by_id[f"fake/fp32/keep0.5/b{batch}/{scenario}"]["status"] == "ok"
-        bad = by_id[f"fake-raise/fp32/keep0.5/b{batch}/{scenario}"]
+        assert by_id[f"fake/fp32/none/keep1/b{batch}/{scenario}"]["status"] == "ok"
+        assert by_id[f"fake/fp32/bavit/keep0.5/b{batch}/{scenario}"]["status"] == "ok"
+        bad = by_id[f"fake-raise/fp32/bavit/keep0.5/b{batch}/{scenario}"]
         assert bad["status"] == "failed" and "boom" in bad["error"] and "\n" not in bad["error"]
-        assert by_id[f"fake-missing/fp32/keep1/b{batch}/{scenario}"]["status"] == "unavailable"
-        assert "not installed" in by_id[f"fake-missing/fp32/keep1/b{batch}/{scenario}"]["error"]
-    ok = by_id[f"fake/fp32/keep0.5/b2/{OFF}"]
+        assert by_id[f"fake-missing/fp32/none/keep1/b{batch}/{scenario}"]["status"] == "unavailable"
+        assert "not installed" in by_id[f"fake-missing/fp32/none/keep1/b{batch}/{scenario}"]["error"]
+    ok = by_id[f"fake/fp32/bavit/keep0.5/b2/{OFF}"]
     assert ok["tokens_kept"] == 32 and ok["tokens_total"] == 64 and ok["scenario"] == OFF
     assert ok["rounds"] == 2 and len(ok["round_throughput_ips"]) == 2 and ok["throughput_ips"] > 0
     assert ok["images"] == 4 and Path(ok["detections_file"]).is_file()
     # mAP is computed once per distinct model: the fp32 batch-1 model computes what batch 2 does
-    single = by_id["fake/fp32/keep0.5/b1/single-stream"]
-    assert ok["accuracy_from"] == single["accuracy_from"] == "fake/fp32/keep0.5/b2"
+    single = by_id["fake/fp32/bavit/keep0.5/b1/single-stream"]
+    assert ok["accuracy_from"] == single["accuracy_from"] == "fake/fp32/bavit/keep0.5/b2"
     assert single["map"] == ok["map"]
     for key in ("sys_cpu", "sys_isa", "sys_versions", "load_max", "peak_rss_mib", "latency_p99_ms", "load_s",
                 "first_inference_ms", "noisy", "spread_pct", "throughput_min", "throughput_max", "mode"):
@@ -72,9 +72,9 @@ def test_hanging_cell_times_out(tmp_path):
                  "--scenario", OFF, "--timeout", "20")
     assert proc.returncode == 1
     by_id = {r["cell_id"]: r for r in rows(out)}
-    assert by_id[f"fake-hang/fp32/keep1/b1/{OFF}"]["status"] == "failed"
-    assert "timeout" in by_id[f"fake-hang/fp32/keep1/b1/{OFF}"]["error"]
-    assert by_id[f"fake/fp32/keep1/b1/{OFF}"]["status"] == "ok"
+    assert by_id[f"fake-hang/fp32/none/keep1/b1/{OFF}"]["status"] == "failed"
+    assert "timeout" in by_id[f"fake-hang/fp32/none/keep1/b1/{OFF}"]["error"]
+    assert by_id[f"fake/fp32/none/keep1/b1/{OFF}"]["status"] == "ok"
 
 
 def test_peak_memory_belongs_to_the_cell(tmp_path):
@@ -82,7 +82,7 @@ def test_peak_memory_belongs_to_the_cell(tmp_path):
     bench(out, "--target", "fake,fake-alloc", "--keep", "1.0", "--batch", "1", "--precision", "fp32",
           "--scenario", OFF, "--images", "0", check=True)
     by_id = {r["cell_id"]: r for r in rows(out)}
-    plain, heavy = by_id[f"fake/fp32/keep1/b1/{OFF}"], by_id[f"fake-alloc/fp32/keep1/b1/{OFF}"]
+    plain, heavy = by_id[f"fake/fp32/none/keep1/b1/{OFF}"], by_id[f"fake-alloc/fp32/none/keep1/b1/{OFF}"]
     # the fake allocates 200 MiB; *_mib figures are MiB (2**20 bytes), the bar is 200 MB
     assert (heavy["peak_rss_mib"] - plain["peak_rss_mib"]) * 2**20 >= 200e6
     assert (heavy["rss_increase_mib"] - plain["rss_increase_mib"]) * 2**20 >= 200e6
@@ -112,7 +112,8 @@ def test_killed_run_resumes_without_redoing_cells(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     final = rows(out)
     ids = [r["cell_id"] for r in final]
-    assert sorted(set(ids)) == sorted(f"{t}/fp32/keep{k}/b1/{OFF}" for t in ("fake", "fake-alloc")
+    assert sorted(set(ids)) == sorted(f"{t}/fp32/{'none' if k == '1' else 'bavit'}/keep{k}/b1/{OFF}"
+                                      for t in ("fake", "fake-alloc")
                                       for k in ("1", "0.75", "0.5", "0.25"))
     assert len(ids) == 8                                          # nothing measured twice
     for r in final:
@@ -126,9 +127,9 @@ def test_resume_refuses_a_run_measured_with_other_settings(tmp_path):
     cell = ["--target", "fake", "--keep", "1.0", "--batch", "1", "--precision", "fp32", "--scenario", OFF,
             "--no-report"]
     bench(out, *cell, check=True)
-    proc = bench(out, *cell, "--resume", "--dilate", "3")
+    proc = bench(out, *cell, "--resume", "--images", "3")
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
-    assert "run.json was measured with other settings (dilate 0 -> 3)" in proc.stderr
+    assert "run.json was measured with other settings (images 4 -> 3)" in proc.stderr
     proc = bench(out, *cell, "--resume", "--ov-int8-float", "bf16")  # a runtime knob is a setting too
     assert proc.returncode == 2 and "ov_int8_float 'f32' -> 'bf16'" in proc.stderr
     assert len(rows(out)) == 1
@@ -193,14 +194,18 @@ def test_a_line_cut_by_a_crash_is_dropped_not_glued(tmp_path):
     (["--keep", "1.5"], "--keep: keep ratios must be in (0, 1]"),
     (["--data", "coco:/does/not/exist"], "path not found: /does/not/exist"),
     (["--precision", "int4"], "--precision: unknown value 'int4'"),
-    (["--dilate", "2"], "--dilate must be 0 (off), 1 or an odd kernel size"),
+    (["--reducer", "bavit:dilate=2"], "--reducer bavit:dilate=2: dilate must be 0 (off), 1 or an odd kernel size"),
+    (["--reducer", "bavit:dilat=3"], "unknown option 'dilat=3' for bavit"),
+    (["--reducer", "tome:r=x"], "--reducer tome:r=x: r='x' is not a int"),
+    (["--reducer", "magic"], "unknown reducer 'magic'"),
+    (["--reducer", "none", "--keep", "0.5"], "--reducer none is the dense detector"),
     (["--rounds", "0"], "--rounds must be >= 1"),
     (["--scenario", "server"], "--scenario: unknown value 'server'"),
     (["--max-map-drop", "-1"], "--max-map-drop must be >= 0"),
     (["--calib-images", "0"], "--calib-images must be >= 1"),
     (["--timeout", "0"], "--timeout must be > 0"),
     (["--round-seconds", "0"], "--round-seconds must be > 0"),
-    (["--weights", "weights/tiny", "--bavit-layers", "7", "--keep", "0.5"], "no bavit7/ classifier"),
+    (["--weights", "weights/tiny", "--reducer", "bavit:layers=7", "--keep", "0.5"], "no bavit7/ token classifier"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, needle):
     proc = bench(tmp_path / "run", *args)
@@ -235,7 +240,7 @@ def test_two_target_two_keep_sweep_rows_and_columns(tmp_path):
           check=True)
     got = rows(out)
     assert sorted(r["cell_id"] for r in got) == sorted(
-        f"{t}/fp32/keep{k}/{b}" for t in ("torch", "openvino") for k in ("1", "0.5")
+        f"{t}/fp32/{'none' if k == '1' else 'bavit'}/keep{k}/{b}" for t in ("torch", "openvino") for k in ("1", "0.5")
         for b in ("b1/single-stream", "b2/offline"))
     for r in got:
         assert r["status"] == "ok", r.get("error")
@@ -296,10 +301,10 @@ def test_a_cache_folder_without_manifest_is_rebuilt(tmp_path):
     last) must not wedge the cell: the next prepare rebuilds in place."""
     from fake_targets import FAKE
 
-    from bavit.pipeline import PruneConfig, build_pipeline
+    from bavit.pipeline import build_pipeline
     from targets.base import MANIFEST
 
-    pipe = build_pipeline("random:tiny", PruneConfig(keep=1.0))
+    pipe = build_pipeline("random:tiny")
     first = FAKE.prepare(pipe, "fp32", 1, None, tmp_path, "weights")
     assert (first.path / MANIFEST).is_file() and not first.cached
     (first.path / MANIFEST).unlink()
@@ -338,8 +343,8 @@ def test_int8_calibrates_past_the_scored_images_when_only_they_exist(tmp_path):
     proc = bench(out, "--data", f"coco:{data}", "--target", "fake,torch", "--keep", "1.0", "--batch", "1",
                  "--precision", "int8", "--scenario", OFF, check=True)
     by_id = {r["cell_id"]: r for r in rows(out)}
-    assert by_id[f"fake/int8/keep1/b1/{OFF}"]["calibration"] == "val images 4+ (not scored)"
-    assert by_id[f"torch/int8/keep1/b1/{OFF}"]["calibration"] is None  # dynamic int8: no calibration loaded
+    assert by_id[f"fake/int8/none/keep1/b1/{OFF}"]["calibration"] == "val images 4+ (not scored)"
+    assert by_id[f"torch/int8/none/keep1/b1/{OFF}"]["calibration"] is None  # dynamic int8: no calibration loaded
     assert "int8 calibrates on val images 4+ (not scored)" in proc.stderr
 
 

@@ -6,8 +6,9 @@ import torch
 from transformers import YolosForObjectDetection
 
 from bavit.classifier import TokenClassifier
-from bavit.pipeline import Pipeline, PruneConfig, load_pipeline
-from bavit.pruning import TokenSelector, dilate, keep_count, spread_order
+from bavit.pipeline import Pipeline
+from bavit.pruning import TokenSelector, dilate, keep_count
+from bavit.reducers.bavit import BavitPipeline
 from bavit.yolos import PrunedYolos, init_embeddings, tiny_config
 
 
@@ -141,7 +142,7 @@ def _tiny_pipeline(keep: float, **cfg) -> Pipeline:
     torch.manual_seed(0)
     det = PrunedYolos(tiny_config(**cfg)).eval()
     init_embeddings(det, seed=0)
-    return Pipeline(det, TokenClassifier.from_detector(det, 2), PruneConfig(keep=keep)).eval()
+    return BavitPipeline(det, TokenClassifier.from_detector(det, 2), keep).eval()
 
 
 @pytest.mark.parametrize("cfg", [dict(), SMALL])
@@ -177,7 +178,7 @@ def test_light_bavit_has_its_own_width_and_plain_patch_projection(tmp_path):
     assert isinstance(cls.patch_embeddings.projection, torch.nn.Conv2d)
     assert det.config.hidden_size == 128 and det.config.conv_stem  # the detector's config is untouched
     cls.save_pretrained(tmp_path / "bavit")
-    pipe = Pipeline(det, TokenClassifier.from_pretrained(tmp_path / "bavit"), PruneConfig(keep=0.5)).eval()
+    pipe = BavitPipeline(det, TokenClassifier.from_pretrained(tmp_path / "bavit"), 0.5).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         logits, _, scores = pipe(x)
@@ -191,7 +192,8 @@ def test_save_and_load_from_local_folder(tmp_path):
     pipe = _tiny_pipeline(0.5)
     pipe.detector.save_pretrained(tmp_path / "det")
     pipe.classifier.save_pretrained(tmp_path / "bavit")
-    loaded = load_pipeline(tmp_path / "det", tmp_path / "bavit", PruneConfig(keep=0.5))
+    loaded = BavitPipeline(PrunedYolos.from_pretrained(tmp_path / "det"),
+                           TokenClassifier.from_pretrained(tmp_path / "bavit"), 0.5).eval()
     assert loaded.detector.config.conv_stem and loaded.detector.config.anchored_boxes
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():

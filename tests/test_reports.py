@@ -51,15 +51,16 @@ SYS = {
 NOISY_REASON = "load 3.1 > 2 cores during round 2"
 
 
-def cell_id(target: str, precision: str, keep: float, batch: int, scenario: str) -> str:
-    return f"{target}/{precision}/keep{keep:g}/b{batch}/{scenario}"
+def cell_id(target: str, precision: str, keep: float, batch: int, scenario: str, reducer: str | None = None) -> str:
+    return f"{target}/{precision}/{reducer + '/' if reducer else ''}keep{keep:g}/b{batch}/{scenario}"
 
 
 def make_row(target: str, precision: str, keep: float, batch: int = 8, scenario: str = OFF, *,
              status: str = "ok", error: str | None = None, rounds: list[float] | None = None,
              throughput: float | None = None, p50: float | None = None, p90: float | None = None,
              p99: float | None = None, samples: int | None = None, mean_ap: float | None = None,
-             peak: float | None = None, settings: str = SETTINGS, **extra: object) -> dict:
+             peak: float | None = None, settings: str = SETTINGS, reducer: str | None = None,
+             **extra: object) -> dict:
     """One results.jsonl line as ``bench.contracts.Row`` writes it.
 
     ``rounds`` are per-round throughputs (offline) or per-round p50 ms (single-stream);
@@ -70,10 +71,11 @@ def make_row(target: str, precision: str, keep: float, batch: int = 8, scenario:
         throughput = throughput if throughput is not None else float(pd.Series(rounds).median())
     if rounds and not offline:
         p50 = p50 if p50 is not None else float(pd.Series(rounds).median())
-    model_id = f"{target}/{precision}/keep{keep:g}/b{batch}"
+    model_id = f"{target}/{precision}/{reducer + '/' if reducer else ''}keep{keep:g}/b{batch}"
     row = Row(
-        cell_id=cell_id(target, precision, keep, batch, scenario), model_id=model_id, target=target,
-        precision=precision, keep=keep, batch=batch, scenario=scenario, status=status, error=error,
+        cell_id=cell_id(target, precision, keep, batch, scenario, reducer), model_id=model_id, target=target,
+        precision=precision, reducer=reducer or ("none" if keep == 1.0 else "bavit"), keep=keep, batch=batch,
+        scenario=scenario, status=status, error=error,
         settings_key=settings, run_id="run-1", model="bavit-yolos-ti", detector="weights/ti/detector",
         data="synthetic", threads=2, image_size=512, started_at="2026-05-01T10:00:00",
         recipe="default", executed_precision={"fp32": "f32", "int8": "i8+f32", "bf16": "bf16"}[precision],
@@ -434,9 +436,9 @@ def test_decision_markdown_reads_as_the_answer(run_dir: Path) -> None:
     md = decision_markdown(decide(load_results(run_dir)))
     lines = md.splitlines()
     assert lines[0].startswith("## Decision (mAP drop ≤ 1 pts")
-    assert lines[2] == ("single-stream: openvino int8 keep 1.0 b1 — p50 5.20 ms [4.50–6.00], "
+    assert lines[2] == ("single-stream: openvino int8 dense b1 — p50 5.20 ms [4.50–6.00], "
                         "2.00× [1.67–2.00] over openvino dense fp32, mAP 0.395 (−0.5 pts)")
-    assert lines[3] == ("offline: openvino int8 keep 1.0 b8 — 400.0 img/s [396.0–414.0], "
+    assert lines[3] == ("offline: openvino int8 dense b8 — 400.0 img/s [396.0–414.0], "
                         "2.00× [1.80–2.20] over openvino dense fp32, mAP 0.395 (−0.5 pts) "
                         f"! noisy: {NOISY_REASON}")
     assert "| single-stream | torch | – | – | – | – | – | no cell within 1 point |" in md
@@ -465,8 +467,8 @@ def test_csv_rows_and_columns(built: dict[str, Path]) -> None:
 def test_html_is_self_contained_and_complete(built: dict[str, Path]) -> None:
     page = built["html"].read_text(encoding="utf-8")
     images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="[^"]+"', page)
-    assert len(images) == 3
-    assert page.count("data:image/png;base64") == 3
+    assert len(images) == 4
+    assert page.count("data:image/png;base64") == 4
     assert all(base64.b64decode(img).startswith(b"\x89PNG\r\n\x1a\n") for img in images)
     # the answer first: decision, then machine, then the table
     assert page.index("<h1>") < page.index("<h2>Decision</h2>") < page.index("<h2>Machine</h2>") \
@@ -494,7 +496,7 @@ def test_html_escapes_results_text(tmp_path: Path) -> None:
     rows = [make_row("tflite", "int8", 0.5, status="failed", error="x < y & z"),
             make_row("openvino", "fp32", 1.0, rounds=[10.0], noisy=True, noisy_reason='<b>"hot"</b>')]
     page = build(write_run(tmp_path / "bad", rows))["html"].read_text(encoding="utf-8")
-    assert page.count("data:image/png;base64") == 3
+    assert page.count("data:image/png;base64") == 4
     assert "x &lt; y &amp; z" in page and "x < y" not in page
     assert "&lt;b&gt;&quot;hot&quot;&lt;/b&gt;" in page and "<b>" not in page
 
@@ -503,19 +505,19 @@ def test_html_when_every_cell_failed(tmp_path: Path) -> None:
     rows = [make_row("tflite", "int8", 0.5, status="failed", error="boom")]
     paths = build(write_run(tmp_path / "bad", rows))
     page = paths["html"].read_text(encoding="utf-8")
-    assert page.count("data:image/png;base64") == 3 and "no successful cell" in page
+    assert page.count("data:image/png;base64") == 4 and "no successful cell" in page
     assert pd.read_csv(paths["decision_csv"])["cell_id"].isna().all()
 
 
 def test_summary_markdown(run_dir: Path) -> None:
     md = summary_markdown(load_results(run_dir))
     lines = md.strip().splitlines()
-    assert lines[0].startswith("| scenario | target | precision | keep | batch | status | rounds | img/s | p50 ms")
-    assert lines[2].startswith("| single-stream | openvino | fp32 | 1.0 | 1 |")   # scenario, batch, target order
-    assert ("| offline | openvino | int8 | 1.0 | 8 | ok | 3 | 400.0 | 20.00 | 0.395 | 0.50 | "
-            "2.00× [1.80–2.20] | 450 | ! |") in md
-    assert ("| offline | openvino | int8 | 0.5 | 8 | ok | 3 | 600.0 | 15.00 | 0.388 | 1.20 | "
-            "3.00× [3.00–3.00] | 440 |  |") in md
+    assert lines[0].startswith("| scenario | target | precision | reducer | keep | batch | status | rounds | img/s")
+    assert lines[2].startswith("| single-stream | openvino | fp32 | none | 1.0 | 1 |")   # scenario, batch, target
+    assert ("| offline | openvino | int8 | none | 1.0 | 8 | ok | 3 | 400.0 | 20.00 | 0.395 | 0.50 | "
+            "2.00× [1.80–2.20] | – | 450 | ! |") in md
+    assert ("| offline | openvino | int8 | bavit | 0.5 | 8 | ok | 3 | 600.0 | 15.00 | 0.388 | 1.20 | "
+            "3.00× [3.00–3.00] | – | 440 |  |") in md
     failed = next(line for line in lines if line.startswith("| offline | tflite | int8"))
     assert "failed: converter crashed" in failed and "Traceback" not in failed
     assert lines[-1].startswith("! = noisy")
@@ -524,7 +526,7 @@ def test_summary_markdown(run_dir: Path) -> None:
 def test_markdown_report_starts_with_the_decision(run_dir: Path) -> None:
     text = summary_text(run_dir, max_map_drop=2.0)
     assert text.startswith("## Decision (mAP drop ≤ 2 pts")
-    assert text.index("offline: openvino int8 keep 0.5 b8") < text.index("| scenario | target | precision")
+    assert text.index("offline: openvino int8 bavit keep 0.5 b8") < text.index("| scenario | target | precision")
     assert markdown_report(load_results(run_dir), 2.0) == text
 
 
@@ -559,7 +561,7 @@ def test_cli_with_baseline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert cmp["throughput_ratio"].dropna().tolist() == pytest.approx([2.0] * 11)
     page = (current / "report.html").read_text(encoding="utf-8")
     assert "Comparison with baseline" in page and "2.00×" in page
-    assert page.count("data:image/png;base64") == 3
+    assert page.count("data:image/png;base64") == 4
 
 
 def test_cli_redecides_with_other_limits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -613,5 +615,28 @@ def test_speed_only_run_builds_a_report(tmp_path: Path) -> None:
     assert df["map"].isna().all() and df["map_drop_pts"].isna().all()
     assert df["speedup_vs_target_dense_fp32"].notna().any()
     page = paths["html"].read_text()
-    assert page.count("data:image/png;base64") == 3
+    assert page.count("data:image/png;base64") == 4
     assert "no mAP in this run: picked on speed alone" in page
+
+
+def test_best_reducer_per_keep_and_the_reducer_plot(tmp_path):
+    from reports.html import render_html
+    from reports.plots import reducer_tradeoff
+    from reports.table import best_reducers
+
+    rows = [make_row("openvino", "fp32", 1.0, rounds=[100.0, 100.0, 100.0], mean_ap=0.40, reducer="none")]
+    for reducer, tp, m in (("bavit", 150.0, 0.380), ("tome", 140.0, 0.391), ("random", 160.0, 0.300)):
+        rows.append(make_row("openvino", "fp32", 0.5, rounds=[tp] * 3, mean_ap=m, reducer=reducer,
+                             ideal_speedup=1.6))
+    rows.append(make_row("openvino", "fp32", 0.25, rounds=[200.0] * 3, mean_ap=0.2, reducer="bavit"))
+    df = pd.DataFrame(rows)
+    best = best_reducers(df)
+    assert list(best["keep"]) == [0.25, 0.5]
+    half = best[best["keep"] == 0.5].iloc[0]
+    assert half["best_reducer"] == "tome" and half["reducers_compared"] == 3
+    assert half["speedup_vs_target_dense_fp32"] == pytest.approx(1.4) and half["map_drop_pts"] == pytest.approx(0.9)
+    assert half["others"].startswith("bavit 0.380 (1.50×); random 0.300")
+    png = reducer_tradeoff(df)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    page = render_html(df)
+    assert "Best reducer per keep ratio" in page and "<td>tome</td>" in page

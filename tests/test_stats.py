@@ -55,24 +55,24 @@ def test_interleaved_schedule_is_a_palindrome_per_round():
 
 
 def test_builds_are_shared_out_evenly_and_an_artifact_never_twice():
-    from bench.contracts import BuildSpec, PruneSpec
+    from bench.contracts import BuildSpec, ReductionSpec
     from bench.run import _share_out
 
     def spec(target: str, precision: str, keep: float, batch: int) -> BuildSpec:
-        return BuildSpec(f"{target}/{precision}/keep{keep:g}/b{batch}", target, precision, batch, "w", 2, "detector",
-                         None, PruneSpec(keep, 0.0, 0), "synthetic", "train", 0, 8, "/cache")
+        return BuildSpec(f"{target}/{precision}/bavit/keep{keep:g}/b{batch}", target, precision, batch, "w", "detector",
+                         None, ReductionSpec("bavit", keep), "synthetic", "train", 0, 8, "/cache")
 
     specs = [spec(t, p, k, b) for t in ("torch", "openvino", "tflite") for k in (1.0, 0.5) for p in ("fp32", "int8")
              for b in (1, 8)]
     # openvino's IR serves every batch: both batches are one artifact
-    artifact = lambda s: (s.target, s.precision, s.prune, None if s.target == "openvino" else s.batch)  # noqa: E731
+    artifact = lambda s: (s.target, s.precision, s.reduction, None if s.target == "openvino" else s.batch)  # noqa: E731
     # a calibrated model's artifacts of every batch build in one process (calibrated once)
-    group = lambda s: artifact(s) if s.precision == "fp32" else (s.target, s.precision, s.prune, None)  # noqa: E731
+    group = lambda s: artifact(s) if s.precision == "fp32" else (s.target, s.precision, s.reduction, None)  # noqa: E731
     lists = _share_out(specs, 2, artifact, group)
     assert sorted(s.model_id for lst in lists for s in lst) == sorted(s.model_id for s in specs)
     for lst in lists:
         others = [s for other in lists if other is not lst for s in other]
         assert not {group(s) for s in lst} & {group(s) for s in others}
-    heavy = [sorted(s.prune.keep for s in lst if s.target == "tflite" and s.precision == "int8") for lst in lists]
+    heavy = [sorted(s.reduction.keep for s in lst if s.target == "tflite" and s.precision == "int8") for lst in lists]
     assert sorted(heavy) == [[0.5, 0.5], [1.0, 1.0]]   # the four slow LiteRT int8 builds, one model per process
     assert _share_out(specs, 1, artifact, group) == [specs]

@@ -125,9 +125,8 @@ def _int8_scales(art: Artifact) -> set[tuple]:
     """The distinct (scales, zero points) of the model's int8 tensors."""
     cls, _ = tflite_backend.interpreter_class()
     interp = cls(model_path=str(Path(art.path) / art.files[0]))
-    qs = [(tuple(np.round(d["quantization_parameters"]["scales"], 12)), tuple(d["quantization_parameters"]["zero_points"]))
-          for d in interp.get_tensor_details() if np.dtype(d["dtype"]) == np.int8]
-    return set(qs)
+    params = [d["quantization_parameters"] for d in interp.get_tensor_details() if np.dtype(d["dtype"]) == np.int8]
+    return {(tuple(np.round(q["scales"], 12)), tuple(q["zero_points"])) for q in params}
 
 
 def test_int8_artifacts_of_two_batches_are_one_quantized_model(build, pipes, calib, cache, pixels):

@@ -146,10 +146,10 @@ def _score_slice(pipe) -> dict:
 @pytest.mark.parametrize("scale,bar", [("tiny", 0.45), ("ti", TI_DENSE_BAR)])
 def test_committed_detector_weights_are_trained(scale, bar):
     """Fails if the committed detector is untrained or barely trained (mAP@[.5:.95])."""
-    from bavit.pipeline import Pipeline, PruneConfig
+    from bavit.reducers.bavit import BavitPipeline
 
     det = PrunedYolos.from_pretrained(ROOT / "weights" / scale / "detector")
-    res = _score_slice(Pipeline(det, None, PruneConfig(keep=1.0)).eval())
+    res = _score_slice(BavitPipeline(det, None, 1.0).eval())
     assert res["map"] >= bar, res
 
 
@@ -158,13 +158,13 @@ def test_committed_sparse_finetune_recovers_pruned_map(scale):
     """At keep 0.5 the sparse fine-tuned detector must beat the dense one it started from
     (same BAViT-2, same 64-image slice): fails if fine-tuning did nothing or hurt."""
     from bavit.classifier import TokenClassifier
-    from bavit.pipeline import Pipeline, PruneConfig
+    from bavit.reducers.bavit import BavitPipeline
 
     root = ROOT / "weights" / scale
     cls = TokenClassifier.from_pretrained(root / "bavit2")
     maps = {}
     for name in ("detector", "detector-sparse-keep0.5"):
-        pipe = Pipeline(PrunedYolos.from_pretrained(root / name), cls, PruneConfig(keep=0.5)).eval()
+        pipe = BavitPipeline(PrunedYolos.from_pretrained(root / name), cls, 0.5).eval()
         maps[name] = _score_slice(pipe)["map"]
     assert maps["detector-sparse-keep0.5"] >= maps["detector"] + 0.01, maps
 
@@ -175,15 +175,15 @@ def test_committed_tokendrop_detector_holds_map_when_pruned():
     0.703), and beat the plain detector pruned the same way (0.626): fails if token drop did
     nothing."""
     from bavit.classifier import TokenClassifier
-    from bavit.pipeline import Pipeline, PruneConfig
+    from bavit.reducers.bavit import BavitPipeline
 
     root = ROOT / "weights" / "ti"
     cls = TokenClassifier.from_pretrained(root / "bavit2")
-    pruned = PruneConfig(keep=0.5, bg_share=0.25, dilate=3)
+    pruned = BavitPipeline.Options(bg_share=0.25, dilate=3)
     dense_td = PrunedYolos.from_pretrained(root / "detector-tokendrop")
-    dense = _score_slice(Pipeline(dense_td, None, PruneConfig(keep=1.0)).eval())["map"]
-    kept = _score_slice(Pipeline(dense_td, cls, pruned).eval())["map"]
-    plain = _score_slice(Pipeline(PrunedYolos.from_pretrained(root / "detector"), cls, pruned).eval())["map"]
+    dense = _score_slice(BavitPipeline(dense_td, None, 1.0).eval())["map"]
+    kept = _score_slice(BavitPipeline(dense_td, cls, 0.5, pruned).eval())["map"]
+    plain = _score_slice(BavitPipeline(PrunedYolos.from_pretrained(root / "detector"), cls, 0.5, pruned).eval())["map"]
     assert dense >= TI_DENSE_BAR and kept >= dense - 0.03 and kept >= plain + 0.03, (dense, kept, plain)
 
 

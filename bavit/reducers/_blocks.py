@@ -1,0 +1,45 @@
+"""A Hugging Face `YolosLayer` run by hand, in two halves, so that a reducer can act between
+its attention and its MLP (where EViT and ToMe act) and see what the attention computed.
+Same modules, same weights, same arithmetic as `YolosLayer.forward` with eager attention,
+plus an optional additive bias on the attention logits per key (ToMe's proportional
+attention: log of each token's size)."""
+from __future__ import annotations
+
+import torch
+from transformers.models.yolos.modeling_yolos import YolosLayer
+
+
+def attend(layer: YolosLayer, x: torch.Tensor, key_bias: torch.Tensor | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x + attention(layernorm_before(x)) -> (that, probs (B, H, T, T), keys (B, H, T, d))."""
+    sa = layer.attention.attention
+    h = layer.layernorm_before(x)
+    b, t, _ = h.shape
+    shape = (b, t, sa.num_attention_heads, sa.attention_head_size)
+    q = sa.query(h).view(shape).transpose(1, 2)
+    k = sa.key(h).view(shape).transpose(1, 2)
+    v = sa.value(h).view(shape).transpose(1, 2)
+    logits = torch.matmul(q, k.transpose(2, 3)) * sa.scaling
+    if key_bias is not None:
+        logits = logits + key_bias[:, None, None, :]
+    probs = logits.softmax(dim=-1)
+    context = torch.matmul(probs, v).transpose(1, 2).reshape(b, t, sa.all_head_size)
+    return x + layer.attention.output(context, h), probs, k
+
+
+def feed_forward(layer: YolosLayer, x: torch.Tensor) -> torch.Tensor:
+    """The layer's second half: x + MLP(layernorm_after(x))."""
+    return layer.output(layer.intermediate(layer.layernorm_after(x)), x)
+
+
+def gather(tokens: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """tokens (B, N, C), idx (B, K) -> (B, K, C)."""
+    return tokens.gather(1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+
+
+def check_in_encoder(detector) -> None:
+    """Reducers inside the encoder change the token count between layers; mid-position
+    embeddings (added after every layer, one per input token) would no longer line up."""
+    if detector.config.use_mid_position_embeddings:
+        raise ValueError("this reducer acts inside the encoder and needs a detector without mid-position "
+                         "embeddings (use_mid_position_embeddings=False)")

@@ -1,0 +1,34 @@
+"""Each training-free reducer's fp32 artifact against eager, on every target, at keep 0.5
+(the BAViT pipeline has its own backend tests). Twelve conversions of the tiny model."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import BACKEND_BATCH as BATCH
+from test_reducers import _pipeline
+
+from targets import get_target
+from targets.base import RuntimeOptions
+
+pytestmark = pytest.mark.slow
+FP32_TOL = {"logits": 1e-3, "boxes": 1e-4}   # max abs diff vs eager, as the backend tests
+
+
+@pytest.mark.parametrize("target", ["torch", "openvino", "tflite"])
+@pytest.mark.parametrize("text", ["random", "attention:fuse=true", "tome", "bavit-shared"])
+def test_reducer_artifact_matches_eager(text, target, tmp_path):
+    t = get_target(target)
+    why = t.available() or t.build_unavailable()
+    if why:
+        pytest.skip(f"{target}: {why}")
+    pipe = _pipeline(text, 0.5)
+    pixels = np.random.default_rng(1).normal(size=(BATCH, 3, 64, 64)).astype(np.float32)
+    with torch.no_grad():
+        ref = [o.numpy() for o in pipe(torch.from_numpy(pixels))]
+    art = t.prepare(pipe, "fp32", BATCH, None, tmp_path, "tiny-seed0")
+    assert pipe.name in art.path.name
+    out = get_target(target).load(art, RuntimeOptions(1, batch=BATCH))(pixels)
+    for name, r, o in zip(FP32_TOL, ref, out):
+        diff = float(np.abs(r - o).max())
+        assert diff <= FP32_TOL[name], (name, diff)
