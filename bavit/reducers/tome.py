@@ -63,10 +63,13 @@ def r_for_keep(num_tokens: int, k: int, layers: int, start: int) -> int:
 def merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Bipartite soft matching on patch tokens. x (B, n, C), size (B, n), metric (B, n, d) ->
     (B, n - r, C), (B, n - r). Written with top-k, gathers and one-hot matmuls (no scatter,
-    no sort), which every target exports."""
+    no sort), which every target exports; the set sizes are Python ints, so a traced graph
+    holds them as constants (OpenVINO's shape inference refuses `n_a - r` computed from a
+    dynamic-batch tensor's shape, whose lower bound it takes as 0)."""
+    n = int(x.shape[1])
+    n_a, n_b = (n + 1) // 2, n // 2
     metric = metric / metric.norm(dim=-1, keepdim=True)
     a, b = metric[:, ::2], metric[:, 1::2]
-    n_a, n_b = a.shape[1], b.shape[1]
     node_max, node_idx = torch.matmul(a, b.transpose(1, 2)).max(dim=-1)         # (B, n_a)
     src = node_max.topk(r, dim=1).indices                                      # (B, r)
     chosen = (src.unsqueeze(-1) == torch.arange(n_a, device=x.device)).to(x.dtype).sum(1)   # (B, n_a)
@@ -135,7 +138,7 @@ class TomePipeline(Pipeline):
             if i + 1 < self.options.start:
                 x = layer(x)
                 continue
-            n = x.shape[1] - 1 - d
+            n = self.num_tokens - sum(self.merges[:i])       # static: the schedule is fixed
             size = x.new_ones(b, n) if size is None else size
             bias = torch.cat([ones, size, ones.expand(-1, d)], dim=1).log()
             x, _, keys = attend(layer, x, bias)
