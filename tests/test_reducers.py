@@ -18,9 +18,9 @@ TRAINING_FREE = ("random", "attention", "attention:fuse=true", "tome")
 TRAINED = ("bavit", "bavit-shared")      # here with random heads (WeightsSource(None))
 
 
-def _detector(seed: int = 0) -> PrunedYolos:
+def _detector(seed: int = 0, **config) -> PrunedYolos:
     torch.manual_seed(seed)
-    det = PrunedYolos(tiny_config()).eval()
+    det = PrunedYolos(tiny_config(**config)).eval()
     init_embeddings(det, seed=seed)
     with torch.no_grad():  # heads that are not near-constant, so outputs differ when inputs do
         for head in (det.det.class_labels_classifier, det.det.bbox_predictor):
