@@ -152,6 +152,25 @@ def throughput_vs_keep(df: pd.DataFrame) -> bytes:
     return _png(fig)
 
 
+def _with_map(df: pd.DataFrame) -> pd.DataFrame | None:
+    """Successful cells with throughput and mAP, derived columns added; None for an empty frame."""
+    if df.empty:
+        return None
+    derived = ensure_derived(df)
+    return derived[ok_mask(derived) & column(derived, "throughput_ips").notna() & column(derived, "map").notna()]
+
+
+def _draw_front(ax, in_panel: pd.DataFrame) -> None:
+    """The panel's Pareto front: large hollow rings joined by a dashed line; the axes' labels."""
+    front = in_panel[in_panel["pareto"].astype(bool)].sort_values("throughput_ips")
+    if not front.empty:
+        ax.plot(front["throughput_ips"], front["map"], linestyle="--", color="black", linewidth=1, zorder=2)
+        ax.scatter(front["throughput_ips"], front["map"], s=190, facecolors="none", edgecolors="black",
+                   linewidths=1.4, label="Pareto front", zorder=4)
+    ax.set_xlabel("throughput (images/s)")
+    ax.set_ylabel("mAP@[.5:.95]")
+
+
 def map_vs_throughput(df: pd.DataFrame) -> bytes:
     """mAP against throughput per (scenario, batch), with the Pareto front drawn through its points.
 
@@ -161,25 +180,16 @@ def map_vs_throughput(df: pd.DataFrame) -> bytes:
     with its keep ratio.
     """
     title = "mAP vs throughput (Pareto front per scenario and batch)"
-    if df.empty:
-        return _message_png(NO_DATA, title)
-    derived = ensure_derived(df)
-    data = derived[ok_mask(derived) & column(derived, "throughput_ips").notna() & column(derived, "map").notna()]
-    if data.empty:
-        return _message_png(NO_DATA + " with mAP", title)
+    data = _with_map(df)
+    if data is None or data.empty:
+        return _message_png(NO_DATA if data is None else NO_DATA + " with mAP", title)
     fig, axes, panels = _panels(data, height=4.2)
     for ax, in_panel, series in panels:
         for label, color, marker, group in series:
             ax.scatter(group["throughput_ips"], group["map"], color=color, marker=marker, s=45, label=label, zorder=3)
             for x, y, keep in zip(group["throughput_ips"], group["map"], group["keep"]):
                 ax.annotate(f"k{keep:g}", (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7, color="0.3")
-        front = in_panel[in_panel["pareto"].astype(bool)].sort_values("throughput_ips")
-        if not front.empty:
-            ax.plot(front["throughput_ips"], front["map"], linestyle="--", color="black", linewidth=1, zorder=2)
-            ax.scatter(front["throughput_ips"], front["map"], s=190, facecolors="none", edgecolors="black",
-                       linewidths=1.4, label="Pareto front", zorder=4)
-        ax.set_xlabel("throughput (images/s)")
-        ax.set_ylabel("mAP@[.5:.95]")
+        _draw_front(ax, in_panel)
     fig.suptitle(title)
     _legend(fig, axes)
     return _png(fig)
@@ -190,12 +200,9 @@ def reducer_tradeoff(df: pd.DataFrame) -> bytes:
     (scenario, batch), and the Pareto front across every reducer, target and precision: where
     a training-free reducer sits on the front, BAViT's training bought nothing there."""
     title = "mAP vs throughput per reducer (Pareto front across reducers)"
-    if df.empty:
-        return _message_png(NO_DATA, title)
-    derived = ensure_derived(df)
-    data = derived[ok_mask(derived) & column(derived, "throughput_ips").notna() & column(derived, "map").notna()]
-    if data.empty:
-        return _message_png(NO_DATA + " with mAP", title)
+    data = _with_map(df)
+    if data is None or data.empty:
+        return _message_png(NO_DATA if data is None else NO_DATA + " with mAP", title)
     reducer = text_column(data, "reducer").replace("", "–")
     cmap = matplotlib.colormaps["tab10"]
     colours = {r: cmap(i % cmap.N) for i, r in enumerate(sorted(reducer.unique()))}
@@ -208,13 +215,7 @@ def reducer_tradeoff(df: pd.DataFrame) -> bytes:
             for x, y, keep, precision in zip(group["throughput_ips"], group["map"], group["keep"], group["precision"]):
                 ax.annotate(f"{target[:2]} {precision} k{keep:g}", (x, y), textcoords="offset points", xytext=(5, 4),
                             fontsize=6, color="0.35")
-        front = in_panel[in_panel["pareto"].astype(bool)].sort_values("throughput_ips")
-        if not front.empty:
-            ax.plot(front["throughput_ips"], front["map"], linestyle="--", color="black", linewidth=1, zorder=2)
-            ax.scatter(front["throughput_ips"], front["map"], s=190, facecolors="none", edgecolors="black",
-                       linewidths=1.4, label="Pareto front", zorder=4)
-        ax.set_xlabel("throughput (images/s)")
-        ax.set_ylabel("mAP@[.5:.95]")
+        _draw_front(ax, in_panel)
     fig.suptitle(title + "; marker = target: " + ", ".join(
         f"{t} {_MARKERS[i % len(_MARKERS)]}" for i, t in enumerate(targets)))
     _legend(fig, axes)

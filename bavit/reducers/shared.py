@@ -28,6 +28,7 @@ from torch import nn
 from bavit.pipeline import LayerTokens, Pipeline, WeightsSource
 from bavit.pruning import TokenSelector
 from bavit.reducers._blocks import check_in_encoder, gather
+from bavit.reducers.bavit import BavitPipeline
 from bavit.yolos import PrunedYolos
 
 CONFIG = "config.json"
@@ -127,19 +128,9 @@ class SharedTrunkClassifier(nn.Module):
 
 class SharedPipeline(Pipeline):
     @dataclass(frozen=True)
-    class Options:
-        layers: int = 2            # detector layers before the head; loads bavit-shared{layers}/
-        bg_share: float = 0.0
-        dilate: int = 0
-        threshold: float = 0.0
-
-        def __post_init__(self) -> None:
-            if self.layers < 1:
-                raise ValueError(f"layers must be >= 1, got {self.layers}")
-            if not 0.0 <= self.bg_share < 1.0:
-                raise ValueError(f"bg_share must be in [0, 1), got {self.bg_share}")
-            if self.dilate < 0 or (self.dilate > 1 and self.dilate % 2 == 0):
-                raise ValueError(f"dilate must be 0 (off), 1 or an odd kernel size, got {self.dilate}")
+    class Options(BavitPipeline.Options):
+        """bavit's selection options; `layers` counts the detector's own layers before the head
+        (loads bavit-shared{layers}/)."""
 
     name = "bavit-shared"
     scores_tokens = True
