@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from transformers.models.yolos.modeling_yolos import YolosLayer
 
+from bavit.yolos import _gather as gather  # noqa: F401 - the one token gather, re-exported for the reducers
+
 
 def attend(layer: YolosLayer, x: torch.Tensor, key_bias: torch.Tensor | None = None
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -30,11 +32,6 @@ def attend(layer: YolosLayer, x: torch.Tensor, key_bias: torch.Tensor | None = N
 def feed_forward(layer: YolosLayer, x: torch.Tensor) -> torch.Tensor:
     """The layer's second half: x + MLP(layernorm_after(x))."""
     return layer.output(layer.intermediate(layer.layernorm_after(x)), x)
-
-
-def gather(tokens: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """tokens (B, N, C), idx (B, K) -> (B, K, C)."""
-    return tokens.gather(1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
 
 
 def check_in_encoder(detector) -> None:
