@@ -70,16 +70,25 @@ def merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r: int) -> 
     n_a, n_b = (n + 1) // 2, n // 2
     metric = metric / metric.norm(dim=-1, keepdim=True)
     a, b = metric[:, ::2], metric[:, 1::2]
-    node_max, node_idx = torch.matmul(a, b.transpose(1, 2)).max(dim=-1)         # (B, n_a)
-    src = node_max.topk(r, dim=1).indices                                      # (B, r)
-    chosen = (src.unsqueeze(-1) == torch.arange(n_a, device=x.device)).to(x.dtype).sum(1)   # (B, n_a)
-    unmerged = (1.0 - chosen).topk(n_a - r, dim=1).indices                     # the n_a - r others
+    scores = torch.matmul(a, b.transpose(1, 2))                                 # (B, n_a, n_b)
+    if n_b == 1:   # a max over a 1-long axis does not lower to LiteRT ('mhlo.reduce'); it is that entry
+        node_max, node_idx = scores[..., 0], torch.zeros_like(scores[..., 0], dtype=torch.long)
+    else:
+        node_max, node_idx = scores.max(dim=-1)                                 # (B, n_a)
+    if r == n_a:   # a top-k over the whole axis lowers to STABLEHLO_SORT, which LiteRT lacks
+        src = torch.arange(n_a, device=x.device).expand(x.shape[0], n_a)
+    else:
+        src = node_max.topk(r, dim=1).indices                                  # (B, r)
     dst = node_idx.gather(1, src)                                               # (B, r)
     onehot = (dst.unsqueeze(-1) == torch.arange(n_b, device=x.device)).to(x.dtype).transpose(1, 2)  # (B, n_b, r)
     xa, xb, sa, sb = x[:, ::2], x[:, 1::2], size[:, ::2], size[:, 1::2]
     src_s = sa.gather(1, src)
     b_sum = xb * sb.unsqueeze(-1) + torch.matmul(onehot, gather(xa * sa.unsqueeze(-1), src))
     b_size = sb + torch.matmul(onehot, src_s.unsqueeze(-1)).squeeze(-1)
+    if r == n_a:   # every A token merges: no empty top-k for the runtimes to lower
+        return b_sum / b_size.unsqueeze(-1), b_size
+    chosen = (src.unsqueeze(-1) == torch.arange(n_a, device=x.device)).to(x.dtype).sum(1)   # (B, n_a)
+    unmerged = (1.0 - chosen).topk(n_a - r, dim=1).indices                     # the n_a - r others
     return (torch.cat([gather(xa, unmerged), b_sum / b_size.unsqueeze(-1)], dim=1),
             torch.cat([sa.gather(1, unmerged), b_size], dim=1))
 
