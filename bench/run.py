@@ -35,6 +35,7 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bavit.reducers import NAMES as REDUCER_NAMES
 from bench.cells import Cell, Model, append_row, enumerate_cells, finished_cells, has_rows, models_of
 from bench.contracts import (
     SCENARIOS,
@@ -106,7 +107,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keep", default="1.0,0.5,0.25", help="keep ratios of patch tokens, each in (0, 1]")
     p.add_argument("--reducer", default="bavit",
                    help="token reducers, comma-separated, each with its options after a colon: "
-                        "bavit, random, attention, tome (e.g. 'bavit:dilate=3,bg_share=0.25,tome'; "
+                        f"{', '.join(n for n in REDUCER_NAMES if n != 'none')} "
+                        "(e.g. 'bavit:dilate=3,bg_share=0.25,tome'; "
                         "default bavit). Keep 1.0 is the dense detector, measured once as 'none'")
     p.add_argument("--scenario", default="single-stream,offline",
                    help="single-stream (batch-1 queries one after another: latency) and/or offline "
