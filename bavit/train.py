@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from bavit.classifier import DEFAULT_WIDTH, TokenClassifier
-from bavit.data import DataError, load_dataset
+from bavit.data import DataError, load_dataset, parse_data
 from bavit.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from bavit.encode import encode, label_mode_for
 from bavit.losses import SetLoss
@@ -228,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.image_size[0] != cfg.image_size[1]:
             raise ValueError(f"detector image_size {cfg.image_size[0]}x{cfg.image_size[1]} is not square; "
                              "training runs square inputs: pass --image-size N")
+        if parse_data(args.data).one_set:
+            raise DataError(f"--data {args.data}: one set of images, but training needs a train and a val split "
+                            "(pass coco:ROOT, voc:ROOT or yolo:PATH/data.yaml)")
         train_ds = load_dataset(args.data, "train", size=image_size, n_images=args.train_images)
         val_ds = load_dataset(args.data, "val", size=image_size, n_images=args.val_data_images)
         mode = label_mode_for(train_ds, args.labels)
@@ -351,7 +354,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name, hlp in (("detector", "train a YOLOS detector"), ("classifier", "train a BAViT token classifier"),
                       ("finetune", "sparse fine-tuning of a detector with BAViT pruning in the loop")):
         s = sub.add_parser(name, help=hlp)
-        s.add_argument("--data", default="synthetic", help="synthetic | coco:PATH | voc:PATH")
+        s.add_argument("--data", default="synthetic", help="synthetic | coco:ROOT | voc:ROOT | yolo:PATH/data.yaml "
+                       "(a train and a val split)")
         s.add_argument("--size", choices=sorted(CONFIGS), default="tiny", help="model scale for a fresh detector")
         s.add_argument("--labels", choices=["masks", "boxes"], default=None,
                        help="token labels from masks or boxes (default: masks when the data set has them)")

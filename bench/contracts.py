@@ -213,6 +213,7 @@ class Row:
     model: str = ""
     detector: str = ""
     data: str = ""
+    data_classes: str = ""        # the data set's class names, in label order (comma-joined)
     threads: int = 0
     reducer_options: str = ""     # JSON: every option of the reducer, defaults included
     image_size: int = 0

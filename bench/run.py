@@ -122,7 +122,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of untimed calls per cell after loading")
     p.add_argument("--no-interleave", action="store_true",
                    help="time each cell's rounds back to back instead of interleaved (to see what drift does)")
-    p.add_argument("--data", default="synthetic", help="synthetic | coco:PATH | voc:PATH (validation split)")
+    p.add_argument("--data", default="synthetic", help="synthetic | coco:ROOT | coco:ANNOTATIONS.json,IMAGE_DIR | voc:ROOT | yolo:PATH/data.yaml "
+                        "(the --split is scored and timed)")
     p.add_argument("--split", default="val", help="split scored and timed (default val)")
     p.add_argument("--weights", default=None,
                    help="folder with detector/ and bavit2/ (default: the project's demo weights; "
@@ -190,11 +191,11 @@ def check(args: argparse.Namespace) -> dict:
         raise UsageError(f"--warmup must be >= 0 seconds, got {args.warmup:g}")
     if args.max_map_drop < 0 or (args.max_latency_ms or 1) <= 0 or (args.max_rss_mb or 1) <= 0:
         raise UsageError("--max-map-drop must be >= 0, --max-latency-ms and --max-rss-mb > 0")
-    kind, _, path = args.data.partition(":")
-    if kind not in ("synthetic", "coco", "voc") or (kind != "synthetic" and not path):
-        raise UsageError(f"--data: expected synthetic, coco:PATH or voc:PATH, got '{args.data}'")
-    if path and not Path(path).exists():
-        raise UsageError(f"--data {args.data}: path not found: {path}")
+    from bavit.data import DataError, parse_data
+    try:
+        parse_data(args.data)
+    except DataError as err:
+        raise UsageError(f"--data: {err}") from None
     out = Path(args.out) if args.out else Path("runs") / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -580,7 +581,7 @@ def run(argv: list[str] | None = None) -> int:
     if len(todo) < len(cells):
         print(f"resuming: {len(cells) - len(todo)} of {len(cells)} cells already recorded", file=sys.stderr)
     job = Job(args, settings, run_id, label, size, cache, out, calib, cat_ids, accuracy_note, fingerprint(),
-              plan["reducers"])
+              plan["reducers"], dataset.categories)
     failed = job.run(todo)
     (out / "timing.json").write_text(json.dumps(job.timing, indent=1))
     print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in job.timing.items()), file=sys.stderr)
@@ -594,13 +595,14 @@ class Job:
     appended as each target finishes (unavailable and failed cells at once)."""
 
     def __init__(self, args, settings: RunSettings, run_id: str, label: str, size: int, cache: Path, out: Path,
-                 calib: dict, cat_ids, accuracy_note: str | None, system: dict, reducers: list) -> None:
+                 calib: dict, cat_ids, accuracy_note: str | None, system: dict, reducers: list,
+                 classes: list[str]) -> None:
         from bavit.reducers import dense
 
         self.args, self.settings, self.run_id, self.label, self.size = args, settings, run_id, label, size
         self.reducers = {r.label: r for r in [dense(), *reducers]}   # label -> ReducerSpec
         self.cache, self.out, self.calib, self.cat_ids, self.accuracy_note = cache, out, calib, cat_ids, accuracy_note
-        self.system = system
+        self.system, self.classes = system, ",".join(classes)
         self.work, self.logs = out / "work", out / "logs"
         self.timing: dict[str, float] = {}
         self.failed = 0
@@ -611,7 +613,7 @@ class Job:
         row = Row(cell_id=cell.cell_id, model_id=m.model_id, target=m.target, precision=m.precision,
                   reducer=m.reducer, keep=m.keep, batch=m.batch, scenario=cell.scenario, status=status,
                   settings_key=self.settings.key, run_id=self.run_id, model=self.label, detector=a.detector,
-                  data=f"{a.data}:{a.split}", threads=a.threads,
+                  data=f"{a.data}:{a.split}", data_classes=self.classes, threads=a.threads,
                   reducer_options=json.dumps(self.reducers[m.reducer].as_dict(), sort_keys=True),
                   image_size=self.size, started_at=datetime.now(timezone.utc).isoformat(), **self.system)
         row = Row(**{**asdict(row), **fields})

@@ -57,11 +57,7 @@ def data_fingerprint(spec: str, split: str) -> dict:
     if kind == "synthetic":
         from bavit.data.synthetic import GENERATOR_VERSION
         return {"synthetic": GENERATOR_VERSION, "split": split}
-    from pathlib import Path
-
+    from bavit.data import annotation_files
     from bench.contracts import digest
-    root = Path(path).expanduser().resolve()
-    files = sorted(p for p in root.rglob("*") if p.suffix in (".json", ".xml", ".txt", ".yaml", ".png")
-                   and p.is_file()) if root.is_dir() else [root]
-    stats = [(str(p.relative_to(root) if root.is_dir() else p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    return {"path": str(root), "split": split, "files": digest(stats)}
+    stats = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in annotation_files(spec)]
+    return {"spec": spec, "split": split, "files": digest(stats)}

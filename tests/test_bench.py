@@ -192,7 +192,7 @@ def test_a_line_cut_by_a_crash_is_dropped_not_glued(tmp_path):
     (["--target", "nope"], "--target: unknown value 'nope'"),
     (["--keep", "0"], "--keep: keep ratios must be in (0, 1]"),
     (["--keep", "1.5"], "--keep: keep ratios must be in (0, 1]"),
-    (["--data", "coco:/does/not/exist"], "path not found: /does/not/exist"),
+    (["--data", "coco:/does/not/exist"], "not found: /does/not/exist"),
     (["--precision", "int4"], "--precision: unknown value 'int4'"),
     (["--reducer", "bavit:dilate=2"], "--reducer bavit:dilate=2: dilate must be 0 (off), 1 or an odd kernel size"),
     (["--reducer", "bavit:dilat=3"], "unknown option 'dilat=3' for bavit"),
@@ -346,6 +346,23 @@ def test_int8_calibrates_past_the_scored_images_when_only_they_exist(tmp_path):
     assert by_id[f"fake/int8/none/keep1/b1/{OFF}"]["calibration"] == "val images 4+ (not scored)"
     assert by_id[f"torch/int8/none/keep1/b1/{OFF}"]["calibration"] is None  # dynamic int8: no calibration loaded
     assert "int8 calibrates on val images 4+ (not scored)" in proc.stderr
+
+
+def test_yolo_layout_runs_through_the_harness(tmp_path):
+    """An Ultralytics export of the synthetic set (its ground truth equals the COCO
+    original's: test_data) is scored and calibrated on its own train split; the row names
+    the classes it scored."""
+    from bavit.data import make_synthetic
+    from test_data import _as_yolo
+
+    data = make_synthetic(tmp_path / "coco", n_images=12, size=64, seed=0, split="val")
+    yaml_path = _as_yolo(data, tmp_path / "export")
+    out = tmp_path / "run"
+    bench(out, "--data", f"yolo:{yaml_path}", "--target", "fake", "--keep", "1.0", "--batch", "2",
+          "--precision", "int8", "--scenario", OFF, check=True)
+    (row,) = rows(out)
+    assert row["status"] == "ok" and row["map"] is not None and row["data"] == f"yolo:{yaml_path}:val"
+    assert row["data_classes"] == "circle,square,triangle,star" and row["calibration"] == "train"
 
 
 def test_map_equals_pycocotools_on_the_dumped_detections(tmp_path, monkeypatch):

@@ -299,3 +299,134 @@ def test_voc_images_without_masks_score_map_but_not_tokens(voc_root):
     res = score(run, ds, 32, 8, [0, 1], batch=2)
     assert res["label_mode"] == "masks" and res["images"] == 2 and res["token_images"] == 1
     assert res["map"] is not None and 0 < res["token_acc"] < 1 and res["fg_recall"] == 1.0
+
+
+# ---------------------------------------------------------------- the formats users bring
+
+
+def _as_yolo(coco_root: Path, out: Path, split: str = "val") -> Path:
+    """The synthetic COCO split re-exported as Ultralytics' layout (box lines), the way a
+    user's converter would write it, with a list-of-names yaml and a Roboflow-style relative
+    val path."""
+    data = json.loads((coco_root / "annotations" / f"instances_{split}.json").read_text())
+    by_id = {im["id"]: im for im in data["images"]}
+    (out / "valid" / "images").mkdir(parents=True)
+    (out / "valid" / "labels").mkdir()
+    for im in data["images"]:
+        (out / "valid" / "images" / im["file_name"]).write_bytes((coco_root / "images" / split / im["file_name"]).read_bytes())
+    lines: dict[int, list[str]] = {}
+    for a in data["annotations"]:
+        im = by_id[a["image_id"]]
+        x, y, w, h = a["bbox"]
+        lines.setdefault(a["image_id"], []).append(
+            f"{a['category_id'] - 1} {(x + w / 2) / im['width']:.8f} {(y + h / 2) / im['height']:.8f} "
+            f"{w / im['width']:.8f} {h / im['height']:.8f}")
+    for image_id, ls in lines.items():
+        name = Path(by_id[image_id]["file_name"]).with_suffix(".txt").name
+        (out / "valid" / "labels" / name).write_text("\n".join(ls) + "\n")
+    names = [c["name"] for c in sorted(data["categories"], key=lambda c: c["id"])]
+    (out / "yolo").mkdir()
+    (out / "yolo" / "data.yaml").write_text(f"train: ../valid/images\nval: ../valid/images\nnc: {len(names)}\n"
+                                            f"names: {json.dumps(names)}\n")
+    return out / "yolo" / "data.yaml"
+
+
+def test_yolo_export_of_a_coco_set_reads_back_the_same_ground_truth(synth_root, tmp_path):
+    from bavit.data import YoloDataset, has_split
+
+    coco = load_dataset(f"coco:{synth_root}", "val")
+    yaml_path = _as_yolo(synth_root, tmp_path)
+    yolo = load_dataset(f"yolo:{yaml_path}", "val")
+    assert isinstance(yolo, YoloDataset) and len(yolo) == len(coco) == 12
+    assert yolo.categories == coco.categories and has_split(f"yolo:{yaml_path}", "train")
+    assert not has_split(f"yolo:{yaml_path}", "test")
+    for i in range(len(coco)):
+        a, b = coco[i], yolo[i]
+        np.testing.assert_array_equal(a.image, b.image)
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
+        np.testing.assert_array_equal(a.labels, b.labels)
+        assert b.masks is None   # box lines: token labels come from boxes
+    ga, gb = coco.coco_gt(), yolo.coco_gt()
+    assert [(x["image_id"], x["category_id"]) for x in ga["annotations"]] == \
+           [(x["image_id"], x["category_id"]) for x in gb["annotations"]]
+    np.testing.assert_allclose([x["bbox"] for x in ga["annotations"]], [x["bbox"] for x in gb["annotations"]],
+                               atol=1e-3)
+
+
+def test_yolo_polygons_are_masks_and_their_bounds_boxes(tmp_path):
+    for sub in ("images/val", "labels/val"):
+        (tmp_path / sub).mkdir(parents=True)
+    Image.fromarray(np.zeros((20, 40, 3), np.uint8)).save(tmp_path / "images/val/a.png")
+    Image.fromarray(np.zeros((20, 40, 3), np.uint8)).save(tmp_path / "images/val/b.png")   # no label file
+    # a 10x10 px square at x 10..20, y 5..15, as a polygon; class 1 of 2
+    (tmp_path / "labels/val/a.txt").write_text("1 0.25 0.25 0.5 0.25 0.5 0.75 0.25 0.75\n")
+    (tmp_path / "data.yaml").write_text("path: .\nval: images/val\nnames: {0: cat, 1: dog}\n")
+    ds = load_dataset(f"yolo:{tmp_path / 'data.yaml'}", "val")
+    assert ds.categories == ["cat", "dog"] and ds.image_ids() == [1, 2]
+    s = ds[0]
+    np.testing.assert_allclose(s.boxes, [[10, 5, 20, 15]], atol=1e-4)
+    assert s.labels.tolist() == [1] and s.masks.shape == (1, 20, 40)
+    assert s.masks[0, 6:14, 11:19].all() and not s.masks[0, :4].any() and not s.masks[0, :, 22:].any()
+    empty = ds[1]
+    assert len(empty.boxes) == 0 and empty.masks.shape == (0, 20, 40)
+    assert [a["category_id"] for a in ds.coco_gt()["annotations"]] == [2]
+
+
+@pytest.mark.parametrize("line,culprit", [
+    ("2 0.5 0.5 0.1 0.1", "class 2 outside the 2 names"),
+    ("0 0.5 0.5 1.5 0.1", "normalised to [0, 1]"),
+    ("0 0.5 0.5 0.1", "got 4"),
+    ("x 0.5 0.5 0.1 0.1", "not a YOLO label line"),
+])
+def test_yolo_bad_label_line_names_file_and_line(tmp_path, line, culprit):
+    for sub in ("images", "labels"):
+        (tmp_path / sub).mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "images/a.jpg")
+    (tmp_path / "labels/a.txt").write_text("0 0.5 0.5 0.2 0.2\n" + line + "\n")
+    (tmp_path / "data.yaml").write_text("val: images\nnames: [a, b]\n")
+    with pytest.raises(DataError) as exc:
+        load_dataset(f"yolo:{tmp_path / 'data.yaml'}", "val")
+    _assert_one_line(exc, culprit)
+    assert f"{tmp_path / 'labels/a.txt'}:2" in str(exc.value)
+
+
+def test_coco_export_pair_is_one_set(synth_root, tmp_path):
+    """Any COCO instances file with any image folder (CVAT, Label Studio, Roboflow exports):
+    it serves the asked split and claims no other, so int8 calibrates past the scored images."""
+    from bavit.data import has_split, parse_data
+
+    ann = tmp_path / "export.json"
+    ann.write_text((synth_root / "annotations" / "instances_val.json").read_text())
+    spec = f"coco:{ann},{synth_root / 'images' / 'val'}"
+    ds = load_dataset(spec, "val")
+    assert len(ds) == 12 and parse_data(spec).one_set and not has_split(spec, "train")
+    assert load_dataset(spec, "train").image_ids() == ds.image_ids()
+    for bad, culprit in ((f"coco:{ann},{tmp_path / 'nope'}", f"image folder not found: {tmp_path / 'nope'}"),
+                         (f"coco:{tmp_path / 'x.json'},{tmp_path}", f"annotation file not found: {tmp_path / 'x.json'}"),
+                         (f"coco:{tmp_path}/a.txt,{tmp_path}", "expected coco:ANNOTATIONS.json,IMAGE_DIR")):
+        with pytest.raises(DataError) as exc:
+            load_dataset(bad)
+        _assert_one_line(exc, culprit)
+
+
+def test_voc_folder_with_its_own_classes(voc_root):
+    from bavit.data.voc import voc_classes
+
+    xml = voc_root / "Annotations/2008_000002.xml"
+    xml.write_text(xml.read_text().replace("<name>car</name>", "<name>widget</name>"))
+    for png in (voc_root / "SegmentationObject").glob("*"):
+        png.unlink()
+    # no class list: the names of every annotation, sorted
+    ds = load_dataset(f"voc:{voc_root}", split="val")
+    assert ds.categories == ["dog", "person", "widget"] and "sorted" in ds.classes_source
+    assert ds[1].labels.tolist() == [2] and ds.coco_gt()["categories"][2] == {"id": 3, "name": "widget"}
+    # a labels.txt beside the folder wins; its background entry is index 0 of the PNGs, not a class
+    (voc_root.parent / "labels.txt").write_text("background\nwidget\nperson\ndog\n")
+    ds = load_dataset(f"voc:{voc_root}", split="val")
+    assert ds.categories == ["widget", "person", "dog"] and ds.classes_source.endswith("labels.txt")
+    assert ds[0].labels.tolist() == [2, 1]
+    (voc_root / "classes.txt").write_text("widget\nperson\n")   # in the folder: before the one beside it
+    with pytest.raises(DataError) as exc:
+        load_dataset(f"voc:{voc_root}", split="val")
+    _assert_one_line(exc, f"class 'dog' in {voc_root / 'Annotations/2008_000001.xml'} is not in the class list")
+    assert voc_classes(voc_root)[1] == str(voc_root / "classes.txt")

@@ -124,10 +124,13 @@ def test_resume_continues_from_saved_step(tmp_path, capsys):
 @pytest.mark.parametrize("extra,needle", [
     (["--init", "/does/not/exist"], "no config.json in weights folder"),
     (["--batch", "100"], "--batch 100: the train split has only 64 images"),
+    (["--data", "coco:{tmp}/a.json,{tmp}"], "one set of images, but training needs a train and a val split"),
 ])
 def test_bad_training_input_is_one_line(tmp_path, capsys, extra, needle):
     argv = ["detector", "--out", str(tmp_path), "--train-images", "64", "--val-data-images", "16",
             "--threads", "1", "--steps", "1", *extra]
+    (tmp_path / "a.json").write_text("{}")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and "\n" not in err

@@ -39,7 +39,41 @@ def _text(node: ET.Element, tag: str, xml_path: Path) -> str:
     return found.text.strip()
 
 
-def _parse_xml(xml_path: Path, name: str) -> _Record:
+CLASS_FILES = ("labels.txt", "classes.txt")   # LabelImg's and most exporters' class lists
+_BACKGROUND = ("background", "__background__", "_background_")
+
+
+def _object_names(xml_path: Path) -> list[str]:
+    try:
+        root = ET.parse(xml_path).getroot()
+    except ET.ParseError as exc:
+        raise DataError(f"not a VOC annotation file: {xml_path} ({one_line(exc)})") from None
+    return [_text(obj, "name", xml_path) for obj in root.iter("object")]
+
+
+def voc_classes(root: Path) -> tuple[list[str], str]:
+    """The class list of a VOC-layout folder, and where it came from: a `labels.txt` /
+    `classes.txt` in the folder or beside it (one name per line; a leading background entry,
+    index 0 of segmentation PNGs, is dropped); else Pascal's 20 when every annotated name is
+    one of them; else the names found in all of Annotations/ (every split, so train and val
+    agree), sorted."""
+    for folder in (root, root.parent):
+        for name in CLASS_FILES:
+            path = folder / name
+            if path.is_file():
+                names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+                if names and names[0].lower() in _BACKGROUND:
+                    names = names[1:]
+                if not names or len(set(names)) != len(names):
+                    raise DataError(f"class list {path} is empty or names a class twice")
+                return names, str(path)
+    found = sorted({n for xml in (root / "Annotations").glob("*.xml") for n in _object_names(xml)})
+    if set(found) <= set(VOC_CLASSES):
+        return list(VOC_CLASSES), "Pascal VOC's 20 classes"
+    return found, f"the {len(found)} names in {root / 'Annotations'}, sorted"
+
+
+def _parse_xml(xml_path: Path, name: str, classes: Sequence[str], source: str) -> _Record:
     """Read one VOC XML.
 
     VOC boxes are 1-based with inclusive corners, so pixel columns xmin..xmax
@@ -58,14 +92,14 @@ def _parse_xml(xml_path: Path, name: str) -> _Record:
     boxes, labels, difficult = [], [], []
     for obj in root.iter("object"):
         cls = _text(obj, "name", xml_path)
-        if cls not in VOC_CLASSES:
-            raise DataError(f"unknown VOC class '{cls}' in {xml_path}")
+        if cls not in classes:
+            raise DataError(f"class '{cls}' in {xml_path} is not in the class list ({source})")
         bnd = obj.find("bndbox")
         if bnd is None:
             raise DataError(f"VOC annotation lacks <bndbox>: {xml_path}")
         x0, y0, x1, y1 = (float(_text(bnd, t, xml_path)) for t in ("xmin", "ymin", "xmax", "ymax"))
         boxes.append([x0 - 1, y0 - 1, x1, y1])
-        labels.append(VOC_CLASSES.index(cls))
+        labels.append(classes.index(cls))
         diff = obj.find("difficult")
         difficult.append(diff is not None and (diff.text or "0").strip() == "1")
     return _Record(
@@ -110,10 +144,10 @@ class VocDataset(DetectionDataset):
     SegmentationObject PNG have `masks=None`. "difficult" objects are real
     objects, so they stay in `Sample`s, but `coco_gt` marks them iscrowd=1:
     the closest COCOeval analogue of VOC's "neither reward nor penalise".
-    """
 
-    categories = list(VOC_CLASSES)
-    cat_ids = list(range(1, len(VOC_CLASSES) + 1))
+    The classes are the folder's own (`voc_classes`): LabelImg, CVAT and most VOC-XML
+    exports are not Pascal's 20. `classes_source` says where the list came from.
+    """
 
     def __init__(self, root: Path, split: str, max_images: int | None = None) -> None:
         self.root = Path(root)
@@ -129,7 +163,11 @@ class VocDataset(DetectionDataset):
         names = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
         if max_images is not None:
             names = names[:max_images]
-        self._records = [_parse_xml(self.root / "Annotations" / f"{n}.xml", n) for n in names]
+        classes, self.classes_source = voc_classes(self.root)
+        self.categories = list(classes)
+        self.cat_ids = list(range(1, len(classes) + 1))
+        self._records = [_parse_xml(self.root / "Annotations" / f"{n}.xml", n, classes, self.classes_source)
+                         for n in names]
         self._ids = _image_ids(names)
 
     def __len__(self) -> int:
