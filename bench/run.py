@@ -122,7 +122,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of untimed calls per cell after loading")
     p.add_argument("--no-interleave", action="store_true",
                    help="time each cell's rounds back to back instead of interleaved (to see what drift does)")
-    p.add_argument("--data", default="synthetic", help="synthetic | coco:ROOT | coco:ANNOTATIONS.json,IMAGE_DIR | voc:ROOT | yolo:PATH/data.yaml "
+    p.add_argument("--data", default="synthetic",
+                   help="synthetic | coco:ROOT | coco:ANNOTATIONS.json,IMAGE_DIR | voc:ROOT | yolo:PATH/data.yaml "
                         "(the --split is scored and timed)")
     p.add_argument("--split", default="val", help="split scored and timed (default val)")
     p.add_argument("--weights", default=None,

@@ -352,8 +352,9 @@ def test_yolo_layout_runs_through_the_harness(tmp_path):
     """An Ultralytics export of the synthetic set (its ground truth equals the COCO
     original's: test_data) is scored and calibrated on its own train split; the row names
     the classes it scored."""
-    from bavit.data import make_synthetic
     from test_data import _as_yolo
+
+    from bavit.data import make_synthetic
 
     data = make_synthetic(tmp_path / "coco", n_images=12, size=64, seed=0, split="val")
     yaml_path = _as_yolo(data, tmp_path / "export")

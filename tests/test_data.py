@@ -313,7 +313,8 @@ def _as_yolo(coco_root: Path, out: Path, split: str = "val") -> Path:
     (out / "valid" / "images").mkdir(parents=True)
     (out / "valid" / "labels").mkdir()
     for im in data["images"]:
-        (out / "valid" / "images" / im["file_name"]).write_bytes((coco_root / "images" / split / im["file_name"]).read_bytes())
+        image = (coco_root / "images" / split / im["file_name"]).read_bytes()
+        (out / "valid" / "images" / im["file_name"]).write_bytes(image)
     lines: dict[int, list[str]] = {}
     for a in data["annotations"]:
         im = by_id[a["image_id"]]
@@ -402,7 +403,8 @@ def test_coco_export_pair_is_one_set(synth_root, tmp_path):
     assert len(ds) == 12 and parse_data(spec).one_set and not has_split(spec, "train")
     assert load_dataset(spec, "train").image_ids() == ds.image_ids()
     for bad, culprit in ((f"coco:{ann},{tmp_path / 'nope'}", f"image folder not found: {tmp_path / 'nope'}"),
-                         (f"coco:{tmp_path / 'x.json'},{tmp_path}", f"annotation file not found: {tmp_path / 'x.json'}"),
+                         (f"coco:{tmp_path / 'x.json'},{tmp_path}",
+                          f"annotation file not found: {tmp_path / 'x.json'}"),
                          (f"coco:{tmp_path}/a.txt,{tmp_path}", "expected coco:ANNOTATIONS.json,IMAGE_DIR")):
         with pytest.raises(DataError) as exc:
             load_dataset(bad)
