@@ -121,11 +121,13 @@ def detections_from_outputs(
     size: int,
     orig_sizes: Sequence[tuple[int, int]],
     topk: int = 100,
+    box_frame: str = "input",
 ) -> list[dict]:
     """COCO result dicts from YOLOS-style outputs.
 
     logits (B, D, C+1) with the last class = no-object, boxes (B, D, 4) cx, cy,
-    w, h normalised to the size x size input, orig_sizes (H, W) per image.
+    w, h as fractions of the model input or of the unpadded image (`box_frame`, see
+    bavit.yolos), orig_sizes (H, W) per image.
     Every (token, class) pair is a candidate scored by its softmax
     probability, as in DETR's COCO evaluation: letting one token propose
     several classes raises recall at no cost to precision ranking. The best
@@ -148,7 +150,7 @@ def detections_from_outputs(
         top = np.argpartition(-probs[i], k - 1)[:k] if k < d * n_cls else np.arange(d * n_cls)
         top = top[np.argsort(-probs[i, top], kind="stable")]
         tokens, labels = np.divmod(top, n_cls)
-        xyxy = boxes_to_original(boxes[i, tokens], scales[i], size, tuple(orig_sizes[i]))
+        xyxy = boxes_to_original(boxes[i, tokens], scales[i], size, tuple(orig_sizes[i]), box_frame)
         for (x0, y0, x1, y1), label, score in zip(xyxy.tolist(), labels.tolist(), probs[i, top].tolist()):
             if cat_ids[label] is None:
                 continue

@@ -179,9 +179,11 @@ def build(args) -> tuple[dict[str, nn.Module], object]:
         return {"model": TokenClassifier.for_detector(det, args.layers, width)}, None
     if args.mode == "detector":
         det = PrunedYolos.from_pretrained(args.init, args.image_size) if args.init else _fresh_detector(args)
+        det.config.box_frame = "input"   # the targets below are fractions of the padded input
         dense = nn.Linear(det.config.hidden_size, det.config.num_labels + 1)
         return {"model": det, "dense_head": dense}, None
     det = PrunedYolos.from_pretrained(args.detector, args.image_size)
+    det.config.box_frame = "input"
     cls = TokenClassifier.from_pretrained(args.classifier).eval()
     dense = nn.Linear(det.config.hidden_size, det.config.num_labels + 1)
     return {"model": det, "dense_head": dense}, (cls, TokenSelector(det.grid, args.keep))

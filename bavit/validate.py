@@ -17,7 +17,7 @@ Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 def score(run: Runner, dataset: DetectionDataset, size: int, patch: int, indices: Sequence[int],
           batch: int = 8, label_mode: LabelMode | None = None, pad_batches: bool = True,
-          with_map: bool = True, cat_ids: Sequence[int | None] | None = None) -> dict:
+          with_map: bool = True, cat_ids: Sequence[int | None] | None = None, box_frame: str = "input") -> dict:
     """Runs `run` over the samples in fixed-size batches. Static-shape models need every
     batch full: the last one is padded with copies and the copies' outputs are dropped.
     `cat_ids`: the data-set category of each model class (`evaluate.category_map`);
@@ -39,7 +39,8 @@ def score(run: Runner, dataset: DetectionDataset, size: int, patch: int, indices
         logits, boxes, token_logits = (np.asarray(a)[:n] for a in run(pixels))
         if with_map:
             dets += detections_from_outputs(logits, boxes, [e.scale for e in chunk], [e.image_id for e in chunk],
-                                            cat_ids or dataset.cat_ids, size, [e.orig_size for e in chunk])
+                                            cat_ids or dataset.cat_ids, size, [e.orig_size for e in chunk],
+                                            box_frame=box_frame)
         if labelled.any():
             m = token_metrics((token_logits >= 0)[labelled], np.stack([e.token_fg for e in chunk])[labelled])
             counts += [m["tp"], m["fp"], m["fn"], m["tn"]]

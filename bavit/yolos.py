@@ -11,6 +11,13 @@ Two inference-visible options help training from scratch on CPU (see
 - `conv_stem`: stride-2 3x3 convolutions replace the single patch projection (`stem_width`
   channels in the first, doubling after; 32 unless the config says otherwise);
 - `anchored_boxes`: each detection token predicts its box relative to a fixed reference box.
+
+`box_frame` says what a predicted box is a fraction of, which decoding must know:
+- `"image"`: of the resized image without its padding. DETR's convention: targets are
+  normalised before padding and post-processing scales by the image size. A stock HF folder
+  (no `box_frame` in its config) is read this way.
+- `"input"`: of the whole (letterboxed, padded) model input. This project's trainer
+  normalises targets so, and writes `box_frame: input` into every detector it saves.
 """
 from __future__ import annotations
 
@@ -29,7 +36,7 @@ def tiny_config(**overrides) -> YolosConfig:
     cfg = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512,
                image_size=[64, 64], patch_size=8, num_detection_tokens=16, num_labels=4,
                use_mid_position_embeddings=False, hidden_dropout_prob=0.0,
-               attention_probs_dropout_prob=0.0, conv_stem=True, anchored_boxes=True)
+               attention_probs_dropout_prob=0.0, conv_stem=True, anchored_boxes=True, box_frame="input")
     cfg.update(overrides)
     return YolosConfig(**cfg)
 
@@ -42,12 +49,22 @@ def ti_config(**overrides) -> YolosConfig:
     cfg = dict(hidden_size=192, num_hidden_layers=12, num_attention_heads=3, intermediate_size=768,
                image_size=[256, 256], patch_size=16, num_detection_tokens=64, num_labels=4,
                use_mid_position_embeddings=False, hidden_dropout_prob=0.0,
-               attention_probs_dropout_prob=0.0, conv_stem=True, stem_width=16, anchored_boxes=True)
+               attention_probs_dropout_prob=0.0, conv_stem=True, stem_width=16, anchored_boxes=True,
+               box_frame="input")
     cfg.update(overrides)
     return YolosConfig(**cfg)
 
 
 CONFIGS = {"tiny": tiny_config, "ti": ti_config}
+BOX_FRAMES = ("image", "input")
+
+
+def box_frame(config) -> str:
+    """What the config's predicted boxes are fractions of (module docstring)."""
+    frame = getattr(config, "box_frame", "image")
+    if frame not in BOX_FRAMES:
+        raise ValueError(f"detector config: box_frame must be one of {', '.join(BOX_FRAMES)}, got {frame!r}")
+    return frame
 
 
 def patch_projection(config: YolosConfig) -> nn.Module | None:

@@ -142,6 +142,7 @@ class AccuracySpec:
     cat_ids: list[int | None] | None
     patch: int
     scores_tokens: bool           # token figures are measured (a reducer with a foreground classifier)
+    box_frame: str                # what predicted boxes are fractions of (bavit.yolos.box_frame)
     detections: str               # where the detections JSON goes
     cache_file: str | None        # accuracy of an unchanged artifact on unchanged data
 
@@ -214,6 +215,7 @@ class Row:
     detector: str = ""
     data: str = ""
     data_classes: str = ""        # the data set's class names, in label order (comma-joined)
+    box_frame: str = ""           # how boxes were decoded: fractions of the "input" or of the "image"
     threads: int = 0
     reducer_options: str = ""     # JSON: every option of the reducer, defaults included
     image_size: int = 0

@@ -582,7 +582,7 @@ def run(argv: list[str] | None = None) -> int:
     if len(todo) < len(cells):
         print(f"resuming: {len(cells) - len(todo)} of {len(cells)} cells already recorded", file=sys.stderr)
     job = Job(args, settings, run_id, label, size, cache, out, calib, cat_ids, accuracy_note, fingerprint(),
-              plan["reducers"], dataset.categories)
+              plan["reducers"], dataset.categories, model_info["box_frame"])
     failed = job.run(todo)
     (out / "timing.json").write_text(json.dumps(job.timing, indent=1))
     print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in job.timing.items()), file=sys.stderr)
@@ -597,13 +597,13 @@ class Job:
 
     def __init__(self, args, settings: RunSettings, run_id: str, label: str, size: int, cache: Path, out: Path,
                  calib: dict, cat_ids, accuracy_note: str | None, system: dict, reducers: list,
-                 classes: list[str]) -> None:
+                 classes: list[str], box_frame: str) -> None:
         from bavit.reducers import dense
 
         self.args, self.settings, self.run_id, self.label, self.size = args, settings, run_id, label, size
         self.reducers = {r.label: r for r in [dense(), *reducers]}   # label -> ReducerSpec
         self.cache, self.out, self.calib, self.cat_ids, self.accuracy_note = cache, out, calib, cat_ids, accuracy_note
-        self.system, self.classes = system, ",".join(classes)
+        self.system, self.classes, self.box_frame = system, ",".join(classes), box_frame
         self.work, self.logs = out / "work", out / "logs"
         self.timing: dict[str, float] = {}
         self.failed = 0
@@ -614,7 +614,7 @@ class Job:
         row = Row(cell_id=cell.cell_id, model_id=m.model_id, target=m.target, precision=m.precision,
                   reducer=m.reducer, keep=m.keep, batch=m.batch, scenario=cell.scenario, status=status,
                   settings_key=self.settings.key, run_id=self.run_id, model=self.label, detector=a.detector,
-                  data=f"{a.data}:{a.split}", data_classes=self.classes, threads=a.threads,
+                  data=f"{a.data}:{a.split}", data_classes=self.classes, box_frame=self.box_frame, threads=a.threads,
                   reducer_options=json.dumps(self.reducers[m.reducer].as_dict(), sort_keys=True),
                   image_size=self.size, started_at=datetime.now(timezone.utc).isoformat(), **self.system)
         row = Row(**{**asdict(row), **fields})
@@ -749,7 +749,8 @@ class Job:
                 acc = None
                 if a.images > 0 and not self.accuracy_note and scoring.get(c.model.model_id) == c.cell_id:
                     acc = AccuracySpec(a.data, a.split, a.images, a.labels, self.cat_ids, b.patch, b.scores_tokens,
-                                       str(self.out / "detections" / f"{c.model.slug}.json"), self._accuracy_cache(c, b))
+                                       self.box_frame, str(self.out / "detections" / f"{c.model.slug}.json"),
+                                       self._accuracy_cache(c, b))
                     bar.set_description(f"cold start + accuracy {c.cell_id}")
                 else:
                     bar.set_description(f"cold start {c.cell_id}")
@@ -769,7 +770,7 @@ class Job:
         a = self.args
         key = digest({"format": ACCURACY_FORMAT, "artifact": Path(built.artifact).name, "ov_int8_float": a.ov_int8_float,
                       "data": data_fingerprint(a.data, a.split), "images": a.images, "labels": a.labels,
-                      "cat_ids": self.cat_ids, "batch": cell.model.batch})
+                      "cat_ids": self.cat_ids, "box_frame": self.box_frame, "batch": cell.model.batch})
         return str(self.cache / "accuracy" / f"{key[:24]}.json")
 
     def _build_fields(self, cell: Cell, built: dict[str, Built]) -> dict:
@@ -853,7 +854,8 @@ def _model_info(label: str, det_dir: Path | None, image_size: int | None) -> dic
     if h != w:  # stock HF YOLOS configs are e.g. 800x1333
         raise UsageError(f"--weights {label}: detector image_size {h}x{w} is not square; "
                          "the harness runs square letterboxed inputs: pass --image-size N")
-    return {"size": h, "num_labels": cfg.num_labels, "id2label": cfg.id2label}
+    from bavit.yolos import box_frame
+    return {"size": h, "num_labels": cfg.num_labels, "id2label": cfg.id2label, "box_frame": box_frame(cfg)}
 
 
 def _calibration(args, scored_images: int) -> dict:

@@ -159,7 +159,7 @@ def accuracy(runner, spec: AccuracySpec, size: int, batch: int) -> Accuracy:
     dataset = load_dataset(spec.data, spec.split, size=size)
     indices = list(range(min(spec.images, len(dataset))))
     acc = score(runner, dataset, size, spec.patch, indices, batch=batch, label_mode=spec.labels,
-                cat_ids=spec.cat_ids)
+                cat_ids=spec.cat_ids, box_frame=spec.box_frame)
     detections = acc.pop("detections")
     det_path.write_text(json.dumps(detections))
     # token figures exist only where a foreground classifier ran (BAViT below keep 1.0)

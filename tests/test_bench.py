@@ -335,6 +335,26 @@ def test_stock_style_detector_runs_at_image_size(tmp_path):
     assert row["accuracy_note"] is None and row["map"] is not None
 
 
+def test_stock_folders_decode_boxes_in_the_image_frame(tmp_path):
+    """A detector config without `box_frame` is a stock HF one: its boxes are fractions of
+    the unpadded image; this project's detectors say `input`."""
+    from bavit.yolos import PrunedYolos, tiny_config
+    from bench.run import _model_info
+
+    det = PrunedYolos(tiny_config())
+    det.save_pretrained(tmp_path / "ours")
+    assert _model_info("w", tmp_path / "ours", None)["box_frame"] == "input"
+    config = json.loads((tmp_path / "ours" / "config.json").read_text())
+    config.pop("box_frame")
+    (tmp_path / "stock").mkdir()
+    (tmp_path / "stock" / "config.json").write_text(json.dumps(config))
+    assert _model_info("w", tmp_path / "stock", None)["box_frame"] == "image"
+    config["box_frame"] = "pixels"
+    (tmp_path / "stock" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="box_frame must be one of image, input, got 'pixels'"):
+        _model_info("w", tmp_path / "stock", None)
+
+
 def test_int8_calibrates_past_the_scored_images_when_only_they_exist(tmp_path):
     from bavit.data import make_synthetic
 

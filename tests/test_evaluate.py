@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from bavit.data import make_synthetic
+from bavit.data import load_dataset, make_synthetic
 from bavit.data.coco import CocoDataset
 from bavit.data.preprocess import boxes_to_input, resized_shape
 from bavit.evaluate import coco_map, detections_from_outputs
@@ -153,3 +153,40 @@ def test_classes_the_data_set_lacks_yield_no_detections():
     dets = detections_from_outputs(logits, boxes, [1.0], [5], [None, 7, None], 64, [(64, 64)])
     assert dets and {d["category_id"] for d in dets} == {7}
     assert max(d["score"] for d in dets) > 0.99
+
+
+@pytest.mark.parametrize("frame", ["image", "input"])
+def test_each_box_frame_scores_its_own_box_exactly_on_a_letterboxed_non_square_image(tmp_path, frame):
+    """A stock HF head predicts fractions of the unpadded image (DETR's convention), this
+    project's models fractions of the padded square input. On a 40x20 image letterboxed into
+    64x64 (padding below), a head that predicts the true box in its frame scores AP 1.0 with
+    its own decoding and not with the other one."""
+    from PIL import Image
+
+    from bavit.validate import score
+
+    for sub in ("images", "labels"):
+        (tmp_path / sub).mkdir()
+    Image.fromarray(np.zeros((20, 40, 3), np.uint8)).save(tmp_path / "images/a.png")
+    gt = np.array([8.0, 4.0, 24.0, 16.0])                     # xyxy, original pixels
+    (tmp_path / "labels/a.txt").write_text(f"0 {16 / 40} {10 / 20} {16 / 40} {12 / 20}\n")
+    (tmp_path / "data.yaml").write_text("val: images\nnames: [thing]\n")
+    ds = load_dataset(f"yolo:{tmp_path / 'data.yaml'}", "val")
+    size = 64
+    new_h, new_w, scale = resized_shape(20, 40, size)
+    assert (new_h, new_w) == (32, 64)                          # letterboxed: 32 rows of padding
+    cx, cy, w, h = (gt[0] + gt[2]) / 2, (gt[1] + gt[3]) / 2, gt[2] - gt[0], gt[3] - gt[1]
+    if frame == "image":   # fractions of the resized image = fractions of the original
+        box = [cx / 40, cy / 20, w / 40, h / 20]
+    else:                  # fractions of the 64x64 input
+        box = [cx * scale / size, cy * scale / size, w * scale / size, h * scale / size]
+
+    def run(px):
+        logits = np.array([[[8.0, -8.0]]], np.float32).repeat(len(px), 0)
+        return logits, np.array([[box]], np.float32).repeat(len(px), 0), np.zeros((len(px), 16), np.float32)
+
+    other = {"image": "input", "input": "image"}[frame]
+    mine = score(run, ds, size, 16, [0], batch=1, box_frame=frame)
+    np.testing.assert_allclose(mine["detections"][0]["bbox"], [8, 4, 16, 12], atol=1e-4)
+    assert mine["map"] == pytest.approx(1.0)
+    assert score(run, ds, size, 16, [0], batch=1, box_frame=other)["map"] < 0.5

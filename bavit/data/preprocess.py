@@ -72,15 +72,27 @@ def boxes_to_original(
     scale: float,
     size: int,
     orig_size: tuple[int, int] | None = None,
+    frame: str = "input",
 ) -> np.ndarray:
-    """Model boxes (cx, cy, w, h in [0, 1] of the size x size input) -> original-pixel xyxy.
+    """Model boxes (cx, cy, w, h in [0, 1]) -> original-pixel xyxy.
 
-    With `orig_size` = (H, W) boxes are clipped to the real image, because a
+    `frame` "input": fractions of the size x size input (this project's models); "image":
+    fractions of the resized image without its padding (DETR / stock HF), which needs
+    `orig_size`. With `orig_size` = (H, W) boxes are clipped to the real image, because a
     box reaching into the padding cannot overlap any ground truth there.
     """
     b = np.asarray(boxes_cxcywh, dtype=np.float64)
     half = b[..., 2:] / 2
-    xyxy = np.concatenate([b[..., :2] - half, b[..., :2] + half], axis=-1) * (size / scale)
+    xyxy = np.concatenate([b[..., :2] - half, b[..., :2] + half], axis=-1)
+    if frame == "image":
+        if orig_size is None:
+            raise ValueError("boxes in the image frame need the original image size")
+        new_h, new_w, _ = resized_shape(*orig_size, size)
+        xyxy = xyxy * (np.array([new_w, new_h, new_w, new_h]) / scale)
+    elif frame == "input":
+        xyxy = xyxy * (size / scale)
+    else:
+        raise ValueError(f"unknown box frame {frame!r}")
     if orig_size is not None:
         h, w = orig_size
         xyxy = np.clip(xyxy, 0, [w, h, w, h])
