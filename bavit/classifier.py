@@ -93,6 +93,25 @@ class TokenClassifier(nn.Module):
             mine.load_state_dict(theirs.state_dict())
         return model
 
+    def resize_input(self, size: tuple[int, int]) -> None:
+        """Re-grids BAViT for H x W inputs (a detector run at another `--image-size`): its
+        position embeddings are interpolated bicubically over the patch grid, as YOLOS
+        interpolates the detector's, so both keep seeing the same grid."""
+        h, w = (int(size[0]), int(size[1]))
+        p = self.config.patch_size
+        if h % p or w % p:
+            raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {p}")
+        (gh, gw), (nh, nw) = self.grid, (h // p, w // p)
+        dim = self.position_embeddings.shape[-1]
+        with torch.no_grad():
+            grid = self.position_embeddings.reshape(1, gh, gw, dim).permute(0, 3, 1, 2)
+            grid = nn.functional.interpolate(grid, size=(nh, nw), mode="bicubic", align_corners=False)
+            pos = grid.permute(0, 2, 3, 1).reshape(1, nh * nw, dim)
+        self.config.image_size = [h, w]
+        self.position_embeddings = nn.Parameter(pos.contiguous())
+        self.patch_embeddings.image_size = (h, w)
+        self.patch_embeddings.num_patches = nh * nw
+
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "TokenClassifier":
         model = cls(checkpoint.load_config(path))

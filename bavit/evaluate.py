@@ -118,7 +118,7 @@ def detections_from_outputs(
     scales: Sequence[float],
     image_ids: Sequence[int],
     cat_ids: Sequence[int | None],
-    size: int,
+    size: int | tuple[int, int],
     orig_sizes: Sequence[tuple[int, int]],
     topk: int = 100,
     box_frame: str = "input",

@@ -77,12 +77,13 @@ def token_labels(
     masks: np.ndarray | None,
     boxes: np.ndarray | None,
     mode: Literal["masks", "boxes"],
-    size: int,
+    size: int | tuple[int, int],
     patch: int = 16,
     threshold: float = 0.5,
     allow_box_fallback: bool = False,
 ) -> np.ndarray:
-    """Token grid for one preprocessed sample (masks (n, S, S) or xyxy boxes in input pixels).
+    """Token grid for one preprocessed sample (masks (n, H, W) or xyxy boxes in input pixels;
+    `size` N for N x N inputs, or (H, W)).
 
     Box labels mark background inside boxes as foreground, which changes what
     the pruner learns; so a missing mask only falls back to boxes when the
@@ -92,14 +93,15 @@ def token_labels(
         if not allow_box_fallback:
             raise DataError("data set has no segmentation masks; use --labels boxes")
         mode = "boxes"
+    height, width = (size, size) if isinstance(size, (int, np.integer)) else size
     if mode == "masks":
         masks = np.asarray(masks, dtype=bool)
-        if masks.shape[1:] != (size, size):
-            raise ValueError(f"masks must be (n, {size}, {size}), got {masks.shape}")
+        if masks.shape[1:] != (height, width):
+            raise ValueError(f"masks must be (n, {height}, {width}), got {masks.shape}")
         return labels_from_masks(masks.any(axis=0), patch, threshold)
     if mode == "boxes":
         empty = np.zeros((0, 4), dtype=np.float32)
-        return labels_from_boxes(empty if boxes is None else boxes, size, size, patch, threshold)
+        return labels_from_boxes(empty if boxes is None else boxes, height, width, patch, threshold)
     raise ValueError(f"unknown label mode '{mode}' (expected masks or boxes)")
 
 

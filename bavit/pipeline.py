@@ -166,7 +166,7 @@ def resolve_weights(spec: str | None, detector: str = "detector") -> tuple[str, 
     return str(Path(spec)), det_dir
 
 
-def load_detector(spec: str | None, detector: str = "detector", image_size: int | None = None,
+def load_detector(spec: str | None, detector: str = "detector", image_size: int | tuple[int, int] | None = None,
                   seed: int = 0) -> tuple[PrunedYolos, WeightsSource]:
     label, det_dir = resolve_weights(spec, detector)
     if det_dir is None:
@@ -180,7 +180,7 @@ def load_detector(spec: str | None, detector: str = "detector", image_size: int 
 
 
 def build_pipeline(weights: str | None, reducer: Any = None, keep: float = 1.0, seed: int = 0,
-                   detector: str = "detector", image_size: int | None = None) -> Pipeline:
+                   detector: str = "detector", image_size: int | tuple[int, int] | None = None) -> Pipeline:
     """The pipeline a benchmark cell runs: the detector of `weights` (see `resolve_weights`)
     reduced by `reducer` (a bavit.reducers.ReducerSpec; None: dense) to `keep`."""
     from bavit.reducers import dense, reducer_class

@@ -190,32 +190,37 @@ class PrunedYolos(nn.Module):
 
     # -- weights ------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str | Path, image_size: int | None = None) -> "PrunedYolos":
+    def from_pretrained(cls, path: str | Path, image_size: int | tuple[int, int] | None = None) -> "PrunedYolos":
         """Loads our checkpoints and stock HF YOLOS folders alike (same keys, same config);
-        `image_size` re-grids it for square inputs of that side (see `resize_input`)."""
+        `image_size` (N for N x N, or (H, W)) re-grids it for inputs of that shape (see
+        `resize_input`)."""
         model = cls(checkpoint.load_config(path))
         model.det.load_state_dict(checkpoint.load_state(path), strict=True)
-        if image_size is not None and list(model.config.image_size) != [image_size, image_size]:
-            model.resize_input(image_size)
+        if image_size is not None:
+            h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+            if list(model.config.image_size) != [h, w]:
+                model.resize_input((h, w))
         return model.eval()
 
-    def resize_input(self, size: int) -> None:
-        """Stores the position embeddings for size x size inputs, interpolated (bicubic) by
-        the HF modules exactly as stock YOLOS interpolates them on every call at another
-        size. Stock configs are not square (e.g. 800x1333); every export here has one
-        static square shape, and the token grid follows the config."""
+    def resize_input(self, size: int | tuple[int, int]) -> None:
+        """Stores the position embeddings for H x W inputs, interpolated (bicubic) by the HF
+        modules exactly as stock YOLOS interpolates them on every call at another size.
+        Stock configs are e.g. 800x1333; every export here has one static shape, and the
+        token grid follows the config."""
         cfg = self.config
-        if size < cfg.patch_size or size % cfg.patch_size:
-            raise ValueError(f"image size {size} is not a multiple of the patch size {cfg.patch_size}")
+        h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        for side in (h, w):
+            if side < cfg.patch_size or side % cfg.patch_size:
+                raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {cfg.patch_size}")
         encoder = self.det.vit.encoder
         with torch.no_grad():
-            pos = self.embeddings.interpolation(self.embeddings.position_embeddings, (size, size))
-            mid = encoder.interpolation((size, size)) if cfg.use_mid_position_embeddings else None
-        cfg.image_size = [size, size]  # the interpolation modules hold this same config
+            pos = self.embeddings.interpolation(self.embeddings.position_embeddings, (h, w))
+            mid = encoder.interpolation((h, w)) if cfg.use_mid_position_embeddings else None
+        cfg.image_size = [h, w]  # the interpolation modules hold this same config
         self.embeddings.position_embeddings = nn.Parameter(pos.contiguous())
         if mid is not None:
             encoder.interpolation.mid_position_embeddings = nn.Parameter(mid.contiguous())
-        self.patch_embeddings.image_size = (size, size)
+        self.patch_embeddings.image_size = (h, w)
         self.patch_embeddings.num_patches = self.num_patches
 
     def save_pretrained(self, path: str | Path) -> Path:

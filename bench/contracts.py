@@ -55,6 +55,8 @@ def _rebuild(hint: Any, value: Any) -> Any:
         for arg in typing.get_args(hint):
             if dataclasses.is_dataclass(arg) and isinstance(value, dict):
                 return from_dict(arg, value)
+            if typing.get_origin(arg) in (list, tuple) and isinstance(value, list):
+                return _rebuild(arg, value)
     return value
 
 
@@ -72,7 +74,7 @@ class RunSettings:
     whose settings differ, and reports compare only rows whose `settings_key` match."""
     model: str
     detector: str
-    image_size: int | None
+    image_size: tuple[int, int] | None   # --image-size as (H, W); None: the detector config's
     threads: int
     data: str
     split: str
@@ -106,7 +108,7 @@ class BuildSpec:
     batch: int
     weights: str
     detector: str
-    image_size: int | None
+    image_size: tuple[int, int] | None
     reduction: ReductionSpec
     calib_data: str
     calib_split: str
@@ -129,7 +131,7 @@ class Built:
     ideal_speedup: float = 1.0    # dense token-layers over the reduced model's
     tokens_kept: int = 0
     tokens_total: int = 0
-    input_size: int = 0
+    input_size: tuple[int, int] = (0, 0)   # (H, W)
     patch: int = 0
 
 
@@ -158,7 +160,7 @@ class ColdSpec:
     batch: int
     threads: int
     pixels: str
-    input_size: int
+    input_size: tuple[int, int]   # (H, W)
     ov_int8_float: str
     accuracy: AccuracySpec | None = None
 
@@ -218,7 +220,7 @@ class Row:
     box_frame: str = ""           # how boxes were decoded: fractions of the "input" or of the "image"
     threads: int = 0
     reducer_options: str = ""     # JSON: every option of the reducer, defaults included
-    image_size: int = 0
+    image_size: str = ""          # the model input, "HxW"
     started_at: str = ""
     # -- build -------------------------------------------------------------------------------
     recipe: str | None = None

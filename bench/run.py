@@ -129,9 +129,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--weights", default=None,
                    help="folder with detector/ and bavit2/ (default: the project's demo weights; "
                         "random:tiny or random:ti for untrained models, speed only)")
-    p.add_argument("--image-size", type=int, default=None,
-                   help="run the detector at N x N (stock HF YOLOS configs are not square; position "
-                        "embeddings are interpolated as YOLOS does at other sizes)")
+    p.add_argument("--image-size", default=None,
+                   help="run the detector (and BAViT, on every target) at N x N, or HxW (e.g. 512x864, "
+                        "YOLOS-S's shape); images are letterboxed into it. Default: the detector config's "
+                        "shape. Position embeddings are interpolated as YOLOS does at other sizes")
     p.add_argument("--detector", default="detector",
                    help="detector folder inside --weights, e.g. detector-sparse-keep0.5 (default detector)")
     p.add_argument("--images", type=int, default=500, help="images in the accuracy pass (0: speed only)")
@@ -159,6 +160,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _image_size(text: str) -> tuple[int, int]:
+    """`N` or `HxW` -> (H, W)."""
+    parts = text.lower().split("x")
+    try:
+        h, w = (int(parts[0]),) * 2 if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+        if len(parts) > 2 or h < 1 or w < 1:
+            raise ValueError
+    except ValueError:
+        raise UsageError(f"--image-size: expected N or HxW (e.g. 512x864), got '{text}'") from None
+    return h, w
+
+
 def check(args: argparse.Namespace) -> dict:
     """Everything that can be wrong with the command line, found before any work starts."""
     from targets import NAMES, known_targets
@@ -171,6 +184,8 @@ def check(args: argparse.Namespace) -> dict:
     scenarios = _names("--scenario", args.scenario, SCENARIOS)
     keeps = _floats("--keep", args.keep)
     batches = _ints("--batch", args.batch)
+    if args.image_size is not None and not isinstance(args.image_size, tuple):
+        args.image_size = _image_size(args.image_size)
     if args.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
     from bavit.reducers import parse_list
@@ -595,7 +610,8 @@ class Job:
     """One run's cells through build, cold start + accuracy, and timed rounds; rows are
     appended as each target finishes (unavailable and failed cells at once)."""
 
-    def __init__(self, args, settings: RunSettings, run_id: str, label: str, size: int, cache: Path, out: Path,
+    def __init__(self, args, settings: RunSettings, run_id: str, label: str, size: tuple[int, int], cache: Path,
+                 out: Path,
                  calib: dict, cat_ids, accuracy_note: str | None, system: dict, reducers: list,
                  classes: list[str], box_frame: str) -> None:
         from bavit.reducers import dense
@@ -616,7 +632,8 @@ class Job:
                   settings_key=self.settings.key, run_id=self.run_id, model=self.label, detector=a.detector,
                   data=f"{a.data}:{a.split}", data_classes=self.classes, box_frame=self.box_frame, threads=a.threads,
                   reducer_options=json.dumps(self.reducers[m.reducer].as_dict(), sort_keys=True),
-                  image_size=self.size, started_at=datetime.now(timezone.utc).isoformat(), **self.system)
+                  image_size=f"{self.size[0]}x{self.size[1]}", started_at=datetime.now(timezone.utc).isoformat(),
+                  **self.system)
         row = Row(**{**asdict(row), **fields})
         return asdict(row)
 
@@ -825,7 +842,7 @@ def _artifact(path: str):
     return Artifact.load(path)
 
 
-def _write_inputs(dataset, size: int, batches: list[int], work: Path) -> None:
+def _write_inputs(dataset, size: tuple[int, int], batches: list[int], work: Path) -> None:
     """The timed batch of each size, preprocessed once here, so measured processes time the
     same real images without loading the data set before their speed pass."""
     import numpy as np
@@ -838,7 +855,7 @@ def _write_inputs(dataset, size: int, batches: list[int], work: Path) -> None:
         np.save(work / f"inputs-b{b}.npy", pixels)
 
 
-def _model_info(label: str, det_dir: Path | None, image_size: int | None) -> dict:
+def _model_info(label: str, det_dir: Path | None, image_size: tuple[int, int] | None) -> dict:
     if det_dir is None:
         from bavit.yolos import CONFIGS
         cfg = CONFIGS[label.split(":", 1)[1]]()
@@ -847,15 +864,15 @@ def _model_info(label: str, det_dir: Path | None, image_size: int | None) -> dic
         cfg = load_config(det_dir)
     h, w = cfg.image_size
     if image_size is not None:
-        if det_dir is None or image_size < cfg.patch_size or image_size % cfg.patch_size:
-            raise UsageError(f"--image-size {image_size}: needs --weights with a detector folder and a "
-                             f"multiple of its patch size ({cfg.patch_size})")
-        h = w = image_size
-    if h != w:  # stock HF YOLOS configs are e.g. 800x1333
-        raise UsageError(f"--weights {label}: detector image_size {h}x{w} is not square; "
-                         "the harness runs square letterboxed inputs: pass --image-size N")
+        if det_dir is None or any(side < cfg.patch_size or side % cfg.patch_size for side in image_size):
+            raise UsageError(f"--image-size {image_size[0]}x{image_size[1]}: needs --weights with a detector "
+                             f"folder and multiples of its patch size ({cfg.patch_size})")
+        h, w = image_size
+    elif h % cfg.patch_size or w % cfg.patch_size:   # stock YOLOS configs: e.g. 800x1333
+        raise UsageError(f"--weights {label}: detector image_size {h}x{w} is not a multiple of its patch size "
+                         f"({cfg.patch_size}): pass --image-size N or HxW")
     from bavit.yolos import box_frame
-    return {"size": h, "num_labels": cfg.num_labels, "id2label": cfg.id2label, "box_frame": box_frame(cfg)}
+    return {"size": (h, w), "num_labels": cfg.num_labels, "id2label": cfg.id2label, "box_frame": box_frame(cfg)}
 
 
 def _calibration(args, scored_images: int) -> dict:

@@ -85,7 +85,7 @@ def build_all(specs: list[BuildSpec], out: Path) -> None:
             target = get_target(spec.target)
             calib = None
             if target.needs_calibration(spec.precision):
-                size = pipeline.input_size[0]
+                size = tuple(pipeline.input_size)
                 ckey = (spec.calib_data, spec.calib_split, spec.calib_skip, spec.calib_images, size)
                 if ckey not in calibrations:
                     # the synthetic train split is generated on demand: a small one is enough to draw from
@@ -98,7 +98,7 @@ def build_all(specs: list[BuildSpec], out: Path) -> None:
                           scores_tokens=pipeline.prunes and pipeline.scores_tokens, mapping=pipeline.mapping,
                           ideal_speedup=round(pipeline.ideal_speedup, 4),
                           tokens_kept=pipeline.tokens_kept, tokens_total=pipeline.num_tokens,
-                          input_size=pipeline.input_size[0], patch=pipeline.detector.config.patch_size)
+                          input_size=tuple(pipeline.input_size), patch=pipeline.detector.config.patch_size)
         except Exception as err:  # this artifact fails; the others are still built
             traceback.print_exc()
             built = Built(spec.model_id, False, error=one_line(err))
@@ -143,7 +143,7 @@ def cold(spec: ColdSpec) -> ColdResult:
     return ColdResult(**{**fields, "accuracy_s": round(time.perf_counter() - start, 3)})
 
 
-def accuracy(runner, spec: AccuracySpec, size: int, batch: int) -> Accuracy:
+def accuracy(runner, spec: AccuracySpec, size: tuple[int, int], batch: int) -> Accuracy:
     """mAP and token figures of this runner's outputs; an unchanged artifact on unchanged
     data reads them (and its detections) back from the cache instead of scoring again."""
     det_path = Path(spec.detections)

@@ -13,9 +13,9 @@ if TYPE_CHECKING:  # the recipes import this module in measured processes too: n
 DEFAULT_IMAGES = 128
 
 
-def calibration_images(dataset: "DetectionDataset", size: int, n: int = DEFAULT_IMAGES, seed: int = 0,
-                       skip: int = 0) -> np.ndarray:
-    """(n, 3, size, size) float32, a seeded random subset of `dataset` past its first `skip`
+def calibration_images(dataset: "DetectionDataset", size: "int | tuple[int, int]", n: int = DEFAULT_IMAGES,
+                       seed: int = 0, skip: int = 0) -> np.ndarray:
+    """(n, 3, H, W) float32, a seeded random subset of `dataset` past its first `skip`
     images: when a data set has only the split that is scored, the scored images (the
     first ones) stay out of calibration."""
     from bavit.data.preprocess import preprocess

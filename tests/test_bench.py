@@ -198,6 +198,7 @@ def test_a_line_cut_by_a_crash_is_dropped_not_glued(tmp_path):
     (["--reducer", "bavit:dilat=3"], "unknown option 'dilat=3' for bavit"),
     (["--reducer", "tome:r=x"], "--reducer tome:r=x: r='x' is not a int"),
     (["--reducer", "magic"], "unknown reducer 'magic'"),
+    (["--image-size", "64x"], "--image-size: expected N or HxW (e.g. 512x864), got '64x'"),
     (["--reducer", "none", "--keep", "0.5"], "--reducer none is the dense detector"),
     (["--rounds", "0"], "--rounds must be >= 1"),
     (["--scenario", "server"], "--scenario: unknown value 'server'"),
@@ -314,24 +315,30 @@ def test_a_cache_folder_without_manifest_is_rebuilt(tmp_path):
 
 
 def test_stock_style_detector_runs_at_image_size(tmp_path):
-    """Stock HF YOLOS configs are not square: refused in one line without --image-size,
-    measured at N x N with it. Their classes are named, with "N/A" gaps: scored by name."""
+    """A stock-style config whose shape is not whole patches is refused in one line without
+    --image-size, and measured at HxW with it (letterboxed, non-square). Its classes are
+    named, with "N/A" gaps: scored by name; without `box_frame` its boxes are decoded as
+    fractions of the image."""
     from bavit.data.synthetic import CATEGORIES
     from bavit.yolos import PrunedYolos, init_embeddings, tiny_config
 
     names = ["N/A", CATEGORIES[0], CATEGORIES[1], "N/A", *CATEGORIES[2:]]
-    det = PrunedYolos(tiny_config(image_size=[64, 96], conv_stem=False, anchored_boxes=False,
-                                  num_labels=len(names), id2label=dict(enumerate(names))))
+    config = tiny_config(image_size=[64, 100], conv_stem=False, anchored_boxes=False,
+                         num_labels=len(names), id2label=dict(enumerate(names)))
+    del config.box_frame
+    det = PrunedYolos(config)
     init_embeddings(det, seed=0)
     det.save_pretrained(tmp_path / "w" / "detector")
     cell = ["--weights", str(tmp_path / "w"), "--target", "fake", "--keep", "1.0", "--batch", "2",
             "--precision", "fp32", "--scenario", OFF]
     proc = bench(tmp_path / "run", *cell)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
-    assert "image_size 64x96 is not square" in proc.stderr and "--image-size N" in proc.stderr
-    bench(tmp_path / "run", *cell, "--image-size", "64", check=True)
+    assert "image_size 64x100 is not a multiple of its patch size (8)" in proc.stderr
+    assert "--image-size N or HxW" in proc.stderr
+    bench(tmp_path / "run", *cell, "--image-size", "64x96", check=True)
     row = rows(tmp_path / "run")[0]
-    assert row["status"] == "ok" and row["image_size"] == 64 and row["tokens_total"] == 64 and row["images"] == 4
+    assert row["status"] == "ok" and row["image_size"] == "64x96" and row["tokens_total"] == 8 * 12
+    assert row["images"] == 4 and row["box_frame"] == "image"
     assert row["accuracy_note"] is None and row["map"] is not None
 
 

@@ -232,6 +232,34 @@ def test_preprocess_masks_and_boxes_round_trip():
     np.testing.assert_allclose(clipped, [[0, 0, 80, 40]])
 
 
+def test_non_square_input_letterboxes_and_maps_back():
+    """An H x W input (here 48 x 96): the image is scaled by the largest factor that fits
+    (a 40x60 image by 1.2 -> 48x72), padded right; masks, boxes and token labels follow."""
+    from bavit.data import Sample
+    from bavit.encode import encode
+
+    image = np.full((40, 60, 3), 200, np.uint8)
+    arr, scale = preprocess(image, (48, 96))
+    assert arr.shape == (3, 48, 96) and scale == pytest.approx(1.2)
+    assert arr[:, :, :72].any() and not arr[:, :, 72:].any()
+    masks = np.zeros((1, 40, 60), bool)
+    masks[0, :20, :30] = True
+    out = preprocess_masks(masks, scale, (48, 96))
+    assert out.shape == (1, 48, 96) and out[0].sum() == 24 * 36
+    boxes = np.array([[10.0, 5.0, 50.0, 35.0]])
+    inp = boxes_to_input(boxes, scale)[0]
+    cxcywh = np.array([[(inp[0] + inp[2]) / 2 / 96, (inp[1] + inp[3]) / 2 / 48,
+                        (inp[2] - inp[0]) / 96, (inp[3] - inp[1]) / 48]])
+    np.testing.assert_allclose(boxes_to_original(cxcywh, scale, (48, 96)), boxes, atol=1e-4)
+    enc = encode(Sample(image, boxes.astype(np.float32), np.array([1]), masks, 7), (48, 96), 16, "masks")
+    assert enc.pixels.shape == (3, 48, 96) and enc.token_fg.shape == (3 * 6,) and enc.patch_class.shape == (18,)
+    np.testing.assert_allclose(enc.boxes, cxcywh, atol=1e-6)
+    # the 24x36 mask: patches (0, 0-1) full, (1, 0-1) half (foreground at threshold 0.5), column 2 a quarter
+    expected = np.zeros((3, 6), bool)
+    expected[:2, :2] = True
+    np.testing.assert_array_equal(enc.token_fg.reshape(3, 6), expected)
+
+
 def test_batch_shapes(synth_root):
     ds = CocoDataset(synth_root / "images" / "val", synth_root / "annotations" / "instances_val.json")
     x, scales = batch(ds, [0, 1, 2], 32)

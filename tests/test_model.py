@@ -212,21 +212,25 @@ def test_stock_hf_folder_loads(tmp_path, mid):
         assert torch.allclose(ours(x)[0], stock(pixel_values=x).logits, atol=1e-5)
 
 
-def test_non_square_stock_folder_regrids_for_square_inputs(tmp_path):
-    """Stock configs are not square: loaded for S x S inputs, the stored position embeddings
-    are the ones stock YOLOS interpolates on the fly at S x S."""
+@pytest.mark.parametrize("size,grid", [(80, (10, 10)), ((48, 112), (6, 14))])
+def test_stock_folder_regrids_for_other_inputs(tmp_path, size, grid):
+    """Loaded for another H x W (square or not), the stored position embeddings are the ones
+    stock YOLOS interpolates on the fly at that shape."""
     cfg = tiny_config(**SMALL, image_size=[64, 96], use_mid_position_embeddings=True)
     stock, _ = _stock_pair(cfg)
     stock.save_pretrained(tmp_path)
-    ours = PrunedYolos.from_pretrained(tmp_path, image_size=80)
-    assert ours.grid == (10, 10) and list(ours.config.image_size) == [80, 80]
-    x = torch.randn(2, 3, 80, 80)
+    ours = PrunedYolos.from_pretrained(tmp_path, image_size=size)
+    h, w = (size, size) if isinstance(size, int) else size
+    assert ours.grid == grid and list(ours.config.image_size) == [h, w]
+    x = torch.randn(2, 3, h, w)
     with torch.no_grad():
         logits, boxes = ours(x)
         ref = stock(pixel_values=x)
     assert torch.allclose(logits, ref.logits, atol=1e-5) and torch.allclose(boxes, ref.pred_boxes, atol=1e-5)
     with pytest.raises(ValueError, match="not a multiple of the patch size 8"):
         PrunedYolos.from_pretrained(tmp_path, image_size=84)
+    with pytest.raises(ValueError, match="image size 64x84 is not a multiple of the patch size 8"):
+        PrunedYolos.from_pretrained(tmp_path, image_size=(64, 84))
 
 
 def test_missing_weights_folder_is_one_line(tmp_path):

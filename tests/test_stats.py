@@ -2,6 +2,8 @@
 noisy flag, and the interleaved schedule."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from bench.contracts import Slice
@@ -76,3 +78,17 @@ def test_builds_are_shared_out_evenly_and_an_artifact_never_twice():
     heavy = [sorted(s.reduction.keep for s in lst if s.target == "tflite" and s.precision == "int8") for lst in lists]
     assert sorted(heavy) == [[0.5, 0.5], [1.0, 1.0]]   # the four slow LiteRT int8 builds, one model per process
     assert _share_out(specs, 1, artifact, group) == [specs]
+
+
+def test_contracts_round_trip_through_json_with_their_types():
+    """What the parent writes, the worker reads back equal: (H, W) tuples stay tuples
+    (a list would not hash as a cache key), optional ones too, nested specs rebuilt."""
+    from bench.contracts import BuildSpec, ReductionSpec, from_json, to_json
+
+    spec = BuildSpec("torch/fp32/none/keep1/b1", "torch", "fp32", 1, "weights/ti", "detector", (48, 96),
+                     ReductionSpec("none", 1.0), "synthetic", "train", 0, 8, "/tmp/cache")
+    back = from_json(BuildSpec, to_json(spec))
+    assert back == spec and isinstance(back.image_size, tuple) and isinstance(back.reduction, ReductionSpec)
+    hash(back.image_size)
+    square = from_json(BuildSpec, to_json(dataclasses.replace(spec, image_size=None)))
+    assert square.image_size is None

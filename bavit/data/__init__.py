@@ -113,15 +113,18 @@ def annotation_files(spec: str) -> list[Path]:
                   and p.is_file())
 
 
-def load_dataset(spec: str, split: str = "val", size: int = 64, n_images: int | None = None) -> DetectionDataset:
+def load_dataset(spec: str, split: str = "val", size: int | tuple[int, int] = 64,
+                 n_images: int | None = None) -> DetectionDataset:
     """Open the data set `spec` names (module docstring) at `split`.
 
-    `size` only matters for the synthetic set (it is the generated image
-    side); for real sets `n_images` keeps the first images, for quick runs.
+    `size` (the model input, N or (H, W)) only matters for the synthetic set: its square
+    images are generated at the input's longer side. For real sets `n_images` keeps the
+    first images, for quick runs.
     """
     data = parse_data(spec)
     if data.kind == "synthetic":
-        return synthetic_dataset(split=split, size=size, n_images=n_images)
+        side = size if isinstance(size, int) else max(size)
+        return synthetic_dataset(split=split, size=int(side), n_images=n_images)
     if data.kind == "voc":
         return VocDataset(data.path, split, max_images=n_images)
     if data.kind == "yolo":

@@ -67,6 +67,8 @@ class BavitPipeline(Pipeline):
                 classifier.head.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(source.seed))
             return cls(detector, classifier.eval(), keep, options)
         classifier = TokenClassifier.from_pretrained(Path(source.root) / f"bavit{options.layers}")
+        if classifier.grid != detector.grid:   # the detector was re-gridded (--image-size): BAViT follows
+            classifier.resize_input(tuple(detector.config.image_size))
         return cls(detector, classifier, keep, options)
 
     @classmethod
