@@ -7,16 +7,28 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import YolosConfig
+from transformers import PretrainedConfig, YolosConfig
 
 WEIGHTS_NAME = "model.safetensors"
 
 
-def load_config(path: str | Path) -> YolosConfig:
+def load_config(path: str | Path) -> PretrainedConfig:
+    """The folder's config as its own class (YOLOS, DETR; a BAViT classifier is a YOLOS config)."""
+    import json
+
+    from transformers import DetrConfig
+
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"no config.json in weights folder: {path}")
-    return YolosConfig.from_pretrained(str(path), local_files_only=True)
+    try:
+        kind = json.loads((path / "config.json").read_text()).get("model_type", "yolos")
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path / 'config.json'}: not a JSON config ({err})") from None
+    cls = {"yolos": YolosConfig, "detr": DetrConfig}.get(kind)
+    if cls is None:
+        raise ValueError(f"{path / 'config.json'}: model_type '{kind}' is not supported (yolos, detr)")
+    return cls.from_pretrained(str(path), local_files_only=True)
 
 
 # HF checkpoints name the mid-layer position embeddings as the module did before it moved
@@ -37,7 +49,7 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     return {_RENAMES.get(k, k): v for k, v in state.items()}
 
 
-def save(module: torch.nn.Module, config: YolosConfig, path: str | Path) -> Path:
+def save(module: torch.nn.Module, config: PretrainedConfig, path: str | Path) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(str(path))

@@ -39,6 +39,16 @@ def bavit_config(detector: YolosConfig, num_layers: int, width: int | None = Non
     return config
 
 
+def light_bavit_config(image_size: tuple[int, int], patch: int, num_layers: int, width: int) -> YolosConfig:
+    """A standalone BAViT-N: plain patch projection, 32-wide heads, 4x MLP."""
+    if num_layers < 1 or width % 32:
+        raise ValueError(f"BAViT needs >= 1 layer and a width that is a multiple of 32, got {num_layers}, {width}")
+    return YolosConfig(hidden_size=width, num_hidden_layers=num_layers, num_attention_heads=width // 32,
+                       intermediate_size=4 * width, image_size=list(image_size), patch_size=patch,
+                       num_detection_tokens=1, use_mid_position_embeddings=False, hidden_dropout_prob=0.0,
+                       attention_probs_dropout_prob=0.0, conv_stem=False)
+
+
 class TokenClassifier(nn.Module):
     def __init__(self, config: YolosConfig) -> None:
         super().__init__()
@@ -72,7 +82,12 @@ class TokenClassifier(nn.Module):
 
     @classmethod
     def for_detector(cls, detector: PrunedYolos, num_layers: int, width: int | None = None) -> "TokenClassifier":
-        """A fresh BAViT-N for `detector`: at its width, started from its first blocks."""
+        """A fresh BAViT-N for `detector`: at its width, started from its first blocks. A DETR
+        shares no ViT blocks to start from: its BAViT is a fresh light ViT on the same 16x16
+        grid, half the DETR's width (32 to 96) unless given."""
+        if getattr(detector, "family", "yolos") == "detr":
+            width = width or max(32, min(96, detector.config.d_model // 64 * 32))
+            return cls(light_bavit_config(tuple(detector.config.image_size), detector.patch_size, num_layers, width))
         if width in (None, detector.config.hidden_size):
             return cls.from_detector(detector, num_layers)
         return cls(bavit_config(detector.config, num_layers, width))

@@ -90,9 +90,7 @@ class Pipeline(nn.Module):
 
     def layer_tokens(self) -> list[LayerTokens]:
         """Tokens per layer, every network in the pipeline (a separate classifier included)."""
-        extra = 1 + self.detector.config.num_detection_tokens
-        n = self.num_tokens + extra
-        return [LayerTokens(f"detector.{i}", n, n) for i in range(self.detector.config.num_hidden_layers)]
+        return self.detector.layer_tokens(self.num_tokens)
 
     @property
     def mapping(self) -> str:
@@ -156,9 +154,8 @@ def resolve_weights(spec: str | None, detector: str = "detector") -> tuple[str, 
             spec = "random:tiny"
     if spec.startswith("random:"):
         scale = spec.split(":", 1)[1]
-        from bavit.yolos import CONFIGS
-        if scale not in CONFIGS:
-            raise ValueError(f"--weights {spec}: unknown scale '{scale}' (choose from {', '.join(CONFIGS)})")
+        if scale not in random_scales():
+            raise ValueError(f"--weights {spec}: unknown scale '{scale}' (choose from {', '.join(random_scales())})")
         return spec, None
     det_dir = Path(spec) / detector
     if not (det_dir / "config.json").is_file():
@@ -166,17 +163,47 @@ def resolve_weights(spec: str | None, detector: str = "detector") -> tuple[str, 
     return str(Path(spec)), det_dir
 
 
+def random_scales() -> dict[str, Any]:
+    """`random:SCALE` -> the config of that untrained detector: YOLOS `tiny` / `ti`, DETR
+    `detr-tiny` / `detr` (bavit.detr)."""
+    from bavit.detr import detr_config, tiny_detr_config
+    from bavit.yolos import CONFIGS
+    return {**CONFIGS, "detr-tiny": tiny_detr_config, "detr": detr_config}
+
+
+def patch_of(config: Any) -> int:
+    """Pixels per token side: YOLOS's patch, DETR's feature stride."""
+    from bavit.detr import STRIDE
+    return STRIDE if getattr(config, "model_type", None) == "detr" else config.patch_size
+
+
+def detector_class(config: Any) -> type:
+    """The detector family of a config: its HF model_type (yolos, detr)."""
+    from bavit.detr import PrunedDetr
+    families = {"yolos": PrunedYolos, "detr": PrunedDetr}
+    kind = getattr(config, "model_type", None)
+    if kind not in families:
+        raise ValueError(f"detector model_type '{kind}' is not supported (choose from {', '.join(families)})")
+    return families[kind]
+
+
 def load_detector(spec: str | None, detector: str = "detector", image_size: int | tuple[int, int] | None = None,
-                  seed: int = 0) -> tuple[PrunedYolos, WeightsSource]:
+                  seed: int = 0) -> tuple[nn.Module, WeightsSource]:
+    """The detector (`PrunedYolos` or `PrunedDetr`, by the config's model_type) of `spec`."""
     label, det_dir = resolve_weights(spec, detector)
     if det_dir is None:
-        from bavit.yolos import CONFIGS, init_embeddings
+        from bavit.yolos import init_embeddings
 
+        scale = label.split(":", 1)[1]
+        config = random_scales()[scale]()
         torch.manual_seed(seed)
-        model = PrunedYolos(CONFIGS[label.split(":", 1)[1]]()).eval()
-        init_embeddings(model, seed=seed)
-        return model, WeightsSource(None, seed, label.split(":", 1)[1])
-    return PrunedYolos.from_pretrained(det_dir, image_size), WeightsSource(Path(label), seed)
+        model = detector_class(config)(config).eval()
+        if model.family == "yolos":
+            init_embeddings(model, seed=seed)
+        return model, WeightsSource(None, seed, scale)
+    from bavit import checkpoint
+    cls = detector_class(checkpoint.load_config(det_dir))
+    return cls.from_pretrained(det_dir, image_size), WeightsSource(Path(label), seed)
 
 
 def build_pipeline(weights: str | None, reducer: Any = None, keep: float = 1.0, seed: int = 0,

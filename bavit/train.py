@@ -28,6 +28,7 @@ from bavit.data import DataError, load_dataset, parse_data
 from bavit.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from bavit.encode import encode, label_mode_for
 from bavit.losses import SetLoss
+from bavit.pipeline import patch_of
 from bavit.pruning import TokenSelector, dilate, keep_count
 from bavit.reducers.bavit import BavitPipeline
 from bavit.validate import score
@@ -122,6 +123,10 @@ def autocast(enabled: bool):
 
 def detector_loss(model: PrunedYolos, dense_head: nn.Module, criterion: SetLoss, batch: dict,
                   keep_idx: torch.Tensor | None = None, bf16: bool = False) -> dict:
+    """Set loss with deep supervision, plus the dense per-token class head on the encoder's
+    patch outputs (what a token-pruned detector must keep informative)."""
+    if model.family == "detr":
+        return _detr_loss(model, dense_head, criterion, batch, keep_idx, bf16)
     with autocast(bf16):
         hidden = model.forward_features(batch["pixels"], keep_idx)
     hidden = [h.float() for h in hidden]
@@ -139,6 +144,27 @@ def detector_loss(model: PrunedYolos, dense_head: nn.Module, criterion: SetLoss,
     patches = model.det.vit.layernorm(hidden[-1])[:, 1:-d]
     pcls = batch["patch_class"] if keep_idx is None else batch["patch_class"].gather(1, keep_idx)
     dense = F.cross_entropy(dense_head(patches).transpose(1, 2), pcls)
+    out["dense"] = dense.detach()
+    out["loss"] = total + dense
+    return out
+
+
+def _detr_loss(model, dense_head: nn.Module, criterion: SetLoss, batch: dict,
+               keep_idx: torch.Tensor | None, bf16: bool) -> dict:
+    """DETR's own recipe: the set loss after every decoder layer (auxiliary loss), and the
+    dense head on the encoder's outputs."""
+    with autocast(bf16):
+        memory, pos = model.encode(batch["pixels"], keep_idx)
+        decoded = model.decode(memory, pos, every_layer=True)
+    out, total = {}, 0.0
+    for i, queries in enumerate(decoded):
+        logits, boxes = model.heads(queries.float())
+        losses = criterion(logits, boxes, batch["targets"])
+        total = total + losses["loss"]
+        if i == len(decoded) - 1:
+            out.update({k: v for k, v in losses.items() if k != "loss"})
+    pcls = batch["patch_class"] if keep_idx is None else batch["patch_class"].gather(1, keep_idx)
+    dense = F.cross_entropy(dense_head(memory.float()).transpose(1, 2), pcls)
     out["dense"] = dense.detach()
     out["loss"] = total + dense
     return out
@@ -171,29 +197,44 @@ def build(args) -> tuple[dict[str, nn.Module], object]:
     """Trainable modules, plus the frozen helper the mode needs (selector for finetune)."""
     if args.mode == "classifier" and args.shared:
         from bavit.reducers.shared import SharedTrunkClassifier
-        return {"model": SharedTrunkClassifier(PrunedYolos.from_pretrained(args.shared, args.image_size),
+        return {"model": SharedTrunkClassifier(_load_detector(args.shared, args.image_size),
                                                args.layers)}, None
     if args.mode == "classifier":
-        det = PrunedYolos.from_pretrained(args.init, args.image_size) if args.init else _fresh_detector(args)
-        width = args.width or DEFAULT_WIDTH.get(args.size)
+        det = _load_detector(args.init, args.image_size) if args.init else _fresh_detector(args)
+        width = args.width or (DEFAULT_WIDTH.get(args.size) if det.family == "yolos" else None)
         return {"model": TokenClassifier.for_detector(det, args.layers, width)}, None
     if args.mode == "detector":
-        det = PrunedYolos.from_pretrained(args.init, args.image_size) if args.init else _fresh_detector(args)
+        det = _load_detector(args.init, args.image_size) if args.init else _fresh_detector(args)
         det.config.box_frame = "input"   # the targets below are fractions of the padded input
+        if det.family == "detr":
+            det.thaw_backbone()
         dense = nn.Linear(det.config.hidden_size, det.config.num_labels + 1)
         return {"model": det, "dense_head": dense}, None
-    det = PrunedYolos.from_pretrained(args.detector, args.image_size)
+    det = _load_detector(args.detector, args.image_size)
     det.config.box_frame = "input"
+    if det.family == "detr":
+        det.thaw_backbone()
     cls = TokenClassifier.from_pretrained(args.classifier).eval()
     dense = nn.Linear(det.config.hidden_size, det.config.num_labels + 1)
     return {"model": det, "dense_head": dense}, (cls, TokenSelector(det.grid, args.keep))
 
 
-def _fresh_detector(args) -> PrunedYolos:
+def _fresh_detector(args):
+    """A new detector of --family at --size: YOLOS (tiny, ti) or DETR (bavit.detr)."""
     torch.manual_seed(args.seed)
+    if args.family == "detr":
+        from bavit.detr import PrunedDetr, detr_config, tiny_detr_config
+        return PrunedDetr({"tiny": tiny_detr_config, "ti": detr_config}[args.size]())
     det = PrunedYolos(CONFIGS[args.size]())
     init_embeddings(det, seed=args.seed)
     return det
+
+
+def _load_detector(path: str, image_size: int | None):
+    """A detector folder of either family, by its config's model_type."""
+    from bavit.checkpoint import load_config
+    from bavit.pipeline import detector_class
+    return detector_class(load_config(path)).from_pretrained(path, image_size)
 
 
 def validate(args, modules, frozen, val_set_ds, image_size: int, patch: int) -> dict:
@@ -226,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         modules, frozen = build(args)
         model = modules["model"]
         cfg = model.config
-        image_size, patch = cfg.image_size[0], cfg.patch_size
+        image_size, patch = cfg.image_size[0], patch_of(cfg)
         if cfg.image_size[0] != cfg.image_size[1]:
             raise ValueError(f"detector image_size {cfg.image_size[0]}x{cfg.image_size[1]} is not square; "
                              "training runs square inputs: pass --image-size N")
@@ -326,7 +367,7 @@ def _start(args) -> str:
     if getattr(args, "shared", None):
         return (f"a fresh head (seeded) on the frozen first {args.layers} layers of {args.shared} "
                 "(the bavit-shared reducer; only the LayerNorm and the linear head train)")
-    start = args.init or "fresh initialisation (seeded)"
+    start = args.init or f"fresh {args.family} {args.size} detector (seeded)"
     if getattr(args, "token_drop", 0):
         start += (f"; token drop: {args.token_drop:g} of the steps see ground-truth foreground plus background "
                   f"tokens (at random, or nearest objects first), keep ratio uniform in [{DROP_MIN_KEEP:g}, 1]")
@@ -359,6 +400,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         s.add_argument("--data", default="synthetic", help="synthetic | coco:ROOT | voc:ROOT | yolo:PATH/data.yaml "
                        "(a train and a val split)")
         s.add_argument("--size", choices=sorted(CONFIGS), default="tiny", help="model scale for a fresh detector")
+        s.add_argument("--family", choices=["yolos", "detr"], default="yolos",
+                       help="detector family of a fresh detector (DETR: transformers' ResNet backbone, bavit.detr)")
         s.add_argument("--labels", choices=["masks", "boxes"], default=None,
                        help="token labels from masks or boxes (default: masks when the data set has them)")
         s.add_argument("--out", required=True, help="output folder (checkpoint, weights, CARD.md)")

@@ -17,7 +17,9 @@ Two inference-visible options help training from scratch on CPU (see
   normalised before padding and post-processing scales by the image size. A stock HF folder
   (no `box_frame` in its config) is read this way.
 - `"input"`: of the whole (letterboxed, padded) model input. This project's trainer
-  normalises targets so, and writes `box_frame: input` into every detector it saves.
+  normalises targets so, and writes `box_frame: input` into every detector it saves; a
+  detector it saved before that key existed is recognised by the keys only it writes
+  (`conv_stem`, `anchored_boxes`).
 """
 from __future__ import annotations
 
@@ -61,7 +63,8 @@ BOX_FRAMES = ("image", "input")
 
 def box_frame(config) -> str:
     """What the config's predicted boxes are fractions of (module docstring)."""
-    frame = getattr(config, "box_frame", "image")
+    ours = hasattr(config, "conv_stem") or hasattr(config, "anchored_boxes")
+    frame = getattr(config, "box_frame", "input" if ours else "image")
     if frame not in BOX_FRAMES:
         raise ValueError(f"detector config: box_frame must be one of {', '.join(BOX_FRAMES)}, got {frame!r}")
     return frame
@@ -109,6 +112,8 @@ def anchor_boxes(num_tokens: int, size: float = 0.3) -> torch.Tensor:
 class PrunedYolos(nn.Module):
     """YOLOS detector; `forward(pixels, keep_idx)` runs only the patch tokens in keep_idx."""
 
+    family = "yolos"
+
     def __init__(self, config: YolosConfig) -> None:
         super().__init__()
         self.config = config
@@ -137,6 +142,17 @@ class PrunedYolos(nn.Module):
     def num_patches(self) -> int:
         gh, gw = self.grid
         return gh * gw
+
+    @property
+    def patch_size(self) -> int:
+        return self.config.patch_size
+
+    def layer_tokens(self, k: int) -> list:
+        """Token-layers at k patch tokens: every layer sees [CLS], the k and the detection tokens."""
+        from bavit.pipeline import LayerTokens
+
+        n = k + 1 + self.config.num_detection_tokens
+        return [LayerTokens(f"detector.{i}", n, n) for i in range(self.config.num_hidden_layers)]
 
     # -- forward ------------------------------------------------------------------------------
     def embed(self, pixel_values: torch.Tensor, keep_idx: torch.Tensor | None = None) -> torch.Tensor:

@@ -128,7 +128,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--split", default="val", help="split scored and timed (default val)")
     p.add_argument("--weights", default=None,
                    help="folder with detector/ and bavit2/ (default: the project's demo weights; "
-                        "random:tiny or random:ti for untrained models, speed only)")
+                        "random:tiny, random:ti (YOLOS), random:detr-tiny or random:detr (DETR) for "
+                        "untrained models, speed only). The detector family comes from its config")
     p.add_argument("--image-size", default=None,
                    help="run the detector (and BAViT, on every target) at N x N, or HxW (e.g. 512x864, "
                         "YOLOS-S's shape); images are letterboxed into it. Default: the detector config's "
@@ -521,7 +522,7 @@ def _check_resumable(out: Path, settings: RunSettings) -> None:
         before = json.loads(path.read_text()).get("settings") if path.is_file() else None
     except ValueError:
         raise UsageError(f"--resume: {path} is not valid JSON") from None
-    now = asdict(settings)
+    now = json.loads(json.dumps(asdict(settings)))   # as run.json holds it: tuples are lists there
     changed = [f"{k} {before.get(k)!r} -> {v!r}" for k, v in now.items() if before and before.get(k) != v]
     if changed:
         raise UsageError(f"--resume: {path} was measured with other settings ({'; '.join(changed)}); "
@@ -856,21 +857,26 @@ def _write_inputs(dataset, size: tuple[int, int], batches: list[int], work: Path
 
 
 def _model_info(label: str, det_dir: Path | None, image_size: tuple[int, int] | None) -> dict:
+    from bavit.pipeline import patch_of, random_scales
     if det_dir is None:
-        from bavit.yolos import CONFIGS
-        cfg = CONFIGS[label.split(":", 1)[1]]()
+        cfg = random_scales()[label.split(":", 1)[1]]()
     else:
         from bavit.checkpoint import load_config
         cfg = load_config(det_dir)
-    h, w = cfg.image_size
+    patch = patch_of(cfg)
+    shape = getattr(cfg, "image_size", None)
     if image_size is not None:
-        if det_dir is None or any(side < cfg.patch_size or side % cfg.patch_size for side in image_size):
+        if det_dir is None or any(side < patch or side % patch for side in image_size):
             raise UsageError(f"--image-size {image_size[0]}x{image_size[1]}: needs --weights with a detector "
-                             f"folder and multiples of its patch size ({cfg.patch_size})")
+                             f"folder and multiples of its patch size ({patch})")
         h, w = image_size
-    elif h % cfg.patch_size or w % cfg.patch_size:   # stock YOLOS configs: e.g. 800x1333
-        raise UsageError(f"--weights {label}: detector image_size {h}x{w} is not a multiple of its patch size "
-                         f"({cfg.patch_size}): pass --image-size N or HxW")
+    elif not shape:   # stock DETR configs: the processor resizes, the model takes any shape
+        raise UsageError(f"--weights {label}: the detector config has no image_size: pass --image-size N or HxW")
+    else:
+        h, w = shape
+        if h % patch or w % patch:   # stock YOLOS configs: e.g. 800x1333
+            raise UsageError(f"--weights {label}: detector image_size {h}x{w} is not a multiple of its patch size "
+                             f"({patch}): pass --image-size N or HxW")
     from bavit.yolos import box_frame
     return {"size": (h, w), "num_labels": cfg.num_labels, "id2label": cfg.id2label, "box_frame": box_frame(cfg)}
 

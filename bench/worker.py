@@ -98,7 +98,7 @@ def build_all(specs: list[BuildSpec], out: Path) -> None:
                           scores_tokens=pipeline.prunes and pipeline.scores_tokens, mapping=pipeline.mapping,
                           ideal_speedup=round(pipeline.ideal_speedup, 4),
                           tokens_kept=pipeline.tokens_kept, tokens_total=pipeline.num_tokens,
-                          input_size=tuple(pipeline.input_size), patch=pipeline.detector.config.patch_size)
+                          input_size=tuple(pipeline.input_size), patch=pipeline.detector.patch_size)
         except Exception as err:  # this artifact fails; the others are still built
             traceback.print_exc()
             built = Built(spec.model_id, False, error=one_line(err))

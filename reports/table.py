@@ -36,7 +36,7 @@ REQUIRED_COLUMNS: tuple[str, ...] = ("cell_id", "target", "precision", "keep", "
 #: string or ``null`` becomes NaN instead of turning the column into objects
 #: (which would break arithmetic and plotting for every other row).
 NUMERIC_COLUMNS: tuple[str, ...] = (
-    "keep", "batch", "threads", "image_size", "ideal_speedup",
+    "keep", "batch", "threads", "ideal_speedup",
     "convert_s", "artifact_bytes", "tokens_kept", "tokens_total",
     "load_s", "first_inference_ms", "peak_rss_mib", "baseline_rss_mib", "rss_increase_mib",
     "streams", "requests",

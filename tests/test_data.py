@@ -401,6 +401,28 @@ def test_yolo_polygons_are_masks_and_their_bounds_boxes(tmp_path):
     assert [a["category_id"] for a in ds.coco_gt()["annotations"]] == [2]
 
 
+def test_yolo_roboflow_layout_and_a_background_first_image(tmp_path):
+    """Roboflow's export: data.yaml at the root naming `../train/images`, resolved from the
+    root as Ultralytics does. A box-only set whose first image has no objects still has no
+    masks, so token labels come from boxes."""
+    from bavit.data import has_split
+    from bavit.encode import label_mode_for
+
+    for split in ("train", "valid"):
+        for sub in ("images", "labels"):
+            (tmp_path / split / sub).mkdir(parents=True)
+        for name in ("a", "b"):
+            Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / split / "images" / f"{name}.jpg")
+        (tmp_path / split / "labels" / "b.txt").write_text("0 0.5 0.5 0.5 0.5\n")   # a.jpg: background
+    (tmp_path / "data.yaml").write_text("train: ../train/images\nval: ../valid/images\ntest: ../test/images\n"
+                                        "nc: 1\nnames: ['thing']\n")
+    spec = f"yolo:{tmp_path / 'data.yaml'}"
+    ds = load_dataset(spec, "val")
+    assert len(ds) == 2 and ds[0].masks is None and len(ds[0].boxes) == 0 and len(ds[1].boxes) == 1
+    assert label_mode_for(ds, None) == "boxes"
+    assert has_split(spec, "train") and not has_split(spec, "test")   # test's folder is missing
+
+
 @pytest.mark.parametrize("line,culprit", [
     ("2 0.5 0.5 0.1 0.1", "class 2 outside the 2 names"),
     ("0 0.5 0.5 1.5 0.1", "normalised to [0, 1]"),

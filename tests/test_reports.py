@@ -77,7 +77,7 @@ def make_row(target: str, precision: str, keep: float, batch: int = 8, scenario:
         precision=precision, reducer=reducer or ("none" if keep == 1.0 else "bavit"), keep=keep, batch=batch,
         scenario=scenario, status=status, error=error,
         settings_key=settings, run_id="run-1", model="bavit-yolos-ti", detector="weights/ti/detector",
-        data="synthetic", threads=2, image_size=512, started_at="2026-05-01T10:00:00",
+        data="synthetic", threads=2, image_size="512x512", started_at="2026-05-01T10:00:00",
         recipe="default", executed_precision={"fp32": "f32", "int8": "i8+f32", "bf16": "bf16"}[precision],
         convert_s=1.5, artifact_bytes=25_000_000, tokens_kept=int(1024 * keep), tokens_total=1024,
         load_s=0.8 if status == "ok" else None, first_inference_ms=40.0 if status == "ok" else None,

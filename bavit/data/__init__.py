@@ -90,8 +90,11 @@ def has_split(spec: str, split: str) -> bool:
     if data.kind == "voc":
         return any((data.path / "ImageSets" / sub / f"{split}.txt").is_file() for sub in ("Main", "Segmentation"))
     if data.kind == "yolo":
-        from .yolo import read_yaml, split_entries
-        return bool(split_entries(read_yaml(data.path), split))
+        from .yolo import image_files, read_yaml
+        try:
+            return bool(image_files(read_yaml(data.path), data.path, split))
+        except DataError:   # a split the yaml names but whose folder is missing: not a split
+            return False
     image_dir, ann_file = coco_paths(data.path, split)
     return image_dir.is_dir() and ann_file.is_file()
 
@@ -107,10 +110,22 @@ def annotation_files(spec: str) -> list[Path]:
     if data.kind == "yolo":
         from .yolo import image_files, label_file, read_yaml
         meta = read_yaml(data.path)
-        labels = {label_file(f) for split in ("train", "val", "test") for f in image_files(meta, data.path, split)}
-        return [data.path, *sorted(p for p in labels if p.is_file())]
-    return sorted(p for p in data.path.rglob("*") if p.suffix in (".json", ".xml", ".txt", ".yaml", ".png")
-                  and p.is_file())
+        images = set()
+        for split in ("train", "val", "test"):
+            try:
+                images |= set(image_files(meta, data.path, split))
+            except DataError:
+                pass
+        # an image without a label file is an image without objects: the images are part of
+        # the ground truth too
+        labels = {label_file(f) for f in images}
+        return [data.path, *sorted(images), *sorted(p for p in labels if p.is_file())]
+    files = sorted(p for p in data.path.rglob("*") if p.suffix in (".json", ".xml", ".txt", ".yaml", ".png")
+                   and p.is_file())
+    if data.kind == "voc":   # a class list beside the folder names the classes too
+        from .voc import CLASS_FILES
+        files += [data.path.parent / n for n in CLASS_FILES if (data.path.parent / n).is_file()]
+    return files
 
 
 def load_dataset(spec: str, split: str = "val", size: int | tuple[int, int] = 64,

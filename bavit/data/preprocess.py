@@ -96,11 +96,11 @@ def boxes_to_original(
     b = np.asarray(boxes_cxcywh, dtype=np.float64)
     half = b[..., 2:] / 2
     xyxy = np.concatenate([b[..., :2] - half, b[..., :2] + half], axis=-1)
-    if frame == "image":
+    if frame == "image":   # fractions of the resized image are fractions of the original (HF post-processing)
         if orig_size is None:
             raise ValueError("boxes in the image frame need the original image size")
-        new_h, new_w, _ = resized_shape(*orig_size, size)
-        xyxy = xyxy * (np.array([new_w, new_h, new_w, new_h]) / scale)
+        h, w = orig_size
+        xyxy = xyxy * np.array([w, h, w, h])
     elif frame == "input":
         in_h, in_w = hw(size)
         xyxy = xyxy * (np.array([in_w, in_h, in_w, in_h]) / scale)

@@ -6,7 +6,9 @@ What this reads, as Ultralytics does (`ultralytics/data/utils.py`: `img2label_pa
 - `path` is the data set root; relative to the yaml's folder when relative, the yaml's folder
   when absent. `train` / `val` / `test` are a folder, a `.txt` list of images (lines starting
   `./` are relative to the list's folder, other relative lines to the root), or a list of those.
-  Roboflow exports name `../valid/images` and the like: they resolve the same way.
+  Roboflow exports put data.yaml at the root and name `../valid/images`: an entry starting
+  `../` that does not exist is taken from the root instead (`valid/images`), as Ultralytics'
+  `check_det_dataset` does.
 - `names` is a list or an {index: name} mapping; `nc`, when given, must agree with it.
 - The label of `.../images/a/b.jpg` is `.../labels/a/b.txt` (the last `images` folder swapped);
   a missing label file is an image without objects, as Ultralytics treats it.
@@ -82,6 +84,8 @@ def image_files(data: dict, path: Path, split: str) -> list[Path]:
     for entry in split_entries(data, split):
         p = Path(entry).expanduser()
         p = p if p.is_absolute() else (root / p)
+        if not p.exists() and entry.startswith("../") and (root / entry[3:]).exists():
+            p = root / entry[3:]   # Roboflow's layout (module docstring)
         if p.is_dir():
             files += [f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
         elif p.is_file() and p.suffix == ".txt":
@@ -158,6 +162,10 @@ class YoloDataset(DetectionDataset):
         if max_images is not None:
             self._files = self._files[:max_images]
         self._objects = [parse_labels(label_file(f), len(self.categories)) for f in self._files]
+        # masks exist when the labels are polygons; an image without objects then has an empty
+        # stack, and in a box-only set none (so the label mode is decided by the set, not by
+        # whether its first image happens to be empty)
+        self.has_polygons = any(p is not None for o in self._objects for p in o.polygons)
         self._sizes: dict[int, tuple[int, int]] = {}
 
     def __len__(self) -> int:
@@ -194,7 +202,7 @@ class YoloDataset(DetectionDataset):
         objs = self._objects[i]
         polys = [p for p, k in zip(objs.polygons, keep) if k]
         masks = None
-        if all(p is not None for p in polys):
+        if self.has_polygons and all(p is not None for p in polys):
             masks = np.zeros((0, h, w), dtype=bool)
             if polys:
                 rles = mask_utils.frPyObjects([(p * [w, h]).ravel().tolist() for p in polys], h, w)

@@ -36,7 +36,11 @@ def feed_forward(layer: YolosLayer, x: torch.Tensor) -> torch.Tensor:
 
 def check_in_encoder(detector) -> None:
     """Reducers inside the encoder change the token count between layers; mid-position
-    embeddings (added after every layer, one per input token) would no longer line up."""
+    embeddings (added after every layer, one per input token) would no longer line up. They
+    run YOLOS layers by hand: another detector family is refused."""
+    if getattr(detector, "family", "yolos") != "yolos":
+        raise ValueError(f"this reducer acts inside a YOLOS encoder; a {detector.family} detector takes "
+                         "reducers that prune before the encoder (bavit, random)")
     if detector.config.use_mid_position_embeddings:
         raise ValueError("this reducer acts inside the encoder and needs a detector without mid-position "
                          "embeddings (use_mid_position_embeddings=False)")

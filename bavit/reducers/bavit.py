@@ -88,12 +88,10 @@ class BavitPipeline(Pipeline):
     def layer_tokens(self) -> list[LayerTokens]:
         if not self.prunes:
             return super().layer_tokens()
-        cfg = self.detector.config
-        n = self.k + 1 + cfg.num_detection_tokens
-        weight = (self.classifier.config.hidden_size / cfg.hidden_size) ** 2
+        weight = (self.classifier.config.hidden_size / self.detector.config.hidden_size) ** 2
         return ([LayerTokens(f"classifier.{i}", self.num_tokens, self.num_tokens, weight)
                  for i in range(self.classifier.config.num_hidden_layers)]
-                + [LayerTokens(f"detector.{i}", n, n) for i in range(cfg.num_hidden_layers)])
+                + self.detector.layer_tokens(self.k))
 
     def reduced(self, pixel_values: torch.Tensor):
         scores = self.classifier(pixel_values)

@@ -43,8 +43,7 @@ class RandomPipeline(Pipeline):
         return f"{self.k} of {self.num_tokens} patch tokens, one seeded draw (seed {self.options.seed})"
 
     def layer_tokens(self) -> list[LayerTokens]:
-        n = self.k + 1 + self.detector.config.num_detection_tokens
-        return [LayerTokens(f"detector.{i}", n, n) for i in range(self.detector.config.num_hidden_layers)]
+        return self.detector.layer_tokens(self.k)
 
     def reduced(self, pixel_values: torch.Tensor):
         idx = self.keep_idx.expand(pixel_values.shape[0], -1)

@@ -72,6 +72,7 @@ class SharedHead(nn.Module):
 
     @classmethod
     def for_detector(cls, detector: PrunedYolos, layers: int) -> "SharedHead":
+        check_in_encoder(detector)     # a DETR, or mid-position embeddings: one line, before anything
         cfg = detector.config
         if not 1 <= layers < cfg.num_hidden_layers:
             raise ValueError(f"layers must be in [1, {cfg.num_hidden_layers - 1}], got {layers}")
@@ -89,6 +90,7 @@ class SharedHead(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, detector: PrunedYolos) -> "SharedHead":
+        check_in_encoder(detector)
         path = Path(path)
         if not (path / CONFIG).is_file():
             raise FileNotFoundError(f"no {CONFIG} in shared-head folder: {path}")
