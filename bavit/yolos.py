@@ -18,8 +18,8 @@ Two inference-visible options help training from scratch on CPU (see
   (no `box_frame` in its config) is read this way.
 - `"input"`: of the whole (letterboxed, padded) model input. This project's trainer
   normalises targets so, and writes `box_frame: input` into every detector it saves; a
-  detector it saved before that key existed is recognised by the keys only it writes
-  (`conv_stem`, `anchored_boxes`).
+  detector it saved before that key existed is recognised by the options only it uses
+  (`conv_stem` or `anchored_boxes` on).
 """
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ BOX_FRAMES = ("image", "input")
 
 def box_frame(config) -> str:
     """What the config's predicted boxes are fractions of (module docstring)."""
-    ours = hasattr(config, "conv_stem") or hasattr(config, "anchored_boxes")
+    ours = getattr(config, "conv_stem", False) or getattr(config, "anchored_boxes", False)
     frame = getattr(config, "box_frame", "input" if ours else "image")
     if frame not in BOX_FRAMES:
         raise ValueError(f"detector config: box_frame must be one of {', '.join(BOX_FRAMES)}, got {frame!r}")

@@ -280,7 +280,7 @@ def _ratio(slow: dict, fast: dict) -> float:
 
 @pytest.mark.parametrize("interleave", [True, False])
 def test_interleaving_recovers_the_true_ratio_under_drift(tmp_path, interleave):
-    """A fake whose calls cost 8 ms x keep and slow down by 30 % a second: keep 0.5 is 2.0x
+    """A fake whose calls cost 40 ms x keep and slow down by 30 % a second: keep 0.5 is 2.0x
     keep 1.0 at any instant. Interleaved rounds recover that within 5 %; the same cells timed
     back to back do not (the later cell runs on a slower machine)."""
     out = tmp_path / "run"
@@ -354,6 +354,11 @@ def test_stock_folders_decode_boxes_in_the_image_frame(tmp_path):
     config = json.loads((tmp_path / "ours" / "config.json").read_text())
     config.pop("box_frame")
     (tmp_path / "stock").mkdir()
+    # saved by this project before box_frame existed: its conv stem / anchored boxes say so
+    (tmp_path / "stock" / "config.json").write_text(json.dumps(config))
+    assert _model_info("w", tmp_path / "stock", None)["box_frame"] == "input"
+    for key in ("conv_stem", "anchored_boxes"):
+        config.pop(key)
     (tmp_path / "stock" / "config.json").write_text(json.dumps(config))
     assert _model_info("w", tmp_path / "stock", None)["box_frame"] == "image"
     config["box_frame"] = "pixels"
