@@ -28,7 +28,7 @@ from torch import nn
 from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
 
 from bavit import checkpoint
-from bavit.yolos import _gather
+from bavit.yolos import TokenGrid, _gather
 
 STRIDE = 16
 
@@ -77,7 +77,7 @@ def check_config(config: DetrConfig, where: str = "detector config") -> None:
                          "features: set out_features ['stage3']")
 
 
-class PrunedDetr(nn.Module):
+class PrunedDetr(TokenGrid, nn.Module):
     """DETR detector; `forward(pixels, keep_idx)` runs the encoder on the feature tokens in
     keep_idx only (module docstring)."""
 
@@ -105,16 +105,6 @@ class PrunedDetr(nn.Module):
         return pos.flatten(2).transpose(1, 2).contiguous()
 
     # -- shape ----------------------------------------------------------------------------------
-    @property
-    def grid(self) -> tuple[int, int]:
-        h, w = self.config.image_size
-        return h // STRIDE, w // STRIDE
-
-    @property
-    def num_patches(self) -> int:
-        gh, gw = self.grid
-        return gh * gw
-
     @property
     def patch_size(self) -> int:
         return STRIDE
@@ -213,16 +203,7 @@ class PrunedDetr(nn.Module):
         so saved folders keep stock DETR's layout."""
         from transformers.models.detr.modeling_detr import DetrFrozenBatchNorm2d
 
-        for module in list(self.det.model.backbone.model.modules()):
-            for name, child in list(module.named_children()):
-                if isinstance(child, DetrFrozenBatchNorm2d):
-                    bn = nn.BatchNorm2d(child.weight.shape[0], eps=getattr(child, "epsilon", 1e-5))
-                    with torch.no_grad():
-                        bn.weight.copy_(child.weight)
-                        bn.bias.copy_(child.bias)
-                        bn.running_mean.copy_(child.running_mean)
-                        bn.running_var.copy_(child.running_var)
-                    setattr(module, name, bn)
+        self._swap_norms(DetrFrozenBatchNorm2d, lambda n: nn.BatchNorm2d(n, eps=1e-5))   # HF's fixed epsilon
         for p in self.det.model.backbone.parameters():
             p.requires_grad_(True)
 
@@ -230,16 +211,18 @@ class PrunedDetr(nn.Module):
         """The inverse of `thaw_backbone`'s norm swap: each BatchNorm2d back to HF's frozen one."""
         from transformers.models.detr.modeling_detr import DetrFrozenBatchNorm2d
 
+        self._swap_norms(nn.BatchNorm2d, DetrFrozenBatchNorm2d)
+
+    def _swap_norms(self, old: type, make) -> None:
+        """Each backbone norm of type `old` replaced by `make(channels)` holding its statistics."""
         for module in list(self.det.model.backbone.model.modules()):
             for name, child in list(module.named_children()):
-                if isinstance(child, nn.BatchNorm2d):
-                    frozen = DetrFrozenBatchNorm2d(child.num_features)
+                if isinstance(child, old):
+                    norm = make(child.weight.shape[0])
                     with torch.no_grad():
-                        frozen.weight.copy_(child.weight)
-                        frozen.bias.copy_(child.bias)
-                        frozen.running_mean.copy_(child.running_mean)
-                        frozen.running_var.copy_(child.running_var)
-                    setattr(module, name, frozen)
+                        for t in ("weight", "bias", "running_mean", "running_var"):
+                            getattr(norm, t).copy_(getattr(child, t))
+                    setattr(module, name, norm)
 
     def save_pretrained(self, path: str | Path) -> Path:
         self.freeze_backbone_norms()

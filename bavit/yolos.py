@@ -109,7 +109,22 @@ def anchor_boxes(num_tokens: int, size: float = 0.3) -> torch.Tensor:
     return torch.stack([cx, cy, wh, wh], dim=-1)
 
 
-class PrunedYolos(nn.Module):
+class TokenGrid:
+    """The token grid of a detector on its static `config.image_size`, one token per
+    `patch_size` pixels (YOLOS's patch, DETR's feature stride)."""
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        h, w = self.config.image_size
+        return h // self.patch_size, w // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        gh, gw = self.grid
+        return gh * gw
+
+
+class PrunedYolos(TokenGrid, nn.Module):
     """YOLOS detector; `forward(pixels, keep_idx)` runs only the patch tokens in keep_idx."""
 
     family = "yolos"
@@ -132,16 +147,6 @@ class PrunedYolos(nn.Module):
     @property
     def patch_embeddings(self):
         return self.det.vit.embeddings.patch_embeddings
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        h, w = self.config.image_size
-        return h // self.config.patch_size, w // self.config.patch_size
-
-    @property
-    def num_patches(self) -> int:
-        gh, gw = self.grid
-        return gh * gw
 
     @property
     def patch_size(self) -> int:
