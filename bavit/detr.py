@@ -28,7 +28,7 @@ from torch import nn
 from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
 
 from bavit import checkpoint
-from bavit.yolos import TokenGrid, _gather
+from bavit.yolos import TokenGrid, _gather, anchor_boxes
 
 STRIDE = 16
 
@@ -41,7 +41,7 @@ def detr_config(image_size: tuple[int, int] = (256, 256), **overrides) -> DetrCo
     cfg = dict(backbone_config=backbone, use_timm_backbone=False, use_pretrained_backbone=False,
                d_model=192, encoder_layers=6, decoder_layers=3, encoder_attention_heads=3,
                decoder_attention_heads=3, encoder_ffn_dim=768, decoder_ffn_dim=768, num_queries=64,
-               num_labels=4, dropout=0.0, image_size=list(image_size), box_frame="input")
+               num_labels=4, dropout=0.0, image_size=list(image_size), box_frame="input", anchored_boxes=True)
     cfg.update(overrides)
     return DetrConfig(**cfg)
 
@@ -77,6 +77,19 @@ def check_config(config: DetrConfig, where: str = "detector config") -> None:
                          "features: set out_features ['stage3']")
 
 
+def sine_code(x: torch.Tensor, y: torch.Tensor, d_model: int, temperature: float = 10000.0) -> torch.Tensor:
+    """(P, d_model) DETR sine position code of points at normalised (x, y), the formula of HF's
+    DetrSinePositionEmbedding (normalised, scale 2*pi), where its grid is (i + 1) / g."""
+    n = d_model // 2
+    dim_t = temperature ** (2 * torch.div(torch.arange(n), 2, rounding_mode="floor").float() / n)
+
+    def one(v: torch.Tensor) -> torch.Tensor:
+        p = v[:, None] * (2 * torch.pi) / dim_t
+        return torch.stack((p[:, 0::2].sin(), p[:, 1::2].cos()), dim=2).flatten(1)
+
+    return torch.cat((one(y), one(x)), dim=1)
+
+
 class PrunedDetr(TokenGrid, nn.Module):
     """DETR detector; `forward(pixels, keep_idx)` runs the encoder on the feature tokens in
     keep_idx only (module docstring)."""
@@ -94,6 +107,9 @@ class PrunedDetr(TokenGrid, nn.Module):
         self.config = config
         self.det = DetrForObjectDetection(config)
         self.register_buffer("spatial_pos", self._sine_positions(), persistent=False)
+        ref = anchor_boxes(config.num_queries).clamp(1e-4, 1 - 1e-4)
+        self.register_buffer("box_bias", torch.logit(ref) if getattr(config, "anchored_boxes", False) else None,
+                             persistent=False)
 
     def _sine_positions(self) -> torch.Tensor:
         """(1, N, d) sine embedding of the feature grid with an all-ones mask, by HF's module."""
@@ -133,10 +149,16 @@ class PrunedDetr(TokenGrid, nn.Module):
 
     # -- forward --------------------------------------------------------------------------------
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Backbone + input projection on the full image: (B, N, d) in raster order."""
+        """Backbone + input projection on the full image: (B, N, d) in raster order. The
+        backbone runs its stages up to the feature stage only: transformers' ResNetBackbone
+        runs every stage whatever `out_features` asks for, so stage 4 would be computed and
+        dropped (its weights stay, for stock folders to load)."""
         model = self.det.model
-        fmap = model.backbone.model(pixel_values).feature_maps[-1]
-        return model.input_projection(fmap).flatten(2).transpose(1, 2)
+        backbone = model.backbone.model
+        x = backbone.embedder(pixel_values)
+        for stage in backbone.encoder.stages[:backbone.stage_names.index(backbone.out_features[-1])]:
+            x = stage(x)
+        return model.input_projection(x).flatten(2).transpose(1, 2)
 
     def encode(self, pixel_values: torch.Tensor, keep_idx: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,7 +191,29 @@ class PrunedDetr(TokenGrid, nn.Module):
         return out
 
     def heads(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.det.class_labels_classifier(queries), self.det.bbox_predictor(queries).sigmoid()
+        """Class logits and boxes; with `anchored_boxes` (this project's option, off for stock
+        folders) each query's box is relative to a fixed reference box, as in YOLOS here."""
+        boxes = self.det.bbox_predictor(queries)
+        if self.box_bias is not None:
+            boxes = boxes + self.box_bias
+        return self.det.class_labels_classifier(queries), boxes.sigmoid()
+
+    @torch.no_grad()
+    def init_anchors(self) -> None:
+        """For training from scratch with anchored boxes: each query's position embedding starts
+        as the encoder's sine code at its anchor's centre, and the last box layer at zero, so
+        every query starts on its own reference box and Hungarian matching is stable from the
+        first step (YOLOS's fix for the same plateau)."""
+        if self.box_bias is None:
+            raise ValueError("init_anchors needs anchored_boxes in the config")
+        gh, gw = self.grid
+        centres = anchor_boxes(self.config.num_queries)[:, :2]
+        # HF's grid code is at (i + 1) / g for cell i, whose centre is (i + 0.5) / g
+        code = sine_code(centres[:, 0] + 0.5 / gw, centres[:, 1] + 0.5 / gh, self.config.d_model)
+        self.det.model.query_position_embeddings.weight.copy_(code)
+        last = self.det.bbox_predictor.layers[-1]
+        last.weight.zero_()
+        last.bias.zero_()
 
     def forward(self, pixel_values: torch.Tensor, keep_idx: torch.Tensor | None = None):
         memory, pos = self.encode(pixel_values, keep_idx)

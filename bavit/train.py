@@ -224,7 +224,10 @@ def _fresh_detector(args):
     torch.manual_seed(args.seed)
     if args.family == "detr":
         from bavit.detr import PrunedDetr, detr_config, tiny_detr_config
-        return PrunedDetr({"tiny": tiny_detr_config, "ti": detr_config}[args.size]())
+        det = PrunedDetr({"tiny": tiny_detr_config, "ti": detr_config}[args.size]())
+        if det.box_bias is not None:
+            det.init_anchors()
+        return det
     det = PrunedYolos(CONFIGS[args.size]())
     init_embeddings(det, seed=args.seed)
     return det

@@ -154,3 +154,33 @@ def test_detr_trains_a_few_steps_and_saves_a_folder_bench_loads(tmp_path):
     stem = "det.model.backbone.model.embedder.embedder.convolution.weight"
     assert not torch.equal(det.state_dict()[stem], fresh.state_dict()[stem])
     assert "fresh detr tiny detector" in (out / "CARD.md").read_text()
+
+
+def test_sine_code_is_hf_grid_code():
+    """The query initialisation's sine code at HF's grid points equals HF's own embedding."""
+    from bavit.detr import sine_code
+
+    det = PrunedDetr(tiny_detr_config(image_size=[48, 96]))
+    gh, gw = det.grid
+    ys, xs = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    code = sine_code((xs.flatten() + 1.0) / gw, (ys.flatten() + 1.0) / gh, det.config.d_model)
+    assert (code - det.spatial_pos[0]).abs().max().item() <= 1e-4
+
+
+def test_anchored_queries_start_on_their_reference_boxes():
+    """With anchored_boxes (ours), every query's box starts at its own anchor whatever the
+    image, the first-step matching this recipe relies on; stock configs add no bias."""
+    from bavit.yolos import anchor_boxes
+
+    assert PrunedDetr(tiny_detr_config()).box_bias is None
+    torch.manual_seed(0)
+    det = PrunedDetr(tiny_detr_config(anchored_boxes=True)).eval()
+    det.init_anchors()
+    with torch.no_grad():
+        _, boxes = det(torch.randn(2, 3, 64, 64))
+    ref = anchor_boxes(det.config.num_queries).expand(2, -1, -1)
+    assert (boxes - ref).abs().max().item() <= 1e-4
+    det.det.bbox_predictor.layers[-1].bias.data.fill_(0.5)       # the bias is applied, not the anchor alone
+    with torch.no_grad():
+        _, moved = det(torch.randn(1, 3, 64, 64))
+    assert (moved[0] - ref[0]).abs().min().item() > 1e-3
