@@ -135,6 +135,37 @@ def test_detr_bavit_pipeline_artifact_matches_eager(target, tmp_path):
         assert diff <= tol, (name, diff)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["openvino", "tflite"])
+@pytest.mark.parametrize("reducer,keep", [("none", 1.0), ("bavit", 0.5)])
+def test_detr_int8_artifact_close_to_fp32(target, reducer, keep, tmp_path):
+    """DETR int8 (each target's recipe, the same as YOLOS's) against the fp32 artifact of the
+    same pipeline: mean |int8 - fp32| / std(fp32) per output, the bound the YOLOS int8 tests
+    use, and int8 really executed. The ResNet's residual add + ReLU is in the quantized part."""
+    from bavit.pipeline import WeightsSource
+    from bavit.reducers import parse, reducer_class
+    from targets import get_target
+    from targets.base import RuntimeOptions
+
+    t = get_target(target)
+    why = t.available() or t.build_unavailable()
+    if why:
+        pytest.skip(f"{target}: {why}")
+    _, det = _stock_pair(tiny_detr_config(), seed=4)
+    spec = parse(reducer)
+    pipe = reducer_class(spec.name).create(det, keep, spec.typed_options(), WeightsSource(None, 4, "detr-tiny")).eval()
+    rng = np.random.default_rng(2)
+    calib = rng.normal(size=(8, 3, 64, 64)).astype(np.float32)
+    pixels = rng.normal(size=(BATCH, 3, 64, 64)).astype(np.float32)
+    fp32 = t.load(t.prepare(pipe, "fp32", BATCH, None, tmp_path, "detr-tiny-seed4"), RuntimeOptions(1, batch=BATCH))
+    runner = t.load(t.prepare(pipe, "int8", BATCH, calib, tmp_path, "detr-tiny-seed4"), RuntimeOptions(1, batch=BATCH))
+    assert "i8" in runner.executed_precision
+    ref, out = fp32(pixels), runner(pixels)
+    for name, r, o in zip(("logits", "boxes", "token_logits"), ref, out):
+        rel = float(np.abs(r - o).mean() / max(float(r.std()), 1e-6))
+        assert rel <= 0.05, (name, rel)
+
+
 def test_detr_trains_a_few_steps_and_saves_a_folder_bench_loads(tmp_path):
     """`bavit.train detector --family detr`: DETR's auxiliary set loss plus the dense head
     runs, the saved folder says box_frame input and loads as a DETR."""
