@@ -133,6 +133,7 @@ class Built:
     tokens_total: int = 0
     input_size: tuple[int, int] = (0, 0)   # (H, W)
     patch: int = 0
+    flops: int = 0                # per image, the fp32 pipeline (bavit.flops: matmuls, convs, attention)
 
 
 @dataclass(frozen=True)
@@ -262,6 +263,12 @@ class Row:
     load_max: float | None = None             # highest 1-min load average seen in its slices
     noisy: bool | None = None
     noisy_reason: str | None = None
+    # -- work and efficiency (bavit.flops; bench.system.peak) ------------------------------------
+    gflop_per_image: float | None = None     # matmul/conv/attention work of one image, BAViT included
+    achieved_gops: float | None = None       # gflop_per_image x throughput_ips (int8 work counted as ops)
+    peak_gops: float | None = None           # this precision's peak at the cell's threads
+    peak_pct: float | None = None            # achieved / peak, %
+    peak_basis: str | None = None            # the peak's formula and sources, or why there is none
     # -- accuracy (apart from performance) ------------------------------------------------------
     map: float | None = None
     ap50: float | None = None

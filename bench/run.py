@@ -818,8 +818,26 @@ class Job:
         if error is None and all(slices):
             s = summarise(slices, loads, self.args.threads)
             fields.update({k: v for k, v in asdict(s).items()})
+            fields.update(self._work_fields(cell, built, s.throughput_ips))
             return self._row(cell, "ok", **fields)
         return self._row(cell, "failed", error=error or "timing: no slices recorded", **fields)
+
+    def _work_fields(self, cell: Cell, built: dict[str, Built], throughput_ips: float | None) -> dict:
+        """Achieved ops/s from the model's analytic work and the measured throughput (not
+        FLOPs / p50 latency: with requests in flight a request's latency spans others' work),
+        against this precision's peak on this machine."""
+        from bench.system import peak
+
+        flops = built[cell.model.model_id].flops
+        if not flops:
+            return {}
+        p = peak(cell.model.precision, self.args.threads)
+        out = dict(gflop_per_image=round(flops / 1e9, 4), peak_gops=p.gops, peak_basis=p.basis)
+        if throughput_ips:
+            achieved = flops / 1e9 * throughput_ips
+            out.update(achieved_gops=round(achieved, 2),
+                       peak_pct=round(100 * achieved / p.gops, 2) if p.gops else None)
+        return out
 
     def _accuracy_fields(self, cell: Cell, colds: dict[str, ColdResult], scorers: dict[str, str]) -> dict:
         if self.args.images == 0 or self.accuracy_note:

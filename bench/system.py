@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import socket
+from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 
@@ -61,3 +64,76 @@ def data_fingerprint(spec: str, split: str) -> dict:
     from bench.contracts import digest
     stats = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in annotation_files(spec)]
     return {"spec": spec, "split": split, "files": digest(stats)}
+
+
+# -- the machine's peak ------------------------------------------------------------------------
+# Dense multiply-add throughput per core and cycle, counted as 2 ops per multiply-add, for the
+# best unit the CPU reports; best first within a precision. Two vector FMA pipes are assumed
+# (the CPU does not say how many it has; some AVX-512 Xeons have one, which halves fp32/int8).
+OPS_PER_CYCLE: tuple[tuple[str, str, int, str], ...] = (
+    ("fp32", "avx512f", 64, "AVX-512 FMA: 2 pipes x 16 fp32 lanes x 2"),
+    ("fp32", "avx2", 32, "AVX2 FMA: 2 pipes x 8 fp32 lanes x 2"),
+    ("fp32", "asimd", 16, "NEON FMA: 2 pipes x 4 fp32 lanes x 2"),
+    ("bf16", "amx_bf16", 1024, "AMX-BF16: 512 bf16 multiply-adds per TMUL cycle x 2"),
+    ("bf16", "avx512_bf16", 128, "AVX512-BF16 vdpbf16ps: 2 pipes x 32 bf16 pairs x 2"),
+    ("int8", "amx_int8", 2048, "AMX-INT8: 1024 int8 multiply-adds per TMUL cycle x 2"),
+    ("int8", "avx512_vnni", 256, "AVX512-VNNI vpdpbusd: 2 pipes x 64 int8 products x 2"),
+    ("int8", "avx_vnni", 128, "AVX-VNNI vpdpbusd: 2 pipes x 32 int8 products x 2"),
+    ("int8", "avx2", 64, "AVX2 vpmaddubsw + vpmaddwd: 2 pipes x 32 int8 products x 2 per 2 instructions"),
+    ("int8", "asimddp", 64, "NEON sdot: 2 pipes x 16 int8 products x 2"),
+)
+
+
+@dataclass(frozen=True)
+class Peak:
+    """Peak ops/s of one precision on this machine: cores x clock x ops per core per cycle.
+    `basis` is the formula with its numbers and sources, or why there is no figure."""
+    precision: str
+    gops: float | None
+    basis: str
+
+
+def clock_ghz() -> tuple[float | None, str]:
+    """The clock the peak is computed at, and where it came from: the highest frequency the
+    kernel's cpufreq reports, else /proc/cpuinfo's 'cpu MHz' (in a VM the host's nominal
+    clock; turbo is not known), else the model name's '@ x.xxGHz'."""
+    try:
+        khz = int(Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text())
+        return khz / 1e6, "cpufreq cpuinfo_max_freq"
+    except (OSError, ValueError):
+        pass
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "cpu MHz":
+                return float(value) / 1000, "/proc/cpuinfo cpu MHz (nominal; turbo not known)"
+            if key.strip() == "model name" and not model:
+                model = value
+    except (OSError, ValueError):
+        pass
+    if m := re.search(r"@\s*([0-9.]+)\s*GHz", model):
+        return float(m.group(1)), "the CPU model name (nominal)"
+    return None, "no clock readable (cpufreq, /proc/cpuinfo)"
+
+
+def peak(precision: str, threads: int) -> Peak:
+    """The peak a cell running `threads` threads can reach: SMT siblings share their core's
+    vector units, so at most one thread per physical core counts. A precision without its
+    own units (bf16 on a CPU without bf16 instructions) gets fp32's peak, said so."""
+    _, flags = _cpuinfo()
+    ghz, source = clock_ghz()
+    physical = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    cores = max(1, min(threads, physical))
+    unit = next(((ops, what) for p, flag, ops, what in OPS_PER_CYCLE if p == precision and flag in flags), None)
+    note = ""
+    if unit is None and precision != "fp32":
+        unit = next(((ops, what) for p, flag, ops, what in OPS_PER_CYCLE if p == "fp32" and flag in flags), None)
+        note = f"; no {precision} units: fp32's peak"
+    if unit is None:
+        return Peak(precision, None, f"no known vector unit for {precision} in the CPU flags")
+    if ghz is None:
+        return Peak(precision, None, source)
+    ops, what = unit
+    return Peak(precision, round(cores * ghz * ops, 1),
+                f"{cores} core{'s' if cores > 1 else ''} x {ghz:.2f} GHz ({source}) x {ops} ops/cycle ({what}){note}")

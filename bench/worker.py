@@ -65,6 +65,7 @@ def one_line(err: BaseException) -> str:
 # -- build ------------------------------------------------------------------------------------
 def build_all(specs: list[BuildSpec], out: Path) -> None:
     from bavit.data import load_dataset
+    from bavit.flops import image_flops
     from bavit.pipeline import build_pipeline, weights_key
     from bavit.reducers import parse
     from quant.calibration import calibration_images
@@ -80,8 +81,8 @@ def build_all(specs: list[BuildSpec], out: Path) -> None:
             if key not in pipelines:
                 pipe = build_pipeline(spec.weights, parse(spec.reduction.reducer), spec.reduction.keep,
                                       detector=spec.detector, image_size=spec.image_size)
-                pipelines[key] = (pipe, weights_key(pipe))
-            pipeline, wkey = pipelines[key]
+                pipelines[key] = (pipe, weights_key(pipe), image_flops(pipe, tuple(pipe.input_size)))
+            pipeline, wkey, flops = pipelines[key]
             target = get_target(spec.target)
             calib = None
             if target.needs_calibration(spec.precision):
@@ -98,7 +99,8 @@ def build_all(specs: list[BuildSpec], out: Path) -> None:
                           scores_tokens=pipeline.prunes and pipeline.scores_tokens, mapping=pipeline.mapping,
                           ideal_speedup=round(pipeline.ideal_speedup, 4),
                           tokens_kept=pipeline.tokens_kept, tokens_total=pipeline.num_tokens,
-                          input_size=tuple(pipeline.input_size), patch=pipeline.detector.patch_size)
+                          input_size=tuple(pipeline.input_size), patch=pipeline.detector.patch_size,
+                          flops=flops)
         except Exception as err:  # this artifact fails; the others are still built
             traceback.print_exc()
             built = Built(spec.model_id, False, error=one_line(err))

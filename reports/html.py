@@ -152,6 +152,9 @@ SUMMARY_COLUMNS: dict[str, RowFormatter] = {
     "× torch fp32 dense": _interval("speedup_vs_torch_dense_fp32", "speedup_torch_lo", "speedup_torch_hi",
                                     ".2f", "×"),
     "× ideal": _col("ideal_speedup", _num(".2f", "×")),
+    "GFLOP/img": _col("gflop_per_image", _num(".2f")),
+    "GOP/s": _measured("achieved_gops", _num(".1f")),
+    "% peak": _measured("peak_pct", _num(".1f", "%")),
     "mAP": _measured("map", _num(".3f")),
     "mAP drop pts": _measured("map_drop_pts", _num(".2f")),
     "peak MiB": _measured("peak_rss_mib", _num(".0f")),
@@ -435,6 +438,10 @@ def render_html(df: pd.DataFrame, title: str = "bavit-bench report",
         _img(plots.reducer_tradeoff(data), "Scatter plot of mAP against throughput, one colour per token reducer",
              "mAP vs throughput per token reducer (colour) and target (marker); the dashed line is the "
              "Pareto front across every reducer, target and precision."),
+        _img(plots.roofline(data), "Scatter plot of achieved GOP/s against work per image, with each precision's peak",
+             "Achieved GOP/s (analytic matmul, convolution and attention work × throughput) against work per "
+             "image; dashed lines are each precision's peak at the cells' threads (formula in the README and "
+             "each row's peak_basis)."),
         _img(plots.peak_memory(data), "Bar chart of peak resident memory (MiB) per benchmark cell",
              "Peak RSS per successful cell; grey = baseline RSS once the runtime was loaded, before the model."),
     ]

@@ -222,6 +222,37 @@ def reducer_tradeoff(df: pd.DataFrame) -> bytes:
     return _png(fig)
 
 
+def roofline(df: pd.DataFrame) -> bytes:
+    """Achieved GOP/s per cell against its work per image, under each precision's peak.
+
+    Without a measured byte count there is no arithmetic-intensity axis: work per image stands
+    in for it (pruning moves a cell left), and the distance to the dashed peak line is how far
+    the runtime is from what the vector units could do at that precision."""
+    title = "Achieved GOP/s vs work per image"
+    ok = ok_mask(df) if not df.empty else None
+    data = df[ok & column(df, "achieved_gops").notna()] if ok is not None else df
+    if data.empty:
+        return _message_png(NO_DATA, title)
+    fig, axes, panels = _panels(data)
+    for ax, in_panel, series in panels:
+        for label, color, marker, group in series:
+            ax.scatter(group["gflop_per_image"], group["achieved_gops"], color=color, marker=marker,
+                       label=label, s=28)
+        for precision, group in in_panel.groupby("precision", sort=True):
+            peaks = column(group, "peak_gops").dropna()
+            if not peaks.empty:
+                top = float(peaks.iloc[0])
+                ax.axhline(top, ls="--", lw=0.8, color="0.4")
+                ax.annotate(f"{precision} peak {top:.0f}", (0.01, top), xycoords=("axes fraction", "data"),
+                            xytext=(0, 2), textcoords="offset points", fontsize=7, color="0.3")
+        ax.set_yscale("log")
+        ax.set_xlabel("GFLOP per image")
+        ax.set_ylabel("achieved GOP/s")
+    _legend(fig, axes)
+    fig.suptitle(title)
+    return _png(fig)
+
+
 def peak_memory(df: pd.DataFrame) -> bytes:
     """Peak RSS per successful cell as horizontal bars, split into baseline and increase.
 

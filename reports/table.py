@@ -43,6 +43,7 @@ NUMERIC_COLUMNS: tuple[str, ...] = (
     "rounds", "throughput_ips", "throughput_min", "throughput_max",
     "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "latency_samples",
     "spread_pct", "load_max",
+    "gflop_per_image", "achieved_gops", "peak_gops", "peak_pct",
     "map", "ap50", "ap75", "token_acc", "fg_recall", "fg_precision", "images", "token_images",
     "sys_cores", "sys_ram_gb",
 )

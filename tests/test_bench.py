@@ -255,6 +255,13 @@ def test_two_target_two_keep_sweep_rows_and_columns(tmp_path):
             assert r["token_acc"] is None and r["fg_recall"] is None
         else:
             assert 0.0 <= r["token_acc"] <= 1.0
+        # work per image and achieved ops/s: the fp32 peak of this machine at 2 threads
+        assert r["gflop_per_image"] > 0 and r["achieved_gops"] == pytest.approx(
+            r["gflop_per_image"] * r["throughput_ips"], rel=1e-3)
+        assert r["peak_basis"].startswith(f"{r['threads']} core") or r["peak_gops"] is None
+        assert r["peak_gops"] is None or 0 < r["peak_pct"] < 100
+    work = {r["model_id"]: r["gflop_per_image"] for r in got}
+    assert len({round(v, 4) for v in work.values()}) == 2   # one figure per model, BAViT included at keep 0.5
     ov = {r["scenario"]: r for r in got if r["target"] == "openvino" and r["keep"] == 1.0}
     assert all(json.loads(r["runtime_details"]).get("inference_precision_hint") for r in ov.values())
     assert ov["offline"]["mode"].startswith("async AsyncInferQueue, THROUGHPUT hint")

@@ -467,8 +467,8 @@ def test_csv_rows_and_columns(built: dict[str, Path]) -> None:
 def test_html_is_self_contained_and_complete(built: dict[str, Path]) -> None:
     page = built["html"].read_text(encoding="utf-8")
     images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="[^"]+"', page)
-    assert len(images) == 4
-    assert page.count("data:image/png;base64") == 4
+    assert len(images) == 5
+    assert page.count("data:image/png;base64") == 5
     assert all(base64.b64decode(img).startswith(b"\x89PNG\r\n\x1a\n") for img in images)
     # the answer first: decision, then machine, then the table
     assert page.index("<h1>") < page.index("<h2>Decision</h2>") < page.index("<h2>Machine</h2>") \
@@ -496,7 +496,7 @@ def test_html_escapes_results_text(tmp_path: Path) -> None:
     rows = [make_row("tflite", "int8", 0.5, status="failed", error="x < y & z"),
             make_row("openvino", "fp32", 1.0, rounds=[10.0], noisy=True, noisy_reason='<b>"hot"</b>')]
     page = build(write_run(tmp_path / "bad", rows))["html"].read_text(encoding="utf-8")
-    assert page.count("data:image/png;base64") == 4
+    assert page.count("data:image/png;base64") == 5
     assert "x &lt; y &amp; z" in page and "x < y" not in page
     assert "&lt;b&gt;&quot;hot&quot;&lt;/b&gt;" in page and "<b>" not in page
 
@@ -505,7 +505,7 @@ def test_html_when_every_cell_failed(tmp_path: Path) -> None:
     rows = [make_row("tflite", "int8", 0.5, status="failed", error="boom")]
     paths = build(write_run(tmp_path / "bad", rows))
     page = paths["html"].read_text(encoding="utf-8")
-    assert page.count("data:image/png;base64") == 4 and "no successful cell" in page
+    assert page.count("data:image/png;base64") == 5 and "no successful cell" in page
     assert pd.read_csv(paths["decision_csv"])["cell_id"].isna().all()
 
 
@@ -561,7 +561,7 @@ def test_cli_with_baseline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert cmp["throughput_ratio"].dropna().tolist() == pytest.approx([2.0] * 11)
     page = (current / "report.html").read_text(encoding="utf-8")
     assert "Comparison with baseline" in page and "2.00×" in page
-    assert page.count("data:image/png;base64") == 4
+    assert page.count("data:image/png;base64") == 5
 
 
 def test_cli_redecides_with_other_limits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -615,7 +615,7 @@ def test_speed_only_run_builds_a_report(tmp_path: Path) -> None:
     assert df["map"].isna().all() and df["map_drop_pts"].isna().all()
     assert df["speedup_vs_target_dense_fp32"].notna().any()
     page = paths["html"].read_text()
-    assert page.count("data:image/png;base64") == 4
+    assert page.count("data:image/png;base64") == 5
     assert "no mAP in this run: picked on speed alone" in page
 
 
@@ -640,3 +640,22 @@ def test_best_reducer_per_keep_and_the_reducer_plot(tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     page = render_html(df)
     assert "Best reducer per keep ratio" in page and "<td>tome</td>" in page
+
+
+def test_work_and_efficiency_columns_and_the_roofline_plot():
+    """Achieved GOP/s and % of peak reach the summary table; the roofline plot draws the
+    cells under their precision's peak, and says so when no cell has the figures."""
+    from reports.html import render_html
+    from reports.plots import roofline
+
+    rows = [make_row("openvino", p, k, rounds=[tp] * 3, gflop_per_image=g, achieved_gops=g * tp,
+                     peak_gops=pk, peak_pct=100 * g * tp / pk, peak_basis="2 cores x 2.45 GHz")
+            for p, k, tp, g, pk in (("fp32", 1.0, 20.0, 3.2, 156.5), ("fp32", 0.5, 33.0, 1.7, 156.5),
+                                    ("int8", 0.5, 40.0, 1.7, 313.0))]
+    df = pd.DataFrame(rows)
+    page = render_html(df)
+    assert "% peak" in page and "40.9%" in page and "Achieved GOP/s (analytic" in page
+    png = roofline(df)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    empty = roofline(pd.DataFrame([make_row("openvino", "fp32", 1.0, rounds=[20.0] * 3)]))
+    assert empty != png and len(empty) < len(png)
