@@ -167,6 +167,34 @@ class ColdSpec:
 
 
 @dataclass(frozen=True)
+class ProfileSpec:
+    """One cell's profiling process, after every timed round (its figures never mix with
+    theirs): the cell's artifact at its batch, one sync request, per-node times."""
+    cell_id: str
+    target: str
+    artifact: str
+    batch: int
+    threads: int
+    pixels: str
+    ov_int8_float: str
+    seconds: float
+    nodes_csv: str                # where the full per-node table goes
+
+
+@dataclass(frozen=True)
+class ProfileResult:
+    cell_id: str
+    ok: bool
+    error: str | None = None
+    unavailable: bool = False     # the runtime has no per-node profiler (error says why)
+    method: str | None = None
+    calls: int = 0
+    wall_ms: float | None = None  # median wall time of a profiled call
+    nodes_ms: float | None = None # per-node times summed, mean per call
+    stages: dict[str, float] = field(default_factory=dict)   # bavit.stages stage -> ms per call
+
+
+@dataclass(frozen=True)
 class ServeCell:
     cell_id: str
     artifact: str
@@ -269,6 +297,15 @@ class Row:
     peak_gops: float | None = None           # this precision's peak at the cell's threads
     peak_pct: float | None = None            # achieved / peak, %
     peak_basis: str | None = None            # the peak's formula and sources, or why there is none
+    # -- profile (--profile: a separate process after the rounds; not in the figures above) ----
+    profile_method: str | None = None
+    profile_calls: int | None = None
+    profile_wall_ms: float | None = None      # median wall time of one profiled call (sync, the cell's batch)
+    profile_nodes_ms: float | None = None     # per-node times summed, per call
+    profile_vs_p50: float | None = None       # profile_nodes_ms / latency_p50_ms (single-stream cells)
+    profile_stages: str | None = None         # JSON: stage (bavit.stages) -> ms per call
+    profile_file: str | None = None           # the full per-node table (CSV)
+    profile_note: str | None = None           # why there is no profile (unavailable / failed)
     # -- accuracy (apart from performance) ------------------------------------------------------
     map: float | None = None
     ap50: float | None = None

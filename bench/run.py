@@ -45,6 +45,8 @@ from bench.contracts import (
     ColdResult,
     ColdSpec,
     Command,
+    ProfileResult,
+    ProfileSpec,
     ReductionSpec,
     Reply,
     Row,
@@ -117,6 +119,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                                 "model; single-stream is always batch 1). Default 8")
     p.add_argument("--threads", type=int, default=2, help="threads for every runtime (default 2)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (default 3)")
+    p.add_argument("--profile", action="store_true",
+                   help="after each target's rounds, profile every cell in its own process: per-node times from "
+                        "the runtime's profiler (OpenVINO PERF_COUNT; torch: the exported graph's nodes timed) "
+                        "summed into stages (reducer, embed, encoder, decoder, heads); profiles/*.csv and the "
+                        "report's Profiles section. Speed figures stay those of the unprofiled rounds")
+    p.add_argument("--profile-seconds", type=float, default=3.0, help="seconds of profiled calls per cell (default 3)")
     p.add_argument("--round-seconds", type=float, default=2.0,
                    help="timed seconds per cell per round, in two halves (default 2)")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of untimed calls per cell after loading")
@@ -201,7 +209,8 @@ def check(args: argparse.Namespace) -> dict:
                                ("--build-jobs", args.build_jobs, 1)):
         if value < low:
             raise UsageError(f"{option} must be >= {low}, got {value}")
-    for option, value in (("--round-seconds", args.round_seconds), ("--timeout", args.timeout)):
+    for option, value in (("--round-seconds", args.round_seconds), ("--timeout", args.timeout),
+                          ("--profile-seconds", args.profile_seconds)):
         if value <= 0:
             raise UsageError(f"{option} must be > 0, got {value:g}")
     if args.warmup < 0:
@@ -358,23 +367,28 @@ def _run_build(specs: list[BuildSpec], jobs: int, artifact_of, group_of, work: P
     return results
 
 
-def _run_cold(spec: ColdSpec, work: Path, logs: Path, slug: str, timeout: float, threads: int) -> ColdResult:
-    spec_file, out_file = work / f"{slug}.cold.json", work / f"{slug}.cold.out.json"
+def _run_one(mode: str, spec, result_cls: type, work: Path, logs: Path, slug: str, timeout: float, threads: int):
+    """A cell's own `bench.worker MODE` process; its result, or one saying why there is none."""
+    spec_file, out_file = work / f"{slug}.{mode}.json", work / f"{slug}.{mode}.out.json"
     spec_file.write_text(to_json(spec))
     out_file.unlink(missing_ok=True)
-    proc = _spawn(["cold", str(spec_file), str(out_file)], logs / f"{slug}.cold.log", threads)
+    proc = _spawn([mode, str(spec_file), str(out_file)], logs / f"{slug}.{mode}.log", threads)
     _Children.live.add(proc)
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         _kill(proc)
-        return ColdResult(spec.cell_id, False, error=f"timeout: the cell's process did not finish in {timeout:g} s")
+        return result_cls(spec.cell_id, False, error=f"timeout: the cell's process did not finish in {timeout:g} s")
     finally:
         _Children.live.discard(proc)
     if out_file.is_file():
-        return from_json(ColdResult, out_file.read_text())
-    return ColdResult(spec.cell_id, False, error=f"the cell's process died (exit code {proc.returncode}); "
-                                                 f"see logs/{slug}.cold.log")
+        return from_json(result_cls, out_file.read_text())
+    return result_cls(spec.cell_id, False, error=f"the cell's process died (exit code {proc.returncode}); "
+                                                 f"see logs/{slug}.{mode}.log")
+
+
+def _run_cold(spec: ColdSpec, work: Path, logs: Path, slug: str, timeout: float, threads: int) -> ColdResult:
+    return _run_one("cold", spec, ColdResult, work, logs, slug, timeout, threads)
 
 
 def _runnable_others() -> float:
@@ -704,10 +718,43 @@ class Job:
             self._add("serving processes: start, load + warm-up", load_s)
             self._add("timed rounds", total - load_s)
             self._add("accuracy (of cold start)", sum(r.accuracy_s or 0.0 for r in colds.values()))
+            profiles = self._profile_phase(live, built) if a.profile else {}
             for c in live:
-                self._write(self._final_row(c, built, colds, scorers, slices[c.cell_id], loads[c.cell_id],
-                                            failed.get(c.cell_id)))
+                row = self._final_row(c, built, colds, scorers, slices[c.cell_id], loads[c.cell_id],
+                                      failed.get(c.cell_id))
+                if c.cell_id in profiles:
+                    row.update(self._profile_fields(profiles[c.cell_id], row))
+                self._write(row)
         return self.failed
+
+    def _profile_phase(self, cells: list[Cell], built: dict[str, Built]) -> dict[str, ProfileResult]:
+        """Each cell profiled in its own process once its target's rounds are over, so no
+        profiler runs beside a timed window."""
+        from tqdm import tqdm
+
+        a = self.args
+        t0 = time.monotonic()
+        out = {}
+        for c in tqdm(cells, desc="profile", unit="cell", dynamic_ncols=True):
+            slug = c.cell_id.replace("/", "_")
+            spec = ProfileSpec(c.cell_id, c.model.target, built[c.model.model_id].artifact, c.model.batch, a.threads,
+                               str(self.work / f"inputs-b{c.model.batch}.npy"), a.ov_int8_float, a.profile_seconds,
+                               str(self.out / "profiles" / f"{slug}.csv"))
+            out[c.cell_id] = _run_one("profile", spec, ProfileResult, self.work, self.logs, slug, a.timeout,
+                                      a.threads)
+        self._tick("profiles (after the rounds)", t0)
+        return out
+
+    @staticmethod
+    def _profile_fields(p: ProfileResult, row: dict) -> dict:
+        if not p.ok:
+            return {"profile_note": ("unavailable: " if p.unavailable else "profile failed: ") + (p.error or "")}
+        p50 = row.get("latency_p50_ms")
+        single = row.get("scenario") == "single-stream"
+        return dict(profile_method=p.method, profile_calls=p.calls, profile_wall_ms=p.wall_ms,
+                    profile_nodes_ms=p.nodes_ms, profile_stages=json.dumps(p.stages),
+                    profile_vs_p50=round(p.nodes_ms / p50, 4) if single and p50 and p.nodes_ms else None,
+                    profile_file=str(Path("profiles") / Path(p.cell_id.replace("/", "_") + ".csv")))
 
     # -- pieces ------------------------------------------------------------------------------------
     @staticmethod

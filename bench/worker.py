@@ -6,6 +6,9 @@
 - `cold SPEC OUT`: one cell's own process, importing only its runtime: memory baseline
   after the runtime and its plugins, model load/compile time, first inference, peak RSS;
   then, apart from every timed window, the accuracy pass when this cell scores its model.
+- `profile SPEC OUT`: one cell's profiling process, after the timed rounds: per-node times
+  of one sync request at the cell's batch, summed into stages (bavit.stages); the full
+  per-node table goes to a CSV.
 - `serve SPEC CMD_FD REPLY_FD`: a target's speed process: loads all its cells, warms them
   up, then times the slices the parent sends (`Command` -> `Reply` JSON lines on two pipes:
   the runtimes' own chatter on stdout cannot garble them).
@@ -30,6 +33,8 @@ from bench.contracts import (
     ColdResult,
     ColdSpec,
     Command,
+    ProfileResult,
+    ProfileSpec,
     Reply,
     ServeSpec,
     from_dict,
@@ -176,6 +181,58 @@ def accuracy(runner, spec: AccuracySpec, size: tuple[int, int], batch: int) -> A
     return result
 
 
+# -- profile ----------------------------------------------------------------------------------------
+PROFILE_WARMUP_CALLS = 3
+
+
+def profile(spec: ProfileSpec) -> ProfileResult:
+    """Mean per-node time over as many calls as fit in `seconds` (at least 3), grouped into
+    stages by the module path each node was traced from."""
+    import csv
+
+    from bavit.stages import STAGES, stage_of
+    from targets import get_target
+    from targets.base import SINGLE_STREAM, Artifact, RuntimeOptions
+
+    target = get_target(spec.target)
+    why = target.profiler_unavailable()
+    if why:
+        return ProfileResult(spec.cell_id, False, error=why, unavailable=True)
+    target.import_runtime()
+    pixels = np.load(spec.pixels)
+    runner = target.load(Artifact.load(spec.artifact),
+                         RuntimeOptions(spec.threads, SINGLE_STREAM, spec.ov_int8_float, spec.batch, profile=True))
+    for _ in range(PROFILE_WARMUP_CALLS):
+        runner(pixels)
+    totals: dict[str, list] = {}       # node name -> [kind, exec_type, module, summed ms]
+    walls: list[float] = []
+    start = time.perf_counter()
+    while len(walls) < 3 or time.perf_counter() - start < spec.seconds:
+        t = time.perf_counter()
+        runner(pixels)
+        walls.append((time.perf_counter() - t) * 1000)
+        for node in runner.node_times():
+            entry = totals.setdefault(node.name, [node.kind, node.exec_type, node.module, 0.0])
+            entry[3] += node.ms
+    calls = len(walls)
+    rows = sorted(((name, kind, ex, module, stage_of(module), ms / calls)
+                   for name, (kind, ex, module, ms) in totals.items()), key=lambda r: -r[5])
+    stages = {stage: 0.0 for stage in STAGES}
+    for row in rows:
+        stages[row[4]] += row[5]
+    nodes_ms = sum(stages.values())
+    out = Path(spec.nodes_csv)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["node", "kind", "exec_type", "module", "stage", "ms_per_call", "share"])
+        for name, kind, ex, module, stage, ms in rows:
+            w.writerow([name, kind, ex, module, stage, f"{ms:.5f}", f"{ms / nodes_ms:.5f}" if nodes_ms else ""])
+    return ProfileResult(spec.cell_id, True, method=runner.profiler, calls=calls,
+                         wall_ms=round(float(np.median(walls)), 4), nodes_ms=round(nodes_ms, 4),
+                         stages={k: round(v, 4) for k, v in stages.items() if v > 0})
+
+
 # -- serving: the timed slices --------------------------------------------------------------------
 def serve(spec: ServeSpec, cmd_fd: int, reply_fd: int) -> None:
     from bench.loop import run_slice, warm_up
@@ -223,6 +280,15 @@ def main(argv: list[str]) -> int:
         return 0
     if mode == "serve":
         serve(from_json(ServeSpec, Path(argv[1]).read_text()), int(argv[2]), int(argv[3]))
+        return 0
+    if mode == "profile":
+        spec = from_json(ProfileSpec, Path(argv[1]).read_text())
+        try:
+            result = profile(spec)
+        except Exception as err:  # the parent records it; the cell's figures stand
+            traceback.print_exc()
+            result = ProfileResult(spec.cell_id, False, error=one_line(err))
+        Path(argv[2]).write_text(to_json(result))
         return 0
     if mode == "cold":
         spec = from_json(ColdSpec, Path(argv[1]).read_text())

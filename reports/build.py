@@ -29,7 +29,16 @@ import pandas as pd
 
 from reports.decide import check_limits, decide, decision_markdown
 from reports.html import render_html
-from reports.table import add_derived, best_reducers, column, load_results, ok_mask, sort_cells, summary_markdown
+from reports.table import (
+    add_derived,
+    best_reducers,
+    column,
+    load_profiles,
+    load_results,
+    ok_mask,
+    sort_cells,
+    summary_markdown,
+)
 
 JOIN_KEYS: list[str] = ["target", "precision", "reducer", "keep", "batch", "scenario"]
 
@@ -119,6 +128,7 @@ def _build(run_dir: Path, baseline: Path | None, max_map_drop: float, max_latenc
         comparison=comparison,
         baseline_name=baseline.resolve().name if baseline is not None else None,
         decisions=decisions, max_map_drop=max_map_drop, max_latency_ms=max_latency_ms, max_rss_mb=max_rss_mb,
+        profiles=load_profiles(run_dir, df),
     )
     paths = {"csv": run_dir / "report.csv", "decision_csv": run_dir / "decision.csv",
              "reducers_csv": run_dir / "reducers.csv", "html": run_dir / "report.html"}

@@ -411,10 +411,61 @@ def _best_reducers_html(data: pd.DataFrame) -> str:
             + format_table(best, BEST_REDUCER_HTML, "best-reducers"))
 
 
+PROFILE_TOP_NODES = 15
+
+
+def _profiles_html(data: pd.DataFrame, nodes: dict[str, pd.DataFrame]) -> str:
+    """The stage split of every profiled cell, then its top nodes by time; cells whose runtime
+    has no per-node profiler say so."""
+    from reports.table import profile_stages
+
+    stages = profile_stages(data)
+    notes = [(str(r["cell_id"]), str(r["profile_note"])) for _, r in data.iterrows()
+             if isinstance(r.get("profile_note"), str) and r.get("profile_note")]
+    if stages.empty and not notes:
+        return '<p class="note">No cell was profiled (bench.run --profile).</p>'
+    parts = []
+    if not stages.empty:
+        parts.append(_img(plots.stage_times(stages), "Stacked bar chart of per-stage time per profiled cell",
+                          "Per-stage time (ms per call, one sync request at the cell's batch, from the runtime's "
+                          "own per-node profiler; stage by the module each node was traced from). The tick is the "
+                          "cell's unprofiled p50 latency (single-stream)."))
+        rows = "".join(
+            f"<tr><td>{html.escape(str(r['cell_id']))}</td>"
+            + "".join(f"<td>{r[c]:.3f}</td>" for c in stages.columns if c not in ("cell_id", "latency_p50_ms",
+                                                                                  "profile_vs_p50"))
+            + f"<td>{_fmt(r['profile_vs_p50'], '.2f', '×')}</td></tr>" for _, r in stages.iterrows())
+        heads = "".join(f"<th>{html.escape(c)} ms</th>" for c in stages.columns
+                        if c not in ("cell_id", "latency_p50_ms", "profile_vs_p50"))
+        parts.append(f'<table class="summary"><thead><tr><th>cell</th>{heads}<th>node sum / p50</th></tr></thead>'
+                     f"<tbody>{rows}</tbody></table>")
+    for cell, table in nodes.items():
+        top = table.head(PROFILE_TOP_NODES)
+        body = "".join(f"<tr><td>{html.escape(str(r['node']))}</td><td>{html.escape(str(r['kind']))}</td>"
+                       f"<td>{html.escape(str(r['exec_type']) if isinstance(r['exec_type'], str) else '')}</td>"
+                       f"<td>{html.escape(str(r['stage']))}</td><td>{float(r['ms_per_call']):.3f}</td>"
+                       f"<td>{100 * float(r['share']):.1f}%</td></tr>" for _, r in top.iterrows())
+        parts.append(f"<h3>{html.escape(cell)}: top {len(top)} of {len(table)} nodes</h3>"
+                     '<table class="summary"><thead><tr><th>node</th><th>kind</th><th>ran as</th><th>stage</th>'
+                     f"<th>ms/call</th><th>share</th></tr></thead><tbody>{body}</tbody></table>")
+    if notes:
+        parts.append("<ul>" + "".join(f"<li>{html.escape(c)}: {html.escape(n)}</li>" for c, n in notes) + "</ul>")
+    return "\n".join(parts)
+
+
+def _fmt(value: object, spec: str, suffix: str = "") -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return "–"
+    return "–" if math.isnan(v) else f"{v:{spec}}{suffix}"
+
+
 def render_html(df: pd.DataFrame, title: str = "bavit-bench report",
                 comparison: pd.DataFrame | None = None, baseline_name: str | None = None,
                 decisions: pd.DataFrame | None = None, max_map_drop: float = 1.0,
-                max_latency_ms: float | None = None, max_rss_mb: float | None = None) -> str:
+                max_latency_ms: float | None = None, max_rss_mb: float | None = None,
+                profiles: dict[str, pd.DataFrame] | None = None) -> str:
     """Build the complete report page for one run (optionally compared to a baseline run).
 
     ``df`` may be raw or already derived; ``decisions`` is the frame from
@@ -456,6 +507,7 @@ def render_html(df: pd.DataFrame, title: str = "bavit-bench report",
         format_table(data, SUMMARY_COLUMNS, "summary"), _method_html(data),
         "<h2>Best reducer per keep ratio</h2>", _best_reducers_html(data),
         "<h2>Plots</h2>", *figures,
+        "<h2>Profiles</h2>", _profiles_html(data, profiles or {}),
         "<h2>Noisy cells</h2>", _noisy_html(data),
         "<h2>Failed or unavailable cells</h2>", _failed_html(data),
         "<h2>Accuracy notes</h2>", _notes_html(data),

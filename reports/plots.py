@@ -253,6 +253,35 @@ def roofline(df: pd.DataFrame) -> bytes:
     return _png(fig)
 
 
+def stage_times(stages: pd.DataFrame) -> bytes:
+    """Per-stage time of each profiled cell as stacked horizontal bars (ms per call), with
+    the cell's unprofiled p50 marked where it is a single-stream cell: BAViT's overhead is
+    the `reducer` segment, what pruning saves shows in `encoder` between dense and pruned."""
+    from bavit.stages import STAGE_TITLES, STAGES
+
+    title = "Per-stage time of profiled cells"
+    if stages.empty:
+        return _message_png("no profiled cell (run with --profile)", title)
+    y = np.arange(len(stages))[::-1]
+    fig = Figure(figsize=(9, 1.6 + 0.36 * len(stages)), layout="constrained")
+    ax = fig.add_subplot()
+    left = np.zeros(len(stages))
+    colors = dict(zip(STAGES, ("#d62728", "#9467bd", "#1f77b4", "#17becf", "#2ca02c", "0.7")))
+    for stage in (s for s in STAGES if s in stages):
+        values = stages[stage].to_numpy(dtype=float)
+        if values.any():
+            ax.barh(y, values, left=left, color=colors[stage], label=f"{stage}: {STAGE_TITLES[stage]}")
+            left += values
+    p50 = column(stages, "latency_p50_ms").to_numpy(dtype=float)
+    ax.scatter(p50, y, marker="|", s=200, color="k", label="unprofiled p50 (single-stream)", zorder=3)
+    ax.set_yticks(y, stages["cell_id"].astype(str), fontsize=8)
+    ax.set_xlabel("ms per call (profiled)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.legend(loc="outside lower center", fontsize="small", frameon=False, ncols=2)
+    ax.set_title(title)
+    return _png(fig)
+
+
 def peak_memory(df: pd.DataFrame) -> bytes:
     """Peak RSS per successful cell as horizontal bars, split into baseline and increase.
 

@@ -44,6 +44,7 @@ NUMERIC_COLUMNS: tuple[str, ...] = (
     "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "latency_samples",
     "spread_pct", "load_max",
     "gflop_per_image", "achieved_gops", "peak_gops", "peak_pct",
+    "profile_calls", "profile_wall_ms", "profile_nodes_ms", "profile_vs_p50",
     "map", "ap50", "ap75", "token_acc", "fg_recall", "fg_precision", "images", "token_images",
     "sys_cores", "sys_ram_gb",
 )
@@ -497,3 +498,30 @@ def summary_markdown(df: pd.DataFrame) -> str:
     if any_noisy:
         lines += ["", "! = noisy: the harness saw too much spread or load in its rounds (reason in report.html)"]
     return "\n".join(lines) + "\n"
+
+
+def profile_stages(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per profiled cell, one column per stage (ms per call, bavit.stages order)."""
+    from bavit.stages import STAGES
+
+    rows = []
+    for _, r in df.iterrows():
+        text = r.get("profile_stages")
+        if isinstance(text, str) and text:
+            stages = json.loads(text)
+            rows.append({"cell_id": r["cell_id"], **{s: float(stages.get(s, 0.0)) for s in STAGES},
+                         "latency_p50_ms": r.get("latency_p50_ms"), "profile_vs_p50": r.get("profile_vs_p50")})
+    out = pd.DataFrame(rows)
+    empty = [s for s in STAGES if s in out and not out[s].any()]   # e.g. decoder of YOLOS-only runs
+    return out.drop(columns=empty)
+
+
+def load_profiles(run_dir: str | Path, df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """cell_id -> that cell's per-node table (profiles/*.csv beside results.jsonl); a file
+    that is gone is left out, not an error: the stage sums are on the row."""
+    out = {}
+    for _, r in df.iterrows():
+        name = r.get("profile_file")
+        if isinstance(name, str) and name and (Path(run_dir) / name).is_file():
+            out[str(r["cell_id"])] = pd.read_csv(Path(run_dir) / name)
+    return out

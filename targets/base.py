@@ -95,6 +95,17 @@ class RuntimeOptions:
     scenario: str = SINGLE_STREAM
     ov_int8_float: str = "f32"
     batch: int = 1                   # for artifacts whose batch is set at load
+    profile: bool = False            # the runner also records per-node times (`Runner.node_times`)
+
+
+@dataclass(frozen=True)
+class NodeTime:
+    """One node of the runtime's own graph as its profiler saw it, for one call."""
+    name: str
+    kind: str                        # op / layer type
+    exec_type: str                   # the kernel or precision the runtime says it ran ("" if not said)
+    module: str                      # the pipeline module path the node was traced from ("" if none)
+    ms: float
 
 
 @dataclass(frozen=True)
@@ -118,8 +129,11 @@ class Runner:
 
     def __init__(self, fn: Callable[[np.ndarray], tuple[np.ndarray, ...]], executed_precision: str,
                  details: dict | None = None, offline_fn: Callable[[np.ndarray, float], OfflineResult] | None = None,
-                 mode: str = "sync, 1 request", streams: int = 1, requests: int = 1) -> None:
+                 mode: str = "sync, 1 request", streams: int = 1, requests: int = 1,
+                 node_times: Callable[[], list[NodeTime]] | None = None, profiler: str = "") -> None:
         self._fn = fn
+        # with RuntimeOptions.profile: the last call's per-node times, and how they are taken
+        self.node_times, self.profiler = node_times, profiler
         self.offline_fn = offline_fn
         self.executed_precision = executed_precision
         # what the runtime really did (interpreter and version, per-layer precisions, config):
@@ -175,6 +189,10 @@ class Target(ABC):
         """Whether `build` uses calibration images: the harness loads none otherwise (on
         COCO that is parsing the train annotations) and they stay out of the cache key."""
         return self.recipes[precision].calibrated
+
+    def profiler_unavailable(self) -> str | None:
+        """None when `load(..., RuntimeOptions(profile=True))` gives per-node times, else why not."""
+        return f"{self.name}: no per-node profiler"
 
     def build_unavailable(self) -> str | None:
         """None when this environment can build artifacts, else why not: a runtime-only

@@ -28,6 +28,7 @@ float precisions those and the normalisation layers (MVN) execute in (e.g. "i8+f
 """
 from __future__ import annotations
 
+import re
 import time
 import warnings
 from collections import Counter
@@ -37,7 +38,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from quant import nncf_recipe
-from targets.base import OFFLINE, Artifact, OfflineResult, Recipe, Runner, RuntimeOptions, Target, package_version
+from targets.base import (
+    OFFLINE,
+    Artifact,
+    NodeTime,
+    OfflineResult,
+    Recipe,
+    Runner,
+    RuntimeOptions,
+    Target,
+    package_version,
+)
 
 if TYPE_CHECKING:
     import openvino as ov
@@ -91,6 +102,9 @@ class OpenVinoTarget(Target):
             caps = cpu_capabilities()
             if "BF16" not in caps:
                 return f"this CPU reports no BF16 support to OpenVINO (capabilities: {', '.join(caps) or 'none'})"
+        return None
+
+    def profiler_unavailable(self) -> str | None:
         return None
 
     def versions(self) -> dict[str, str]:
@@ -157,6 +171,8 @@ class OpenVinoTarget(Target):
         config = {"INFERENCE_NUM_THREADS": int(options.threads),
                   "PERFORMANCE_HINT": "THROUGHPUT" if offline else "LATENCY",
                   "INFERENCE_PRECISION_HINT": precision_hint}
+        if options.profile:
+            config["PERF_COUNT"] = True
         core = ov.Core()
         model = core.read_model(Path(artifact.path) / artifact.files[0])
         if model.inputs[0].get_partial_shape().is_dynamic:
@@ -204,12 +220,50 @@ class OpenVinoTarget(Target):
 
         mode = (f"async AsyncInferQueue, THROUGHPUT hint, {nireq} requests, {streams} streams" if offline
                 else f"sync, LATENCY hint, 1 request, {streams} stream{'s' if streams > 1 else ''}")
+        modules = runtime_modules(compiled) if options.profile else {}
+
+        def node_times() -> list[NodeTime]:
+            """The sync request's PERF_COUNT of its last call (benchmark_app -pc's table)."""
+            return [NodeTime(p.node_name, p.node_type, p.exec_type, modules.get(p.node_name, module_of(p.node_name)),
+                             p.real_time.total_seconds() * 1000)
+                    for p in request.get_profiling_info() if p.status == p.Status.EXECUTED]
+
         runner = Runner(run, executed, offline_fn=throughput if offline else None, mode=mode,
-                        streams=streams, requests=nireq)
+                        streams=streams, requests=nireq, node_times=node_times if options.profile else None,
+                        profiler="OpenVINO PERF_COUNT (per-node real time of the sync request)")
         runner.details = dict(details, config={k: str(v) for k, v in config.items()},
                               compiled={"NUM_STREAMS": streams, "OPTIMAL_NUMBER_OF_INFER_REQUESTS": nireq,
                                         "INFERENCE_NUM_THREADS": str(compiled.get_property("INFERENCE_NUM_THREADS"))})
         return runner
+
+
+_MODULE = re.compile(r"__module\.([A-Za-z0-9_.]+)")
+
+
+def module_of(node_name: str) -> str:
+    """The pipeline module path in an IR node's name: the TorchScript trace names nodes
+    `__module.<path>/aten::<op>/<Op>` (fused and reordered nodes carry it inside)."""
+    m = _MODULE.search(node_name)
+    return m.group(1).rstrip(".") if m else ""
+
+
+def runtime_modules(compiled: "ov.CompiledModel") -> dict[str, str]:
+    """Runtime-graph node name -> the pipeline module path it computes. A fused node (a
+    convolution with its folded BatchNorm, an int8 MatMul with its dequantization) is renamed,
+    but keeps the names of the IR layers it replaced (`originalLayersNames`); a node whose
+    names carry no path (NNCF's quantized attention matmuls) takes its nearest producer's."""
+    ops = compiled.get_runtime_model().get_ordered_ops()   # producers before consumers
+    found: dict[str, str] = {}
+    for op in ops:
+        rt = op.get_rt_info()
+        names = op.get_friendly_name() + "," + (rt["originalLayersNames"].astype(str)
+                                                if "originalLayersNames" in rt else "")
+        path = module_of(names)
+        if not path:
+            producers = [i.get_source_output().get_node().get_friendly_name() for i in op.inputs()]
+            path = next((found[n] for n in producers if found.get(n)), "")
+        found[op.get_friendly_name()] = path
+    return found
 
 
 def cpu_capabilities() -> list[str]:

@@ -70,6 +70,10 @@ class TfliteTarget(Target):
                               settings=tuple(sorted((k, str(v)) for k, v in litert_recipe.SETTINGS.items())))}
     runtime_modules = tuple(f"{m}.interpreter" for m in INTERPRETERS)
 
+    def profiler_unavailable(self) -> str | None:
+        return ("the LiteRT Python interpreter exposes no per-op profiler (op profiling is in the C++ "
+                "benchmark_model tool only); stage artifacts timed apart are not built yet")
+
     def available(self) -> str | None:
         try:
             interpreter_class()
