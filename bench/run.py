@@ -103,7 +103,8 @@ def _names(option: str, text: str, known: tuple[str, ...]) -> list[str]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--target", default="all", help="torch | openvino | tflite | all, or a comma-separated list")
+    p.add_argument("--target", default="all", help="torch | openvino | tflite | inductor | all (torch, openvino, tflite), or a "
+                                                  "comma-separated list")
     p.add_argument("--precision", default="fp32,int8",
                    help="comma-separated: fp32, bf16 (OpenVINO on CPUs with bf16), int8 (default: fp32,int8)")
     p.add_argument("--keep", default="1.0,0.5,0.25", help="keep ratios of patch tokens, each in (0, 1]")
@@ -183,10 +184,10 @@ def _image_size(text: str) -> tuple[int, int]:
 
 def check(args: argparse.Namespace) -> dict:
     """Everything that can be wrong with the command line, found before any work starts."""
-    from targets import NAMES, known_targets
+    from targets import DEFAULT_TARGETS, known_targets
 
     names = known_targets()
-    targets = list(NAMES) if args.target == "all" else _names("--target", args.target, names + ("all",))
+    targets = list(DEFAULT_TARGETS) if args.target == "all" else _names("--target", args.target, names + ("all",))
     if "all" in targets:
         raise UsageError("--target: 'all' cannot be combined with other targets")
     precisions = _names("--precision", args.precision, PRECISIONS)

@@ -1,0 +1,191 @@
+"""AOTInductor backend: the `torch.export`ed pipeline compiled ahead of time into a `.pt2`
+package (`torch._inductor.aoti_compile_and_package`, freezing on, under no_grad), loaded in the
+measuring process with `aoti_load_package`: nothing compiles while a cell is timed, and the
+compile time is the build's `convert_s`. This is PyTorch as it is deployed without Python
+in the loop of each op (the `torch` target runs the same exported graph op by op).
+
+Precisions:
+- fp32: the exported pipeline as is.
+- bf16: exported under CPU autocast (bf16 matmuls and convolutions, float elsewhere; the
+  outputs are cast back to float32). A cell needs bf16 units (AVX512-BF16 or AMX-BF16):
+  elsewhere oneDNN emulates bf16 and the cell is unavailable, though it builds.
+- int8: quant/pt2e_x86_recipe.py (PT2E static, X86InductorQuantizer), lowered to oneDNN
+  int8 kernels.
+
+The executed precision is read back from the package: the kernels its generated wrapper
+calls (`_qlinear_pointwise*`, `_qconv_pointwise*` are int8; bf16 from the autocast recipe
+when bf16 matmuls are present), counted into `runner.details`. Building needs a C++ compiler
+(AOTInductor compiles its generated C++); loading does not. The artifact's cache key holds
+torch's CPU capability (AOTInductor generates ISA-specific code)."""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import re
+import shutil
+import zipfile
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from quant import pt2e_x86_recipe
+from targets.base import Artifact, Recipe, Runner, RuntimeOptions, Target, package_version
+
+if TYPE_CHECKING:
+    from bavit.pipeline import Pipeline
+
+PACKAGE = "pipeline.pt2"
+INT8_KERNELS = ("_qlinear_pointwise", "_qconv_pointwise")
+BF16_UNITS = ("avx512_bf16", "amx_bf16")
+BF16_MENTIONS = "(bfloat16 in the generated code)"
+
+
+def _settings(d: dict) -> tuple:
+    return tuple(sorted((k, str(v)) for k, v in d.items()))
+
+
+class InductorTarget(Target):
+    name = "inductor"
+    recipes = {"fp32": Recipe(settings=_settings({"freezing": True})),
+               "bf16": Recipe("autocast-bf16", settings=_settings({"autocast": "cpu bfloat16", "freezing": True})),
+               "int8": Recipe(pt2e_x86_recipe.NAME, calibrated=True, settings=_settings(pt2e_x86_recipe.SETTINGS),
+                              requires=("torchao",))}
+    runtime_modules = ("torch",)
+
+    def available(self) -> str | None:
+        if importlib.util.find_spec("torch") is None:
+            return "torch is not installed"
+        return None
+
+    def build_unavailable(self) -> str | None:
+        compiler = os.environ.get("CXX") or next((c for c in ("g++", "c++", "clang++") if shutil.which(c)), None)
+        if compiler is None or shutil.which(compiler) is None:
+            return "no C++ compiler (g++, c++, clang++ or $CXX) on PATH: AOTInductor compiles the model to C++"
+        return None
+
+    def supports(self, precision: str) -> str | None:
+        reason = super().supports(precision)
+        if reason is None and precision == "bf16":
+            from bench.system import _cpuinfo
+
+            _, flags = _cpuinfo()
+            if not any(f in flags for f in BF16_UNITS):
+                reason = "no bf16 units on this CPU (AVX512-BF16 / AMX-BF16): oneDNN would emulate bf16"
+        return reason
+
+    def versions(self) -> dict[str, str]:
+        import torch
+
+        out = {p: package_version(p) or "not installed" for p in ("torch", "torchao", "transformers")}
+        out["cpu_capability"] = torch.backends.cpu.get_cpu_capability()   # the generated code's ISA
+        return out
+
+    # -- build process ----------------------------------------------------------------------
+    def build(self, pipeline: "Pipeline", precision: str, batch: int, calibration: np.ndarray | None,
+              out: Path) -> dict[str, Any]:
+        import torch
+        import torch._inductor
+
+        why = self.build_unavailable()
+        if why:
+            raise RuntimeError(why)
+        model = copy.deepcopy(pipeline).eval()
+        h, w = pipeline.input_size
+        example = (torch.zeros(batch, 3, h, w),)
+        fields: dict[str, Any] = {}
+        if precision == "int8":
+            if calibration is None:
+                raise ValueError("int8 needs calibration images")
+            reduced = pt2e_x86_recipe.reduce_range()
+            model, n_batches = pt2e_x86_recipe.quantize(model, calibration, batch, reduced)
+            fields.update(recipe=pt2e_x86_recipe.NAME, fp32_kept=pt2e_x86_recipe.FP32_KEPT,
+                          recipe_settings=dict(pt2e_x86_recipe.SETTINGS, calibration_images=n_batches * batch,
+                                               calibration_batches=n_batches, reduce_range=reduced))
+        elif precision == "bf16":
+            model = _Autocast(model)
+            fields.update(recipe="autocast-bf16", fp32_kept="what CPU autocast keeps in float32 (norms, softmax, "
+                                                            "reductions, the selector's sort)")
+        elif precision != "fp32":
+            raise ValueError(f"inductor has no {precision} precision")
+        with torch.no_grad():
+            program = torch.export.export(model, example)
+            torch._inductor.aoti_compile_and_package(program, package_path=str(out / PACKAGE),
+                                                     inductor_configs={"freezing": True})
+        kernels = package_kernels(out / PACKAGE)
+        fields.update(files=[PACKAGE], extra={"format": "AOTInductor .pt2 package", "input_shape": [batch, 3, h, w],
+                                              "kernels": kernels,
+                                              "cpu_capability": torch.backends.cpu.get_cpu_capability()})
+        return fields
+
+    # -- measured process -------------------------------------------------------------------
+    def load(self, artifact: Artifact, options: RuntimeOptions) -> Runner:
+        import torch
+        import torch._inductor
+
+        torch.set_num_threads(options.threads)
+        path = Path(artifact.path) / artifact.files[0]
+        module = torch._inductor.aoti_load_package(str(path))
+        kernels = package_kernels(path)
+
+        def run(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
+            with torch.inference_mode():
+                logits, boxes, tokens = module(x)
+            return logits.numpy(), boxes.numpy(), tokens.numpy()
+
+        runner = Runner(run, executed_precision(kernels))
+        runner.details = {"kernels": kernels, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                          "built_for": (artifact.extra or {}).get("cpu_capability")}
+        return runner
+
+
+class _Autocast:
+    """`model` under CPU bf16 autocast with float32 outputs (built lazily: torch at build only)."""
+
+    def __new__(cls, model):
+        import torch
+
+        class Wrapped(torch.nn.Module):
+            def __init__(self, inner) -> None:
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, pixel_values):
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    outs = self.inner(pixel_values)
+                return tuple(o.float() for o in outs)
+
+        return Wrapped(model).eval()
+
+
+_CALL = re.compile(r"aoti_torch_cpu_([A-Za-z0-9_]+)\(")
+
+
+def package_kernels(path: str | Path) -> dict[str, int]:
+    """Library kernels the package's generated wrapper calls, counted (its own fused C++
+    loops are not listed): what the compiled model runs, read from the model itself."""
+    with zipfile.ZipFile(path) as z:
+        sources = [n for n in z.namelist() if n.endswith("wrapper.cpp")]
+        if not sources:
+            raise ValueError(f"{path}: no generated wrapper in the package")
+        text = z.read(sources[0]).decode(errors="replace")
+    counts = Counter(_CALL.findall(text))
+    counts[BF16_MENTIONS] = text.count("bfloat16")     # bf16 tensors and casts in the generated code
+    return dict(sorted(counts.items()))
+
+
+def executed_precision(kernels: dict[str, int]) -> str:
+    """From the package's own code: int8 when it calls oneDNN's int8 GEMM/conv kernels, bf16
+    when its code handles bf16 tensors; the requested precision is not taken on trust."""
+    parts = []
+    if sum(n for k, n in kernels.items() if k.startswith(INT8_KERNELS)):
+        parts.append("i8")
+    if kernels.get(BF16_MENTIONS, 0):
+        parts.append("bf16")
+    return "+".join(parts + ["f32"])
+
+
+TARGET = InductorTarget()
