@@ -6,9 +6,7 @@ in the loop of each op (the `torch` target runs the same exported graph op by op
 
 Precisions:
 - fp32: the exported pipeline as is.
-- bf16: exported under CPU autocast (bf16 matmuls and convolutions, float elsewhere; the
-  outputs are cast back to float32). A cell needs bf16 units (AVX512-BF16 or AMX-BF16):
-  elsewhere oneDNN emulates bf16 and the cell is unavailable, though it builds.
+- bf16: quant/autocast_recipe.py (exported under CPU bf16 autocast), as the `torch` target.
 - int8: quant/pt2e_x86_recipe.py (PT2E static, X86InductorQuantizer), lowered to oneDNN
   int8 kernels.
 
@@ -31,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from quant import pt2e_x86_recipe
+from quant import autocast_recipe, pt2e_x86_recipe
 from targets.base import Artifact, Recipe, Runner, RuntimeOptions, Target, package_version
 
 if TYPE_CHECKING:
@@ -39,7 +37,6 @@ if TYPE_CHECKING:
 
 PACKAGE = "pipeline.pt2"
 INT8_KERNELS = ("_qlinear_pointwise", "_qconv_pointwise")
-BF16_UNITS = ("avx512_bf16", "amx_bf16")
 BF16_MENTIONS = "(bfloat16 in the generated code)"
 
 
@@ -50,7 +47,7 @@ def _settings(d: dict) -> tuple:
 class InductorTarget(Target):
     name = "inductor"
     recipes = {"fp32": Recipe(settings=_settings({"freezing": True})),
-               "bf16": Recipe("autocast-bf16", settings=_settings({"autocast": "cpu bfloat16", "freezing": True})),
+               "bf16": Recipe(autocast_recipe.NAME, settings=_settings({**autocast_recipe.SETTINGS, "freezing": True})),
                "int8": Recipe(pt2e_x86_recipe.NAME, calibrated=True, settings=_settings(pt2e_x86_recipe.SETTINGS),
                               requires=("torchao",))}
     runtime_modules = ("torch",)
@@ -69,11 +66,7 @@ class InductorTarget(Target):
     def supports(self, precision: str) -> str | None:
         reason = super().supports(precision)
         if reason is None and precision == "bf16":
-            from bench.system import _cpuinfo
-
-            _, flags = _cpuinfo()
-            if not any(f in flags for f in BF16_UNITS):
-                reason = "no bf16 units on this CPU (AVX512-BF16 / AMX-BF16): oneDNN would emulate bf16"
+            reason = autocast_recipe.unavailable()
         return reason
 
     def versions(self) -> dict[str, str]:
@@ -105,9 +98,9 @@ class InductorTarget(Target):
                           recipe_settings=dict(pt2e_x86_recipe.SETTINGS, calibration_images=n_batches * batch,
                                                calibration_batches=n_batches, reduce_range=reduced))
         elif precision == "bf16":
-            model = _Autocast(model)
-            fields.update(recipe="autocast-bf16", fp32_kept="what CPU autocast keeps in float32 (norms, softmax, "
-                                                            "reductions, the selector's sort)")
+            model = autocast_recipe.wrap(model)
+            fields.update(recipe=autocast_recipe.NAME, fp32_kept=autocast_recipe.FP32_KEPT,
+                          recipe_settings=autocast_recipe.SETTINGS)
         elif precision != "fp32":
             raise ValueError(f"inductor has no {precision} precision")
         with torch.no_grad():
@@ -140,25 +133,6 @@ class InductorTarget(Target):
         runner.details = {"kernels": kernels, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                           "built_for": (artifact.extra or {}).get("cpu_capability")}
         return runner
-
-
-class _Autocast:
-    """`model` under CPU bf16 autocast with float32 outputs (built lazily: torch at build only)."""
-
-    def __new__(cls, model):
-        import torch
-
-        class Wrapped(torch.nn.Module):
-            def __init__(self, inner) -> None:
-                super().__init__()
-                self.inner = inner
-
-            def forward(self, pixel_values):
-                with torch.autocast("cpu", dtype=torch.bfloat16):
-                    outs = self.inner(pixel_values)
-                return tuple(o.float() for o in outs)
-
-        return Wrapped(model).eval()
 
 
 _CALL = re.compile(r"aoti_torch_cpu_([A-Za-z0-9_]+)\(")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from quant import torchao_recipe
+from quant import autocast_recipe, torchao_recipe
 from targets.base import Artifact, NodeTime, Recipe, Runner, RuntimeOptions, Target, package_version
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ FORMATS = {EXPORTED: "torch.export .pt2, run eagerly via ExportedProgram.module(
 class TorchTarget(Target):
     name = "torch"
     recipes = {"fp32": Recipe(),
+               "bf16": Recipe(autocast_recipe.NAME, settings=tuple(sorted(autocast_recipe.SETTINGS.items()))),
                # dynamic activation scales: no calibration set
                "int8": Recipe(torchao_recipe.NAME, calibrated=False,
                               settings=tuple(sorted((k, str(v)) for k, v in torchao_recipe.SETTINGS.items())),
@@ -45,6 +46,8 @@ class TorchTarget(Target):
         reason = super().supports(precision)
         if reason is None and precision == "int8":
             reason = int8_matmul_unavailable()
+        if reason is None and precision == "bf16":
+            reason = autocast_recipe.unavailable()
         return reason
 
     def available(self) -> str | None:
@@ -53,7 +56,13 @@ class TorchTarget(Target):
         return None
 
     def versions(self) -> dict[str, str]:
-        return {p: package_version(p) or "not installed" for p in ("torch", "torchao", "transformers")}
+        """Package versions, and torch's CPU capability: torchao picks its int8 kernels for the
+        CPU the artifact is built on."""
+        import torch
+
+        out = {p: package_version(p) or "not installed" for p in ("torch", "torchao", "transformers")}
+        out["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        return out
 
     # -- build process ----------------------------------------------------------------------
     def build(self, pipeline: "Pipeline", precision: str, batch: int, calibration: np.ndarray | None,
@@ -70,6 +79,10 @@ class TorchTarget(Target):
             fields.update(recipe=torchao_recipe.NAME,
                           recipe_settings=dict(torchao_recipe.SETTINGS, quantized_linears=n),
                           fp32_kept=torchao_recipe.FP32_KEPT)
+        elif precision == "bf16":
+            model = autocast_recipe.wrap(model)
+            fields.update(recipe=autocast_recipe.NAME, recipe_settings=autocast_recipe.SETTINGS,
+                          fp32_kept=autocast_recipe.FP32_KEPT)
         elif precision != "fp32":
             raise ValueError(f"torch has no {precision} precision")
         h, w = pipeline.input_size
@@ -119,12 +132,41 @@ class TorchTarget(Target):
                 logits, boxes, tokens = module(x) if timed is None else timed.run(x)
             return logits.numpy(), boxes.numpy(), tokens.numpy()
 
-        return Runner(run, "i8-dynamic+f32" if artifact.precision == "int8" else "f32",
-                      node_times=timed.node_times if timed else None,
-                      profiler="torch.fx.Interpreter over the exported graph, each op node timed")
+        ops = graph_ops(module)
+        runner = Runner(run, _precision(ops),
+                        node_times=timed.node_times if timed else None,
+                        profiler="torch.fx.Interpreter over the exported graph, each op node timed")
+        runner.details = {"int8_matmuls": ops.get("aten._int_mm.default", 0),
+                          "dynamic_quantize_ops": ops.get("torchao.quantize_affine.default", 0),
+                          "graph_ops": sum(ops.values())}
+        return runner
 
     def profiler_unavailable(self) -> str | None:
         return None
+
+
+def _precision(ops: dict[str, int]) -> str:
+    """int8 where the graph calls torch._int_mm; bf16 where it casts to bfloat16 (autocast's
+    `_to_copy` / `to` nodes carry the dtype only in their arguments, so the wrapped autocast
+    region is what shows it)."""
+    if ops.get("aten._int_mm.default"):
+        return "i8-dynamic+f32"
+    if any("autocast" in k for k in ops):
+        return "bf16+f32"
+    return "f32"
+
+
+def graph_ops(module) -> dict[str, int]:
+    """Op counts of the loaded graph, which is what runs: the executed precision is read from
+    them (int8 when it calls `torch._int_mm`), not from the artifact's label. A pickled
+    module (export failed) has no graph: its Linear layers' weight types are counted."""
+    from collections import Counter
+
+    graph = getattr(module, "graph", None)
+    if graph is not None:
+        return dict(Counter(str(n.target) for n in graph.nodes if n.op == "call_function"))
+    n = sum(1 for m in module.modules() if "Int8" in type(getattr(m, "weight", None)).__name__)
+    return {"aten._int_mm.default": n} if n else {}
 
 
 def _timed_nodes_class():

@@ -147,6 +147,8 @@ def test_int8_close_to_fp32(target, recipe, build, reference, pixels):
     else:
         assert runner.executed_precision == "i8-dynamic+f32"
         assert art.recipe_settings["quantized_linears"] == 36  # 4 + 2 layers x 6 Linears
+        # read from the loaded graph: one torch._int_mm per quantized Linear
+        assert runner.details["int8_matmuls"] == 36 and runner.details["dynamic_quantize_ops"] >= 36
         assert art.extra["weights_bytes"] < build("torch", "fp32", 0.5).extra["weights_bytes"] * 0.5
 
 
@@ -278,3 +280,20 @@ def test_torch_int8_is_unavailable_where_int8_matmuls_have_no_kernel():
     if reason is not None:
         ratio = float(reason.split("runs ")[1].split("x slower")[0])
         assert ratio > INT8_SLOWDOWN_LIMIT and "no int8 dot-product kernel" in reason
+
+
+def test_torch_bf16_is_autocast_read_from_the_graph(build, reference, pixels):
+    """torch bf16: the pipeline exported under CPU autocast; its precision is read from the
+    loaded graph, and a CPU without bf16 units reports the cell unavailable though it builds.
+    Bound 0.1 of the output's std: autocast runs the (widened) heads in bf16 too (measured
+    0.067 on logits, 0.004 boxes, 0.005 token logits)."""
+    from quant import autocast_recipe
+
+    target = get_target("torch")
+    art = build("torch", "bf16", 0.5)
+    assert art.recipe == autocast_recipe.NAME
+    runner = target.load(art, RuntimeOptions(1, batch=BATCH))
+    assert runner.executed_precision == "bf16+f32" and runner.details["int8_matmuls"] == 0
+    rel = _rel_mean_diff(reference[0.5], runner(pixels))
+    assert all(v <= 0.1 for v in rel.values()), rel
+    assert target.supports("bf16") == autocast_recipe.unavailable()
