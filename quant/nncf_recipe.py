@@ -42,7 +42,8 @@ if TYPE_CHECKING:
 
 NAME = "nncf-ptq-transformer"
 
-# Regular expressions over OpenVINO node names (TorchScript-traced module paths).
+# Regular expressions over OpenVINO node names, which carry the module path each node came from
+# (targets.openvino_backend.name_by_module, in the TorchScript trace's `__module.<path>/` form).
 HEAD_PATTERNS = (r"__module\.detector\.det\.bbox_predictor[./].*",
                  r"__module\.detector\.det\.class_labels_classifier[./].*")
 BAVIT_HEAD_PATTERNS = (r"__module\.classifier\.head/.*",)

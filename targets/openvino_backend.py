@@ -1,8 +1,10 @@
 """OpenVINO CPU backend: fp32, bf16 and NNCF int8.
 
-Build (imports torch): `openvino.convert_model` traces the pipeline with a dynamic batch
-(input shape (-1, 3, S, S)): one IR, converted and quantized once, serves every batch size;
-`load` reshapes it to the cell's static batch before compiling. Outputs are named logits / boxes / token_logits and
+Build (imports torch): `openvino.convert_model` converts the `torch.export` ExportedProgram of
+the pipeline (batch a dynamic dimension; TorchScript tracing is deprecated), input shape
+(-1, 3, H, W); each IR node is renamed after the module it came from (`name_by_module`).
+One IR, converted and quantized once, serves every batch size; `load` reshapes it to the
+cell's static batch before compiling. Outputs are named logits / boxes / token_logits and
 the IR is saved with `compress_to_fp16=False` (otherwise weights are stored as fp16).
 fp32 and bf16 cells hold the same IR: the precision is a runtime hint. int8 runs
 quant/nncf_recipe.py on the IR.
@@ -30,7 +32,6 @@ from __future__ import annotations
 
 import re
 import time
-import warnings
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,7 +59,8 @@ if TYPE_CHECKING:
 XML, BIN = "model.xml", "model.bin"
 OUTPUT_NAMES = ("logits", "boxes", "token_logits")
 FLOAT_HINT = {"fp32": "f32", "bf16": "bf16"}
-CALIB_BATCH = 8  # batch of the calibration passes (and the trace) of a dynamic-batch IR
+CALIB_BATCH = 8  # batch of the calibration passes (and the export) of a dynamic-batch IR
+MAX_BATCH = 4096  # the dynamic batch dimension's bound in torch.export
 DEFAULT_INT8_FLOAT = "f32"
 MATRIX_LAYERS = {"FullyConnected", "Convolution", "GroupConvolution", "Deconvolution", "MatMul"}
 # the layers whose float precision names the cell (fused "Subgraph"/"Eltwise" nodes keep a few
@@ -109,7 +111,9 @@ class OpenVinoTarget(Target):
 
     def versions(self) -> dict[str, str]:
         # torch and transformers shape the traced graph the converter sees
-        return {p: package_version(p) or "not installed" for p in ("openvino", "nncf", "torch", "transformers")}
+        out = {p: package_version(p) or "not installed" for p in ("openvino", "nncf", "torch", "transformers")}
+        out["converter"] = "torch.export"   # IRs converted from a TorchScript trace are other artifacts
+        return out
 
     # -- build process ----------------------------------------------------------------------
     def build(self, pipeline: "Pipeline", precision: str, batch: int, calibration: np.ndarray | None,
@@ -127,16 +131,13 @@ class OpenVinoTarget(Target):
         was_training = pipeline.training
         pipeline.eval()
         try:
-            with torch.no_grad(), warnings.catch_warnings():
-                # convert_model traces with torch.jit.trace (deprecated in torch 2.13, still
-                # OpenVINO's nn.Module path); the tracer's "constant in the trace" warnings are
-                # about shape checks that are static here.
-                warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace", category=DeprecationWarning)
-                warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing", category=FutureWarning)
-                model = ov.convert_model(pipeline, example_input=torch.zeros(*example), input=[tuple(shape)])
+            with torch.no_grad():
+                dynamic = ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},) if batch is None else None
+                program = torch.export.export(pipeline, (torch.zeros(*example),), dynamic_shapes=dynamic)
+            model = ov.convert_model(program, input=[tuple(shape)])
         finally:
             pipeline.train(was_training)
+        named = name_by_module(model, program)
         if len(model.outputs) != len(OUTPUT_NAMES):
             raise RuntimeError(f"converted model has {len(model.outputs)} outputs, expected {len(OUTPUT_NAMES)}")
         for output in model.outputs:      # traced names are arbitrary ("logits" can land on any)
@@ -153,10 +154,10 @@ class OpenVinoTarget(Target):
             float_hint = FLOAT_HINT[precision]
         ov.save_model(model, out / XML, compress_to_fp16=False)
         fields.update(files=[XML, BIN], extra={
-            "converter": "openvino.convert_model (TorchScript trace), "
+            "converter": "openvino.convert_model of the torch.export ExportedProgram, "
                          + ("dynamic batch, reshaped at load" if batch is None else "static input shape"),
             "input_shape": shape, "outputs": list(OUTPUT_NAMES), "weights_stored": "f32",
-            "inference_precision_hint": float_hint})
+            "inference_precision_hint": float_hint, "nodes_named_by_module": named})
         return fields
 
     # -- measured process -------------------------------------------------------------------
@@ -245,6 +246,26 @@ def module_of(node_name: str) -> str:
     `__module.<path>/aten::<op>/<Op>` (fused and reordered nodes carry it inside)."""
     m = _MODULE.search(node_name)
     return m.group(1).rstrip(".") if m else ""
+
+
+def name_by_module(model: "ov.Model", program: Any) -> int:
+    """Prefixes each IR node converted from an ExportedProgram node with the module path that
+    node came from (its `nn_module_stack`), in the form the TorchScript trace used
+    (`__module.<path>/<fx node>/<aten op>/<Op>`): the NNCF recipe's ignored scope and the
+    profile's stages read module paths from node names. Returns the nodes renamed."""
+    paths = {}
+    for node in program.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if node.op == "call_function" and stack:
+            paths[node.name] = list(stack.values())[-1][0]
+    renamed = 0
+    for op in model.get_ops():
+        name = op.get_friendly_name()
+        path = paths.get(name.split("/", 1)[0])
+        if path:
+            op.set_friendly_name(f"__module.{path}/{name}")
+            renamed += 1
+    return renamed
 
 
 def runtime_modules(compiled: "ov.CompiledModel") -> dict[str, str]:

@@ -88,7 +88,7 @@ def test_torch_artifact_is_exported_program(build):
     art = build("torch", "fp32", 1.0)
     assert art.files == ["pipeline.pt2"]
     assert "torch.export" in art.extra["format"] and art.extra["execution"] == "eager"
-    assert set(get_target("torch").versions()) == {"torch", "torchao", "transformers"}
+    assert set(get_target("torch").versions()) == {"torch", "torchao", "transformers", "cpu_capability"}
 
 
 def test_openvino_ir_keeps_fp32_weights(build):
