@@ -383,7 +383,10 @@ def _run_one(mode: str, spec, result_cls: type, work: Path, logs: Path, slug: st
     finally:
         _Children.live.discard(proc)
     if out_file.is_file():
-        return from_json(result_cls, out_file.read_text())
+        try:
+            return from_json(result_cls, out_file.read_text())
+        except (ValueError, TypeError) as err:   # a result cut short (disk full, killed mid-write)
+            return result_cls(spec.cell_id, False, error=f"unreadable result of the cell's process: {err}")
     return result_cls(spec.cell_id, False, error=f"the cell's process died (exit code {proc.returncode}); "
                                                  f"see logs/{slug}.{mode}.log")
 
@@ -741,8 +744,11 @@ class Job:
             spec = ProfileSpec(c.cell_id, c.model.target, built[c.model.model_id].artifact, c.model.batch, a.threads,
                                str(self.work / f"inputs-b{c.model.batch}.npy"), a.ov_int8_float, a.profile_seconds,
                                str(self.out / "profiles" / f"{slug}.csv"))
-            out[c.cell_id] = _run_one("profile", spec, ProfileResult, self.work, self.logs, slug, a.timeout,
-                                      a.threads)
+            try:   # a profile that cannot run costs its own fields, never the measured row
+                out[c.cell_id] = _run_one("profile", spec, ProfileResult, self.work, self.logs, slug, a.timeout,
+                                          a.threads)
+            except Exception as err:  # noqa: BLE001
+                out[c.cell_id] = ProfileResult(c.cell_id, False, error=f"{type(err).__name__}: {err}")
         self._tick("profiles (after the rounds)", t0)
         return out
 

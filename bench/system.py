@@ -27,7 +27,7 @@ def _cpuinfo() -> tuple[str, set[str]]:
                 key, _, value = line.partition(":")
                 if key.strip() == "model name" and model in ("unknown", "", "x86_64"):
                     model = value.strip()
-                elif key.strip() == "flags" and not flags:
+                elif key.strip() in ("flags", "Features") and not flags:   # x86, ARM
                     flags = set(value.split())
     except OSError:
         pass

@@ -86,7 +86,12 @@ def build_all(specs: list[BuildSpec], out: Path) -> None:
             if key not in pipelines:
                 pipe = build_pipeline(spec.weights, parse(spec.reduction.reducer), spec.reduction.keep,
                                       detector=spec.detector, image_size=spec.image_size)
-                pipelines[key] = (pipe, weights_key(pipe), image_flops(pipe, tuple(pipe.input_size)))
+                try:   # the work figure is extra: a model the counter cannot run still builds
+                    flops = image_flops(pipe, tuple(pipe.input_size))
+                except Exception:  # noqa: BLE001
+                    traceback.print_exc()
+                    flops = 0
+                pipelines[key] = (pipe, weights_key(pipe), flops)
             pipeline, wkey, flops = pipelines[key]
             target = get_target(spec.target)
             calib = None
@@ -202,6 +207,8 @@ def profile(spec: ProfileSpec) -> ProfileResult:
     pixels = np.load(spec.pixels)
     runner = target.load(Artifact.load(spec.artifact),
                          RuntimeOptions(spec.threads, SINGLE_STREAM, spec.ov_int8_float, spec.batch, profile=True))
+    if runner.node_times is None:
+        return ProfileResult(spec.cell_id, False, error=runner.profiler or "no per-node times", unavailable=True)
     for _ in range(PROFILE_WARMUP_CALLS):
         runner(pixels)
     totals: dict[str, list] = {}       # node name -> [kind, exec_type, module, summed ms]
@@ -221,6 +228,8 @@ def profile(spec: ProfileSpec) -> ProfileResult:
     for row in rows:
         stages[row[4]] += row[5]
     nodes_ms = sum(stages.values())
+    if not rows or nodes_ms <= 0:
+        return ProfileResult(spec.cell_id, False, error=f"{runner.profiler}: no node took measurable time")
     out = Path(spec.nodes_csv)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as f:
@@ -230,7 +239,7 @@ def profile(spec: ProfileSpec) -> ProfileResult:
             w.writerow([name, kind, ex, module, stage, f"{ms:.5f}", f"{ms / nodes_ms:.5f}" if nodes_ms else ""])
     return ProfileResult(spec.cell_id, True, method=runner.profiler, calls=calls,
                          wall_ms=round(float(np.median(walls)), 4), nodes_ms=round(nodes_ms, 4),
-                         stages={k: round(v, 4) for k, v in stages.items() if v > 0})
+                         stages={k: round(v, 4) for k, v in stages.items() if any(r[4] == k for r in rows)})
 
 
 # -- serving: the timed slices --------------------------------------------------------------------

@@ -510,7 +510,8 @@ def profile_stages(df: pd.DataFrame) -> pd.DataFrame:
         if isinstance(text, str) and text:
             stages = json.loads(text)
             rows.append({"cell_id": r["cell_id"], **{s: float(stages.get(s, 0.0)) for s in STAGES},
-                         "latency_p50_ms": r.get("latency_p50_ms"), "profile_vs_p50": r.get("profile_vs_p50")})
+                         "latency_p50_ms": r.get("latency_p50_ms") if r.get("scenario") == SINGLE_STREAM else None,
+                         "profile_vs_p50": r.get("profile_vs_p50")})
     out = pd.DataFrame(rows)
     empty = [s for s in STAGES if s in out and not out[s].any()]   # e.g. decoder of YOLOS-only runs
     return out.drop(columns=empty)

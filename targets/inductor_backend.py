@@ -74,6 +74,7 @@ class InductorTarget(Target):
 
         out = {p: package_version(p) or "not installed" for p in ("torch", "torchao", "transformers")}
         out["cpu_capability"] = torch.backends.cpu.get_cpu_capability()   # the generated code's ISA
+        out["int8_reduce_range"] = str(pt2e_x86_recipe.reduce_range())     # follows VNNI, not the capability
         return out
 
     # -- build process ----------------------------------------------------------------------

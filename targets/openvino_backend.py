@@ -134,10 +134,15 @@ class OpenVinoTarget(Target):
             with torch.no_grad():
                 dynamic = ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},) if batch is None else None
                 program = torch.export.export(pipeline, (torch.zeros(*example),), dynamic_shapes=dynamic)
-            model = ov.convert_model(program, input=[tuple(shape)])
+            # what convert_model does with an ExportedProgram, kept in hand: the IR's node
+            # names come from this decoder's (decomposed) graph, which name_by_module reads
+            from openvino.frontend.pytorch.fx_decoder import TorchFXPythonDecoder
+
+            decoder = TorchFXPythonDecoder.from_exported_program(program)
+            model = ov.convert_model(decoder, input=[tuple(shape)])
         finally:
             pipeline.train(was_training)
-        named = name_by_module(model, program)
+        named = name_by_module(model, decoder.pt_module.graph)
         if len(model.outputs) != len(OUTPUT_NAMES):
             raise RuntimeError(f"converted model has {len(model.outputs)} outputs, expected {len(OUTPUT_NAMES)}")
         for output in model.outputs:      # traced names are arbitrary ("logits" can land on any)
@@ -248,13 +253,14 @@ def module_of(node_name: str) -> str:
     return m.group(1).rstrip(".") if m else ""
 
 
-def name_by_module(model: "ov.Model", program: Any) -> int:
-    """Prefixes each IR node converted from an ExportedProgram node with the module path that
-    node came from (its `nn_module_stack`), in the form the TorchScript trace used
-    (`__module.<path>/<fx node>/<aten op>/<Op>`): the NNCF recipe's ignored scope and the
-    profile's stages read module paths from node names. Returns the nodes renamed."""
+def name_by_module(model: "ov.Model", graph: Any) -> int:
+    """Prefixes each IR node with the module path of the FX node it was converted from (its
+    `nn_module_stack`), in the form the TorchScript trace used (`__module.<path>/<fx node>/
+    <aten op>/<Op>`): the NNCF recipe's ignored scope and the profile's stages read module
+    paths from node names. `graph` must be the graph the converter named the IR after (the
+    decoder's decomposed one: decomposition renames nodes). Returns the nodes renamed."""
     paths = {}
-    for node in program.graph.nodes:
+    for node in graph.nodes:
         stack = node.meta.get("nn_module_stack")
         if node.op == "call_function" and stack:
             paths[node.name] = list(stack.values())[-1][0]

@@ -124,7 +124,12 @@ class TorchTarget(Target):
         else:
             module = torch.load(path, weights_only=False).eval()
 
-        timed = timed_nodes(module) if options.profile else None
+        ops = graph_ops(module)
+        precision = _precision(module, ops)
+        # an autocast region is one node (wrap_with_autocast) and a pickled module has no graph:
+        # neither has per-op times to give
+        profilable = hasattr(module, "graph") and "bf16" not in precision
+        timed = timed_nodes(module) if options.profile and profilable else None
 
         def run(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
@@ -132,10 +137,9 @@ class TorchTarget(Target):
                 logits, boxes, tokens = module(x) if timed is None else timed.run(x)
             return logits.numpy(), boxes.numpy(), tokens.numpy()
 
-        ops = graph_ops(module)
-        runner = Runner(run, _precision(ops),
-                        node_times=timed.node_times if timed else None,
-                        profiler="torch.fx.Interpreter over the exported graph, each op node timed")
+        runner = Runner(run, precision, node_times=timed.node_times if timed else None,
+                        profiler="torch.fx.Interpreter over the exported graph, each op node timed" if profilable
+                        else "no per-op times: the graph runs as one autocast region (bf16) or is a pickled module")
         runner.details = {"int8_matmuls": ops.get("aten._int_mm.default", 0),
                           "dynamic_quantize_ops": ops.get("torchao.quantize_affine.default", 0),
                           "graph_ops": sum(ops.values())}
@@ -145,13 +149,16 @@ class TorchTarget(Target):
         return None
 
 
-def _precision(ops: dict[str, int]) -> str:
-    """int8 where the graph calls torch._int_mm; bf16 where it casts to bfloat16 (autocast's
-    `_to_copy` / `to` nodes carry the dtype only in their arguments, so the wrapped autocast
-    region is what shows it)."""
+def _precision(module, ops: dict[str, int]) -> str:
+    """int8 where the graph calls torch._int_mm; bf16 where it holds an enabled bf16 autocast
+    region (`wrap_with_autocast(device, dtype, enabled, ...)`)."""
+    import torch
+
     if ops.get("aten._int_mm.default"):
         return "i8-dynamic+f32"
-    if any("autocast" in k for k in ops):
+    graph = getattr(module, "graph", None)
+    if graph is not None and any("autocast" in str(n.target) and len(n.args) > 2 and n.args[1] == torch.bfloat16
+                                 and n.args[2] for n in graph.nodes if n.op == "call_function"):
         return "bf16+f32"
     return "f32"
 
@@ -165,7 +172,7 @@ def graph_ops(module) -> dict[str, int]:
     graph = getattr(module, "graph", None)
     if graph is not None:
         return dict(Counter(str(n.target) for n in graph.nodes if n.op == "call_function"))
-    n = sum(1 for m in module.modules() if "Int8" in type(getattr(m, "weight", None)).__name__)
+    n = torchao_recipe.quantized_layers(module)        # each runs torch._int_mm
     return {"aten._int_mm.default": n} if n else {}
 
 

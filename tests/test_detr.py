@@ -136,12 +136,13 @@ def test_detr_bavit_pipeline_artifact_matches_eager(target, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("target", ["openvino", "tflite"])
-@pytest.mark.parametrize("reducer,keep", [("none", 1.0), ("bavit", 0.5)])
+@pytest.mark.parametrize("target,reducer,keep", [("openvino", "bavit", 0.5), ("tflite", "none", 1.0)])
 def test_detr_int8_artifact_close_to_fp32(target, reducer, keep, tmp_path):
     """DETR int8 (each target's recipe, the same as YOLOS's) against the fp32 artifact of the
     same pipeline: mean |int8 - fp32| / std(fp32) per output, the bound the YOLOS int8 tests
-    use, and int8 really executed. The ResNet's residual add + ReLU is in the quantized part."""
+    use, and int8 really executed. The ResNet's residual add + ReLU is in the quantized part
+    (LiteRT's add+ReLU annotation failed on the dense DETR while the backbone computed a
+    dead stage 4). Two of the four target x reducer pairs, for the suite's time."""
     from bavit.pipeline import WeightsSource
     from bavit.reducers import parse, reducer_class
     from targets import get_target
