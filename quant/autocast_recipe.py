@@ -11,6 +11,7 @@ NAME = "autocast-bf16"
 SETTINGS = {"autocast": "cpu bfloat16", "outputs": "float32"}
 FP32_KEPT = "what CPU autocast keeps in float32: norms, softmax, reductions, the selector's sort and top-k"
 BF16_UNITS = ("avx512_bf16", "amx_bf16")
+ARTIFACT_FIELDS = {"recipe": NAME, "recipe_settings": SETTINGS, "fp32_kept": FP32_KEPT}   # what a bf16 build records
 
 
 def unavailable() -> str | None:

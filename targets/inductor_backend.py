@@ -100,8 +100,7 @@ class InductorTarget(Target):
                                                calibration_batches=n_batches, reduce_range=reduced))
         elif precision == "bf16":
             model = autocast_recipe.wrap(model)
-            fields.update(recipe=autocast_recipe.NAME, fp32_kept=autocast_recipe.FP32_KEPT,
-                          recipe_settings=autocast_recipe.SETTINGS)
+            fields.update(autocast_recipe.ARTIFACT_FIELDS)
         elif precision != "fp32":
             raise ValueError(f"inductor has no {precision} precision")
         with torch.no_grad():

@@ -81,8 +81,7 @@ class TorchTarget(Target):
                           fp32_kept=torchao_recipe.FP32_KEPT)
         elif precision == "bf16":
             model = autocast_recipe.wrap(model)
-            fields.update(recipe=autocast_recipe.NAME, recipe_settings=autocast_recipe.SETTINGS,
-                          fp32_kept=autocast_recipe.FP32_KEPT)
+            fields.update(autocast_recipe.ARTIFACT_FIELDS)
         elif precision != "fp32":
             raise ValueError(f"torch has no {precision} precision")
         h, w = pipeline.input_size
