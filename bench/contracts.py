@@ -115,6 +115,7 @@ class BuildSpec:
     calib_skip: int
     calib_images: int
     cache_dir: str
+    profile: bool = False         # --profile: also what the target's profiler needs (LiteRT: stage artifacts)
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,8 @@ class ProfileResult:
     method: str | None = None
     calls: int = 0
     wall_ms: float | None = None  # median wall time of a profiled call
-    nodes_ms: float | None = None # per-node times summed, mean per call
+    nodes_ms: float | None = None # per-node median times, summed
+    plain_ms: float | None = None # median of unprofiled calls of the same artifact, alternating with them
     stages: dict[str, float] = field(default_factory=dict)   # bavit.stages stage -> ms per call
 
 
@@ -303,6 +305,8 @@ class Row:
     profile_wall_ms: float | None = None      # median wall time of one profiled call (sync, the cell's batch)
     profile_nodes_ms: float | None = None     # per-node times summed, per call
     profile_vs_p50: float | None = None       # profile_nodes_ms / latency_p50_ms (single-stream cells)
+    profile_plain_ms: float | None = None     # median unprofiled call of the profiling process (alternating)
+    profile_vs_plain: float | None = None     # profile_nodes_ms / profile_plain_ms: the same minutes
     profile_stages: str | None = None         # JSON: stage (bavit.stages) -> ms per call
     profile_file: str | None = None           # the full per-node table (CSV)
     profile_note: str | None = None           # why there is no profile (unavailable / failed)

@@ -761,6 +761,8 @@ class Job:
         return dict(profile_method=p.method, profile_calls=p.calls, profile_wall_ms=p.wall_ms,
                     profile_nodes_ms=p.nodes_ms, profile_stages=json.dumps(p.stages),
                     profile_vs_p50=round(p.nodes_ms / p50, 4) if single and p50 and p.nodes_ms else None,
+                    profile_plain_ms=p.plain_ms,
+                    profile_vs_plain=round(p.nodes_ms / p.plain_ms, 4) if p.plain_ms and p.nodes_ms else None,
                     profile_file=str(Path("profiles") / Path(p.cell_id.replace("/", "_") + ".csv")))
 
     # -- pieces ------------------------------------------------------------------------------------
@@ -792,7 +794,7 @@ class Job:
         a = self.args
         return BuildSpec(m.model_id, m.target, m.precision, m.batch, self.label, a.detector, a.image_size,
                          ReductionSpec(self.reducers[m.reducer].text, m.keep), a.data, self.calib["split"],
-                         self.calib["skip"], a.calib_images, str(self.cache))
+                         self.calib["skip"], a.calib_images, str(self.cache), a.profile)
 
     def _scorers(self, cells: list[Cell]) -> dict[str, str]:
         """model_id -> the model_id whose outputs are scored for it. Artifacts that differ only

@@ -105,6 +105,11 @@ def build_all(specs: list[BuildSpec], out: Path) -> None:
                     calibrations[ckey] = calibration_images(ds, size, spec.calib_images, seed=0, skip=spec.calib_skip)
                 calib = calibrations[ckey]
             art = target.prepare(pipeline, spec.precision, spec.batch, calib, Path(spec.cache_dir), wkey)
+            if spec.profile:
+                try:    # what the profiler needs is extra: its failure is the profile's, not the cell's
+                    target.build_profile_parts(pipeline, art, calib)
+                except Exception:  # noqa: BLE001 - the target records why in the artifact folder
+                    traceback.print_exc()
             built = Built(spec.model_id, True, artifact=str(art.path), cached=art.cached, prunes=pipeline.prunes,
                           scores_tokens=pipeline.prunes and pipeline.scores_tokens, mapping=pipeline.mapping,
                           ideal_speedup=round(pipeline.ideal_speedup, 4),
@@ -191,13 +196,16 @@ PROFILE_WARMUP_CALLS = 3
 
 
 def profile(spec: ProfileSpec) -> ProfileResult:
-    """Mean per-node time over as many calls as fit in `seconds` (at least 3), grouped into
-    stages by the module path each node was traced from."""
+    """Per-node times over as many calls as fit in `seconds` (at least 3), grouped into
+    stages by the module path each node was traced from. Each profiled call alternates with
+    an unprofiled call of the same artifact, so the node sum can be held against a latency of
+    the same minutes (`plain_ms`) as well as against the rounds' p50. A node's time is its
+    median over the calls: on a shared machine a mean carries every other process's bursts."""
     import csv
 
     from bavit.stages import STAGES, stage_of
     from targets import get_target
-    from targets.base import SINGLE_STREAM, Artifact, RuntimeOptions
+    from targets.base import SINGLE_STREAM, Artifact, ProfileUnavailable, RuntimeOptions
 
     target = get_target(spec.target)
     why = target.profiler_unavailable()
@@ -205,25 +213,37 @@ def profile(spec: ProfileSpec) -> ProfileResult:
         return ProfileResult(spec.cell_id, False, error=why, unavailable=True)
     target.import_runtime()
     pixels = np.load(spec.pixels)
-    runner = target.load(Artifact.load(spec.artifact),
-                         RuntimeOptions(spec.threads, SINGLE_STREAM, spec.ov_int8_float, spec.batch, profile=True))
+    artifact = Artifact.load(spec.artifact)
+    options = RuntimeOptions(spec.threads, SINGLE_STREAM, spec.ov_int8_float, spec.batch)
+    try:
+        runner = target.load(artifact, RuntimeOptions(**{**asdict(options), "profile": True}))
+    except ProfileUnavailable as err:
+        return ProfileResult(spec.cell_id, False, error=str(err), unavailable=True)
     if runner.node_times is None:
         return ProfileResult(spec.cell_id, False, error=runner.profiler or "no per-node times", unavailable=True)
+    plain = target.load(artifact, options)
     for _ in range(PROFILE_WARMUP_CALLS):
         runner(pixels)
-    totals: dict[str, list] = {}       # node name -> [kind, exec_type, module, summed ms]
+        plain(pixels)
+    times: dict[str, list] = {}        # node name -> [kind, exec_type, module, stage, [ms per call]]
     walls: list[float] = []
+    plains: list[float] = []
     start = time.perf_counter()
     while len(walls) < 3 or time.perf_counter() - start < spec.seconds:
+        t = time.perf_counter()
+        plain(pixels)
+        plains.append((time.perf_counter() - t) * 1000)
         t = time.perf_counter()
         runner(pixels)
         walls.append((time.perf_counter() - t) * 1000)
         for node in runner.node_times():
-            entry = totals.setdefault(node.name, [node.kind, node.exec_type, node.module, 0.0])
-            entry[3] += node.ms
+            entry = times.setdefault(node.name, [node.kind, node.exec_type, node.module,
+                                                 node.stage or stage_of(node.module), []])
+            entry[4].append(node.ms)
     calls = len(walls)
-    rows = sorted(((name, kind, ex, module, stage_of(module), ms / calls)
-                   for name, (kind, ex, module, ms) in totals.items()), key=lambda r: -r[5])
+    # a node missing from some calls (not executed there) counts 0 ms in those
+    rows = sorted(((name, kind, ex, module, stage, float(np.median(ms + [0.0] * (calls - len(ms)))))
+                   for name, (kind, ex, module, stage, ms) in times.items()), key=lambda r: -r[5])
     stages = {stage: 0.0 for stage in STAGES}
     for row in rows:
         stages[row[4]] += row[5]
@@ -239,6 +259,7 @@ def profile(spec: ProfileSpec) -> ProfileResult:
             w.writerow([name, kind, ex, module, stage, f"{ms:.5f}", f"{ms / nodes_ms:.5f}" if nodes_ms else ""])
     return ProfileResult(spec.cell_id, True, method=runner.profiler, calls=calls,
                          wall_ms=round(float(np.median(walls)), 4), nodes_ms=round(nodes_ms, 4),
+                         plain_ms=round(float(np.median(plains)), 4),
                          stages={k: round(v, 4) for k, v in stages.items() if any(r[4] == k for r in rows)})
 
 

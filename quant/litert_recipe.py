@@ -142,24 +142,36 @@ def load_observer_states(module: Any, states: dict[str, dict]) -> None:
         m.load_state_dict(states[name])
 
 
+def quantized_module(pipeline: Any, calibration: np.ndarray, batch: int,
+                     float_modules: tuple[str, ...] = FLOAT_MODULES) -> tuple[Any, Any, int, int]:
+    """The calibrated q/dq graph at `batch`, before conversion: (module, quantizer, calibration
+    batches, sorts rewritten). The LiteRT profile's stage artifacts are cut from this graph."""
+    import torch
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from targets.tflite_backend import export_for_litert
+
+    float_modules = tuple(float_modules)
+    states, n_batches = calibrated_states(pipeline, calibration, float_modules)
+    module, rewrites = export_for_litert(pipeline, (torch.zeros(batch, 3, *pipeline.input_size),))
+    quantizer = make_quantizer(float_modules)
+    module = prepare_pt2e(module, quantizer)
+    load_observer_states(module, states)
+    return convert_pt2e(module, fold_quantize=False), quantizer, n_batches, rewrites
+
+
 def quantize_and_convert(pipeline: Any, calibration: np.ndarray, batch: int, path: str | Path,
                          float_modules: tuple[str, ...] = FLOAT_MODULES) -> dict[str, Any]:
     """Writes the int8 .tflite to `path`; returns Artifact fields (recipe, settings, fp32_kept, extra)."""
     import litert_torch
     import torch
     from litert_torch.quantize.quant_config import QuantConfig
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    from targets.tflite_backend import export_for_litert, mark_eval
+    from targets.tflite_backend import mark_eval
 
     float_modules = tuple(float_modules)
-    states, n_batches = calibrated_states(pipeline, calibration, float_modules)
+    module, quantizer, n_batches, rewrites = quantized_module(pipeline, calibration, batch, float_modules)
     example = (torch.zeros(batch, 3, *pipeline.input_size),)
-    module, rewrites = export_for_litert(pipeline, example)
-    quantizer = make_quantizer(float_modules)
-    module = prepare_pt2e(module, quantizer)
-    load_observer_states(module, states)
-    module = convert_pt2e(module, fold_quantize=False)
     converted = litert_torch.convert(mark_eval(module), example, quant_config=QuantConfig(pt2e_quantizer=quantizer))
     converted.export(str(path))
     settings = {**SETTINGS, "calibration_images": n_batches * CALIB_BATCH, "calibration_batches": n_batches,

@@ -432,12 +432,12 @@ def _profiles_html(data: pd.DataFrame, nodes: dict[str, pd.DataFrame]) -> str:
                           "cell's unprofiled p50 latency (single-stream)."))
         rows = "".join(
             f"<tr><td>{html.escape(str(r['cell_id']))}</td>"
-            + "".join(f"<td>{r[c]:.3f}</td>" for c in stages.columns if c not in ("cell_id", "latency_p50_ms",
-                                                                                  "profile_vs_p50"))
-            + f"<td>{_fmt(r['profile_vs_p50'], '.2f', '×')}</td></tr>" for _, r in stages.iterrows())
-        heads = "".join(f"<th>{html.escape(c)} ms</th>" for c in stages.columns
-                        if c not in ("cell_id", "latency_p50_ms", "profile_vs_p50"))
-        parts.append(f'<table class="summary"><thead><tr><th>cell</th>{heads}<th>node sum / p50</th></tr></thead>'
+            + "".join(f"<td>{r[c]:.3f}</td>" for c in stages.columns if c not in _NOT_STAGES)
+            + f"<td>{_fmt(r['profile_vs_p50'], '.2f', '×')}</td>"
+            + f"<td>{_fmt(r.get('profile_vs_plain'), '.2f', '×')}</td></tr>" for _, r in stages.iterrows())
+        heads = "".join(f"<th>{html.escape(c)} ms</th>" for c in stages.columns if c not in _NOT_STAGES)
+        parts.append(f'<table class="summary"><thead><tr><th>cell</th>{heads}<th>node sum / p50</th>'
+                     "<th>node sum / unprofiled calls of the same minutes</th></tr></thead>"
                      f"<tbody>{rows}</tbody></table>")
     for cell, table in nodes.items():
         top = table.head(PROFILE_TOP_NODES)
@@ -451,6 +451,9 @@ def _profiles_html(data: pd.DataFrame, nodes: dict[str, pd.DataFrame]) -> str:
     if notes:
         parts.append("<ul>" + "".join(f"<li>{html.escape(c)}: {html.escape(n)}</li>" for c, n in notes) + "</ul>")
     return "\n".join(parts)
+
+
+_NOT_STAGES = ("cell_id", "latency_p50_ms", "profile_vs_p50", "profile_vs_plain")
 
 
 def _fmt(value: object, spec: str, suffix: str = "") -> str:

@@ -44,7 +44,7 @@ NUMERIC_COLUMNS: tuple[str, ...] = (
     "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "latency_samples",
     "spread_pct", "load_max",
     "gflop_per_image", "achieved_gops", "peak_gops", "peak_pct",
-    "profile_calls", "profile_wall_ms", "profile_nodes_ms", "profile_vs_p50",
+    "profile_calls", "profile_wall_ms", "profile_nodes_ms", "profile_vs_p50", "profile_plain_ms", "profile_vs_plain",
     "map", "ap50", "ap75", "token_acc", "fg_recall", "fg_precision", "images", "token_images",
     "sys_cores", "sys_ram_gb",
 )
@@ -511,7 +511,7 @@ def profile_stages(df: pd.DataFrame) -> pd.DataFrame:
             stages = json.loads(text)
             rows.append({"cell_id": r["cell_id"], **{s: float(stages.get(s, 0.0)) for s in STAGES},
                          "latency_p50_ms": r.get("latency_p50_ms") if r.get("scenario") == SINGLE_STREAM else None,
-                         "profile_vs_p50": r.get("profile_vs_p50")})
+                         "profile_vs_p50": r.get("profile_vs_p50"), "profile_vs_plain": r.get("profile_vs_plain")})
     out = pd.DataFrame(rows)
     empty = [s for s in STAGES if s in out and not out[s].any()]   # e.g. decoder of YOLOS-only runs
     return out.drop(columns=empty)

@@ -44,6 +44,11 @@ class ConversionError(RuntimeError):
     """A backend failed to build an artifact; the message names backend, keep and precision."""
 
 
+class ProfileUnavailable(RuntimeError):
+    """`load(..., profile=True)` cannot profile this artifact (the message says why): the
+    profile's fields say so, the cell's measured figures stand."""
+
+
 @dataclass
 class Artifact:
     target: str
@@ -106,6 +111,7 @@ class NodeTime:
     exec_type: str                   # the kernel or precision the runtime says it ran ("" if not said)
     module: str                      # the pipeline module path the node was traced from ("" if none)
     ms: float
+    stage: str = ""                  # bavit.stages stage, when the runtime times stages, not modules' nodes
 
 
 @dataclass(frozen=True)
@@ -193,6 +199,11 @@ class Target(ABC):
     def profiler_unavailable(self) -> str | None:
         """None when `load(..., RuntimeOptions(profile=True))` gives per-node times, else why not."""
         return f"{self.name}: no per-node profiler"
+
+    def build_profile_parts(self, pipeline: "Pipeline", artifact: Artifact, calibration: np.ndarray | None) -> None:
+        """With --profile, in the build process: whatever `load(..., profile=True)` needs
+        beyond the artifact itself, written into its folder (runtimes with their own per-node
+        profiler need nothing)."""
 
     def build_unavailable(self) -> str | None:
         """None when this environment can build artifacts, else why not: a runtime-only

@@ -18,7 +18,7 @@ from conftest import BACKEND_KEEPS as KEEPS
 
 from quant import litert_recipe
 from targets import ConversionError, get_target, tflite_backend
-from targets.base import MANIFEST, Artifact, RuntimeOptions
+from targets.base import MANIFEST, Artifact, ProfileUnavailable, RuntimeOptions
 
 pytestmark = pytest.mark.slow
 
@@ -317,3 +317,40 @@ def test_committed_fixtures_reproduce_their_reference(precision):
     assert ("i8" in runner.executed_precision) == (precision == "int8")
     size = sum((FIXTURES / precision / f).stat().st_size for f in art.files)
     assert size == art.size_bytes and size < 400_000   # small enough to live in git
+
+
+# -- profile: stage artifacts ---------------------------------------------------------------------
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_stage_artifacts_chain_to_the_one_file_model(precision, build, pipes, calib, pixels):
+    """The profile's stage files, run one after another, compute what the artifact computes
+    (int8: the same quantized model, cut into pieces) and time every stage BAViT adds."""
+    art = build(precision, 0.5)
+    with pytest.raises(ProfileUnavailable, match="built without --profile"):
+        TARGET.load(art, RuntimeOptions(1, profile=True))
+    TARGET.build_profile_parts(pipes[0.5], art, calib)
+    plan = tflite_backend.StagePlan.load(Path(art.path) / tflite_backend.STAGES_DIR)
+    assert [p.stage for p in plan.parts] == ["reducer", "embed", "encoder", "heads"]
+    staged = TARGET.load(art, RuntimeOptions(1, profile=True))
+    whole = TARGET.load(art, RuntimeOptions(1))(pixels)
+    out = staged(pixels)
+    tol = 1e-5 if precision == "fp32" else 1e-3
+    for name, w, o in zip(NAMES, whole, out):
+        assert o.shape == w.shape and float(np.abs(w - o).max()) <= tol * max(1.0, float(np.abs(w).max())), name
+    times = staged.node_times()
+    assert [t.stage for t in times] == ["reducer", "embed", "encoder", "heads"] and all(t.ms > 0 for t in times)
+    assert staged.profiler == tflite_backend.STAGE_PROFILER
+    precisions = {t.stage: t.exec_type for t in times}
+    assert precisions["encoder"] == ("i8+f32" if precision == "int8" else "f32"), precisions
+
+
+def test_failed_stage_build_says_why(build, pipes, monkeypatch):
+    art = build("fp32", 1.0)
+
+    def broken(*a, **k):
+        raise RuntimeError("converter said no")
+
+    monkeypatch.setattr(tflite_backend, "build_stages", broken)
+    with pytest.raises(RuntimeError):
+        TARGET.build_profile_parts(pipes[1.0], art, None)
+    with pytest.raises(ProfileUnavailable, match="stage artifacts failed to build: RuntimeError: converter said no"):
+        TARGET.load(art, RuntimeOptions(1, profile=True))
