@@ -221,3 +221,45 @@ def test_non_square_init_trains_at_image_size(tmp_path, capsys):
     assert "image_size 64x96 is not square" in capsys.readouterr().err
     assert main(argv + ["--image-size", "64"]) == 0
     assert PrunedYolos.from_pretrained(tmp_path / "out").grid == (8, 8)
+
+
+def test_synthetic_train_split_encoding_is_kept_on_disk(tmp_path, monkeypatch):
+    """The second encoding of a synthetic split is read back, tensor for tensor; the cached
+    file lives in the split's own (deterministic) folder."""
+    monkeypatch.setenv("BAVIT_CACHE", str(tmp_path))
+    ds = load_dataset("synthetic", "train", size=64, n_images=12)
+    first = TensorSet.cached("synthetic", ds, 64, 16, "masks", None, "encode")
+    files = list(tmp_path.glob("synthetic-*/encoded-v*-s64-p16-masks-n12.pt"))
+    assert len(files) == 1
+    monkeypatch.setattr(TensorSet, "__init__", lambda *a, **k: pytest.fail("encoded again"))
+    again = TensorSet.cached("synthetic", ds, 64, 16, "masks", None, "encode")
+    assert again.grid == first.grid == (4, 4) and len(again) == 12
+    for name in ("pixels", "token_fg", "patch_class"):
+        assert torch.equal(getattr(first, name), getattr(again, name))
+    assert all(torch.equal(a, b) for a, b in zip(first.boxes, again.boxes))
+    assert all(torch.equal(a, b) for a, b in zip(first.labels, again.labels))
+    b1, b2 = first.batch(1, 4, 0), again.batch(1, 4, 0)
+    assert torch.equal(b1["pixels"], b2["pixels"])
+
+
+def test_a_stop_signal_checkpoints_the_step_reached(tmp_path, capsys, monkeypatch):
+    import signal
+
+    import bavit.train as train
+
+    class After(list):            # the signal arrives once two steps are done
+        checks = 0
+
+        def __bool__(self):
+            self.checks += 1
+            if self.checks == 3 and not len(self):
+                self.append(signal.SIGTERM)
+            return len(self) > 0
+
+    monkeypatch.setattr(train, "_stop_on_signals", After)
+    common = ["detector", "--out", str(tmp_path), "--train-images", "16", "--batch", "8", "--val-images", "8",
+              "--val-data-images", "16", "--eval-every", "0", "--threads", "1", "--warmup", "2", "--steps", "9"]
+    assert main(common) == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM at step 2" in capsys.readouterr().err
+    assert torch.load(tmp_path / "train_state.pt", weights_only=False)["step"] == 2
+    assert not (tmp_path / "model.safetensors").exists()
