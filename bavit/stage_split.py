@@ -35,6 +35,12 @@ class StageSplit:
     outputs: tuple[str, ...]       # the pipeline's outputs, by value name, in return order
 
 
+def _dense(value: Any) -> Any:
+    """Stage examples are contiguous copies: a stage is compiled for its example's strides (a
+    slice of the hidden state is a strided view), and runtimes hand stages dense arrays."""
+    return value.detach().contiguous().clone() if hasattr(value, "contiguous") else value
+
+
 def module_path(node: Any) -> str:
     stack = node.meta.get("nn_module_stack") or {}
     return list(stack.values())[-1][0] if stack else ""
@@ -131,7 +137,7 @@ def split_by_stage(gm: Any, example: tuple) -> StageSplit:
         module = fx.GraphModule(gm, graph)
         module.training = False
         parts.append(StagePart(name, module, tuple(p.name for p in inputs), tuple(n.name for n in outputs),
-                               tuple(run.env[p] for p in inputs)))
+                               tuple(_dense(run.env[p]) for p in inputs)))
     ret = output.args[0]
     ret = ret if isinstance(ret, (tuple, list)) else (ret,)
     return StageSplit(placeholder.name, tuple(parts), tuple(r.name for r in ret))

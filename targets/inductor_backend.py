@@ -14,7 +14,12 @@ The executed precision is read back from the package: the kernels its generated 
 calls (`_qlinear_pointwise*`, `_qconv_pointwise*` are int8; bf16 from the autocast recipe
 when bf16 matmuls are present), counted into `runner.details`. Building needs a C++ compiler
 (AOTInductor compiles its generated C++); loading does not. The artifact's cache key holds
-torch's CPU capability (AOTInductor generates ISA-specific code)."""
+torch's CPU capability (AOTInductor generates ISA-specific code).
+
+Profile (`--profile`): a compiled package has no per-op times that trace back to modules, so
+the build process also compiles each stage of the same graph (fp32, or int8's q/dq graph) into
+its own package in `stages/` (targets.stages); bf16's graph is one autocast region and has no
+stages to cut."""
 from __future__ import annotations
 
 import copy
@@ -30,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from quant import autocast_recipe, pt2e_x86_recipe
-from targets.base import Artifact, Recipe, Runner, RuntimeOptions, Target, package_version
+from targets.base import Artifact, ProfileUnavailable, Recipe, Runner, RuntimeOptions, Target, package_version
+from targets.stages import build_stage_folder, load_stage_plan, split_pipeline, stage_runner
 
 if TYPE_CHECKING:
     from bavit.pipeline import Pipeline
@@ -38,6 +44,9 @@ if TYPE_CHECKING:
 PACKAGE = "pipeline.pt2"
 INT8_KERNELS = ("_qlinear_pointwise", "_qconv_pointwise")
 BF16_MENTIONS = "(bfloat16 in the generated code)"
+STAGE_PROFILER = ("AOTInductor: each stage its own package compiled from the same graph (same weights and "
+                  "shapes), run one after another, each call timed")
+NO_BF16_STAGES = "bf16 runs as one autocast region of the exported graph: there are no stages to cut"
 
 
 def _settings(d: dict) -> tuple:
@@ -113,12 +122,44 @@ class InductorTarget(Target):
                                               "cpu_capability": torch.backends.cpu.get_cpu_capability()})
         return fields
 
+    def build_profile_parts(self, pipeline: "Pipeline", artifact: Artifact, calibration: np.ndarray | None) -> None:
+        """Each stage of the artifact's graph compiled into its own package (targets.stages)."""
+        if artifact.precision == "bf16":
+            return
+        build_stage_folder(artifact, lambda folder: self._build_stages(pipeline, artifact, calibration, folder))
+
+    @staticmethod
+    def _build_stages(pipeline: "Pipeline", artifact: Artifact, calibration: np.ndarray | None, out: Path):
+        import torch
+        import torch._inductor
+
+        model = copy.deepcopy(pipeline).eval()
+        example = (torch.zeros(artifact.batch, 3, *pipeline.input_size),)
+        if artifact.precision == "int8":   # the q/dq graph the package was compiled from, re-calibrated alike
+            model, _ = pt2e_x86_recipe.quantize(model, calibration, artifact.batch,
+                                                bool(artifact.recipe_settings["reduce_range"]))
+        else:
+            with torch.no_grad():
+                model = torch.export.export(model, example).module()
+
+        def compile_part(part: Any, examples: tuple, path: Path) -> None:
+            with torch.no_grad():
+                torch._inductor.aoti_compile_and_package(torch.export.export(part, examples), package_path=str(path),
+                                                         inductor_configs={"freezing": True})
+
+        return split_pipeline(model, example, compile_part, out, ".pt2")
+
+    def profiler_unavailable(self) -> str | None:
+        return self.available()      # stage packages stand in for per-op times
+
     # -- measured process -------------------------------------------------------------------
     def load(self, artifact: Artifact, options: RuntimeOptions) -> Runner:
         import torch
         import torch._inductor
 
         torch.set_num_threads(options.threads)
+        if options.profile:
+            return _load_stages(artifact)
         path = Path(artifact.path) / artifact.files[0]
         module = torch._inductor.aoti_load_package(str(path))
         kernels = package_kernels(path)
@@ -133,6 +174,27 @@ class InductorTarget(Target):
         runner.details = {"kernels": kernels, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                           "built_for": (artifact.extra or {}).get("cpu_capability")}
         return runner
+
+
+def _load_stages(artifact: Artifact) -> Runner:
+    import torch
+    import torch._inductor
+
+    if artifact.precision == "bf16":
+        raise ProfileUnavailable(NO_BF16_STAGES)
+    plan, folder = load_stage_plan(artifact)
+    calls, precisions = [], []
+    for part in plan.parts:
+        module = torch._inductor.aoti_load_package(str(folder / part.file))
+
+        def call(values: list[np.ndarray], module=module) -> list[np.ndarray]:
+            with torch.inference_mode():
+                out = module(*[torch.from_numpy(np.ascontiguousarray(v)) for v in values])
+            return [t.numpy() for t in (out if isinstance(out, (list, tuple)) else (out,))]
+
+        calls.append(call)
+        precisions.append(executed_precision(package_kernels(folder / part.file)))
+    return stage_runner(plan, calls, precisions, STAGE_PROFILER)
 
 
 _CALL = re.compile(r"aoti_torch_cpu_([A-Za-z0-9_]+)\(")

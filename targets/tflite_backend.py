@@ -22,10 +22,8 @@ tflite_runtime, with version), op and tensor dtype counts and the I/O dtypes.
 
 Profile (`--profile`): the Python interpreter has no per-op profiler, so the build process also
 cuts the artifact's graph (fp32, or int8's calibrated q/dq graph) into its stages
-(bavit.stage_split) and converts each to its own .tflite in `stages/` beside the model, with a
-`StagePlan`; `load(..., profile=True)` runs them one after another, timing each invoke. The
-profiled call is the chained stages (boundary tensors copied out and in), the node sum is
-held against the one-file model's latency.
+(targets.stages) and converts each to its own .tflite in `stages/` beside the model;
+`load(..., profile=True)` runs them one after another, timing each invoke.
 
 `available()` means "can run artifacts" (an interpreter imports). Building also needs
 litert-torch; without it `build` raises an ImportError that `prepare` turns into a
@@ -34,26 +32,14 @@ ConversionError naming backend, keep and precision. `build_unavailable()` tells 
 from __future__ import annotations
 
 import importlib
-import json
-import shutil
-import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from quant import litert_recipe
-from targets.base import (
-    Artifact,
-    NodeTime,
-    ProfileUnavailable,
-    Recipe,
-    Runner,
-    RuntimeOptions,
-    Target,
-    package_version,
-)
+from targets.base import Artifact, Recipe, Runner, RuntimeOptions, Target, package_version
+from targets.stages import StagePlan, build_stage_folder, load_stage_plan, split_pipeline, stage_runner
 
 if TYPE_CHECKING:
     from bavit.pipeline import Pipeline
@@ -62,33 +48,8 @@ MODEL_FILE = "model.tflite"
 INTERPRETERS = ("ai_edge_litert", "tflite_runtime")   # preference order
 _PACKAGES = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime"}
 _COMPUTE_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "BATCH_MATMUL")
-STAGES_DIR, STAGE_PLAN, STAGE_ERROR = "stages", "plan.json", "stages.error"
 STAGE_PROFILER = ("LiteRT: each stage its own .tflite cut from the same graph (same weights and shapes), "
                   "run one after another, each invoke timed")
-
-
-@dataclass(frozen=True)
-class StageFile:
-    stage: str
-    file: str
-    inputs: list[str]             # value names fed as args_0, args_1, ...
-    outputs: list[str]            # value names of output_0, output_1, ...
-
-
-@dataclass(frozen=True)
-class StagePlan:
-    """What the build process leaves in `stages/` for the profiling process."""
-    input: str                    # the pixels' value name
-    outputs: list[str]            # (logits, boxes, token_logits) by value name
-    parts: list[StageFile]
-
-    def save(self, folder: Path) -> None:
-        (folder / STAGE_PLAN).write_text(json.dumps(asdict(self), indent=1))
-
-    @classmethod
-    def load(cls, folder: Path) -> "StagePlan":
-        data = json.loads((folder / STAGE_PLAN).read_text())
-        return cls(data["input"], data["outputs"], [StageFile(**p) for p in data["parts"]])
 
 
 def interpreter_class() -> tuple[type, str]:
@@ -169,24 +130,8 @@ class TfliteTarget(Target):
         return {"files": [MODEL_FILE], **fields}
 
     def build_profile_parts(self, pipeline: "Pipeline", artifact: Artifact, calibration: np.ndarray | None) -> None:
-        """The artifact's stages as separate .tflite files (see the module docstring), once per
-        artifact; a failure leaves its one line in `stages.error` for the profile's row."""
-        folder = Path(artifact.path) / STAGES_DIR
-        error = Path(artifact.path) / STAGE_ERROR
-        if (folder / STAGE_PLAN).is_file():
-            return
-        tmp = folder.with_name(STAGES_DIR + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        try:
-            build_stages(pipeline, artifact, calibration, tmp).save(tmp)
-        except Exception as err:
-            error.write_text(f"stage artifacts failed to build: {type(err).__name__}: "
-                             f"{(str(err).strip().splitlines() or [''])[0]}\n")
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        tmp.rename(folder)
-        error.unlink(missing_ok=True)
+        """The artifact's stages as separate .tflite files (targets.stages), once per artifact."""
+        build_stage_folder(artifact, lambda folder: build_stages(pipeline, artifact, calibration, folder))
 
     # -- load (runtime side: no torch) ----------------------------------------------------------
     def load(self, artifact: Artifact, options: RuntimeOptions) -> Runner:
@@ -223,44 +168,24 @@ class TfliteTarget(Target):
 
 
     def _load_stages(self, artifact: Artifact, threads: int) -> Runner:
-        folder = Path(artifact.path) / STAGES_DIR
-        if not (folder / STAGE_PLAN).is_file():
-            error = Path(artifact.path) / STAGE_ERROR
-            raise ProfileUnavailable(error.read_text().strip() if error.is_file() else
-                                     "no stage artifacts beside this LiteRT artifact (it was built without --profile)")
+        plan, folder = load_stage_plan(artifact)
         cls, _ = interpreter_class()
-        plan = StagePlan.load(folder)
-        stages = []
+        calls, precisions = [], []
         for part in plan.parts:
             interp = cls(model_path=str(folder / part.file), num_threads=threads)
             interp.allocate_tensors()
             sig = interp.get_signature_runner()
             ins, outs = sig.get_input_details(), sig.get_output_details()
-            feed = [(name, f"args_{i}", ins[f"args_{i}"]) for i, name in enumerate(part.inputs)]
-            fetch = [(name, outs[f"output_{i}"]) for i, name in enumerate(part.outputs)]
-            stages.append((part, sig, feed, fetch, _model_info(interp)["executed_precision"]))
-        last: list[float] = []
+            feed = [(f"args_{i}", ins[f"args_{i}"]) for i in range(len(part.inputs))]
+            fetch = [(f"output_{i}", outs[f"output_{i}"]) for i in range(len(part.outputs))]
 
-        def run(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            values: dict[str, np.ndarray] = {plan.input: np.asarray(pixels, dtype=np.float32)}
-            last.clear()
-            for _, sig, feed, fetch, _ in stages:
-                start = time.perf_counter()
-                got = sig(**{arg: _as_input(values[name], d) for name, arg, d in feed})
-                for (name, d), key in zip(fetch, [f"output_{i}" for i in range(len(fetch))]):
-                    values[name] = _as_output(got[key], d)
-                last.append((time.perf_counter() - start) * 1000)
-            logits, boxes, tokens = (values[name] for name in plan.outputs)
-            return logits, boxes, tokens
+            def call(values: list[np.ndarray], sig=sig, feed=feed, fetch=fetch) -> list[np.ndarray]:
+                got = sig(**{arg: _as_input(v, d) for (arg, d), v in zip(feed, values)})
+                return [_as_output(got[key], d) for key, d in fetch]
 
-        def node_times() -> list[NodeTime]:
-            return [NodeTime(f"{i}-{part.stage}", "stage artifact", precision, "", ms, stage=part.stage)
-                    for i, ((part, _, _, _, precision), ms) in enumerate(zip(stages, last))]
-
-        precisions = sorted({s[4] for s in stages})
-        return Runner(run, "+".join(precisions) if len(precisions) > 1 else precisions[0],
-                      details={"stage_files": [p.file for p in plan.parts]}, node_times=node_times,
-                      profiler=STAGE_PROFILER)
+            calls.append(call)
+            precisions.append(_model_info(interp)["executed_precision"])
+        return stage_runner(plan, calls, precisions, STAGE_PROFILER)
 
 
 def _as_input(x: np.ndarray, detail: dict) -> np.ndarray:
@@ -286,10 +211,8 @@ def build_stages(pipeline: Any, artifact: Artifact, calibration: np.ndarray | No
     import litert_torch
     import torch
 
-    from bavit.stage_split import split_by_stage
-
     example = (torch.zeros(artifact.batch, 3, *pipeline.input_size),)
-    convert_options: dict[str, Any] = {}
+    options: dict[str, Any] = {}
     if artifact.precision == "fp32":
         module, _ = export_for_litert(pipeline, example)
     elif artifact.precision == "int8":
@@ -299,16 +222,11 @@ def build_stages(pipeline: Any, artifact: Artifact, calibration: np.ndarray | No
             raise ValueError("int8 stage artifacts need the calibration images")
         float_modules = tuple(artifact.recipe_settings.get("float_modules", litert_recipe.FLOAT_MODULES))
         module, quantizer, _, _ = litert_recipe.quantized_module(pipeline, calibration, artifact.batch, float_modules)
-        convert_options["quant_config"] = QuantConfig(pt2e_quantizer=quantizer)
+        options["quant_config"] = QuantConfig(pt2e_quantizer=quantizer)
     else:
         raise ValueError(f"no stage artifacts for precision {artifact.precision}")
-    split = split_by_stage(module, example)
-    files = []
-    for i, part in enumerate(split.parts):
-        name = f"{i}-{part.stage}.tflite"
-        litert_torch.convert(mark_eval(part.module), part.examples, **convert_options).export(str(out / name))
-        files.append(StageFile(part.stage, name, list(part.inputs), list(part.outputs)))
-    return StagePlan(split.input, list(split.outputs), files)
+    return split_pipeline(module, example, lambda part, examples, path: litert_torch.convert(
+        mark_eval(part), examples, **options).export(str(path)), out, ".tflite")
 
 
 def _quantize(x: np.ndarray, dtype: Any, quant: tuple[float, int]) -> np.ndarray:

@@ -104,3 +104,23 @@ def test_no_compiler_is_a_reason_not_a_crash(monkeypatch):
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.setattr(shutil, "which", lambda name: None)
     assert "no C++ compiler" in TARGET.build_unavailable()
+
+
+@pytest.mark.slow
+def test_stage_packages_chain_to_the_one_package_model(built, pipes, calib, reference, pixels):
+    """--profile: the stages compiled apart, run one after another, compute the pipeline and
+    time each stage (fp32 here; int8 cuts the same q/dq graph, checked by hand: the suite
+    compiles no more packages than it must)."""
+    from targets.base import ProfileUnavailable
+
+    art = built("fp32")
+    with pytest.raises(ProfileUnavailable, match="built without --profile"):
+        TARGET.load(art, RuntimeOptions(1, batch=BATCH, profile=True))
+    TARGET.build_profile_parts(pipes[0.5], art, calib)
+    staged = TARGET.load(art, RuntimeOptions(1, batch=BATCH, profile=True))
+    out = staged(pixels)
+    diff = {n: float(np.abs(r - o).max()) for n, r, o in zip(NAMES, reference, out)}
+    assert all(diff[n] <= FP32_TOL[n] for n in NAMES), diff
+    times = staged.node_times()
+    assert [t.stage for t in times] == ["reducer", "embed", "encoder", "heads"] and all(t.ms > 0 for t in times)
+    assert staged.executed_precision == "f32" and staged.profiler.startswith("AOTInductor: each stage")
