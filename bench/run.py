@@ -122,8 +122,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (default 3)")
     p.add_argument("--profile", action="store_true",
                    help="after each target's rounds, profile every cell in its own process: per-node times from "
-                        "the runtime's profiler (OpenVINO PERF_COUNT; torch: the exported graph's nodes timed) "
-                        "summed into stages (reducer, embed, encoder, decoder, heads); profiles/*.csv and the "
+                        "the runtime's profiler (OpenVINO PERF_COUNT; torch: the exported graph's nodes timed; "
+                        "tflite, inductor: each stage built as its own artifact and timed) summed into stages "
+                        "(reducer, embed, encoder, decoder, heads); profiles/*.csv and the "
                         "report's Profiles section. Speed figures stay those of the unprofiled rounds")
     p.add_argument("--profile-seconds", type=float, default=3.0, help="seconds of profiled calls per cell (default 3)")
     p.add_argument("--round-seconds", type=float, default=2.0,
