@@ -4,7 +4,9 @@ artifact, same weights and shapes, and the stages run one after another.
 
 Every op node gets the stage of its module path; a node outside any stage's modules (the
 token gather, the box sigmoid, reshapes in `PrunedYolos` itself) joins the latest stage among
-its producers, or, computing from inputs and constants only, the earliest among its users. The
+its producers, or, computing from inputs and constants only, the earliest among its users. A
+PT2E quantize / dequantize pair (they carry no module path) joins the op that reads it, so an
+int8 op's dequantize is in the op's own stage. The
 stages must then follow each other in `STAGES` order, each reading only the pipeline's input
 and earlier stages' outputs; a method that interleaves them (a reducer inside the encoder is
 `encoder` already) is refused with the node that breaks the order."""
@@ -50,6 +52,11 @@ def assign_stages(graph: Any) -> dict[Any, str]:
     """Op node -> stage, as the module docstring says."""
     ops = [n for n in graph.nodes if n.op == "call_function"]
     stage = {n: stage_of(module_path(n)) for n in ops}
+    for n in reversed(ops):                         # PT2E q/dq carry no module: they go with their users,
+        if stage[n] == "other" and _is_qdq(n):      # so an int8 op keeps its dequantize in its own stage
+            found = [stage[u] for u in n.users if u in stage and stage[u] != "other"]
+            if found:
+                stage[n] = min(found, key=_ORDER.__getitem__)
     for n in ops:                                   # forward: latest producer stage
         if stage[n] == "other":
             found = [stage[p] for p in n.all_input_nodes if p in stage and stage[p] != "other"]
@@ -66,6 +73,10 @@ def assign_stages(graph: Any) -> dict[Any, str]:
                 raise ValueError(f"stages interleave: {n.name} ({stage[n]}) reads {p.name} ({stage[p]}), "
                                  "so they cannot run as separate artifacts in stage order")
     return stage
+
+
+def _is_qdq(node: Any) -> bool:
+    return node.op == "call_function" and "quantize_per" in str(node.target)
 
 
 def _is_quantize(node: Any) -> bool:

@@ -36,3 +36,10 @@ def stage_of(module_path: str) -> str:
         if module_path == prefix or module_path.startswith(prefix + "."):
             return stage
     return "other"
+
+
+def rules_key() -> str:
+    """The stage names and rules, hashed: artifacts cut by other rules are not reused."""
+    import hashlib
+
+    return hashlib.sha256(repr((STAGES, _RULES)).encode()).hexdigest()[:12]

@@ -15,7 +15,9 @@ import os
 import shlex
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,6 +44,21 @@ DEFAULT_LR = {"detector": 1e-3, "classifier": 5e-4, "finetune": 1e-4}
 DROP_MIN_KEEP = 0.3  # token-drop keep ratios are drawn from [DROP_MIN_KEEP, 1]
 HALO_KERNEL = 5      # token-drop "near" steps: background within this window of an object first
 ENCODED_FORMAT = 1   # bump when TensorSet's tensors change: cached encodings of older ones are not reused
+
+
+def _encoding_key() -> str:
+    """The code that turns a sample into training tensors, hashed: a cached encoding made by
+    other code is not reused (ENCODED_FORMAT covers TensorSet's own layout)."""
+    import hashlib
+
+    import bavit.data.preprocess
+    import bavit.encode
+    import bavit.labels
+
+    h = hashlib.sha256()
+    for module in (bavit.encode, bavit.labels, bavit.data.preprocess):
+        h.update(Path(module.__file__).read_bytes())
+    return h.hexdigest()[:12]
 
 
 class TensorSet:
@@ -74,7 +91,7 @@ class TensorSet:
         if root is None:
             return cls(dataset, size, patch, mode, n, desc)
         count = len(dataset) if n is None else min(n, len(dataset))
-        path = root / f"encoded-v{ENCODED_FORMAT}-s{size}-p{patch}-{mode}-n{count}.pt"
+        path = root / f"encoded-v{ENCODED_FORMAT}-{_encoding_key()}-s{size}-p{patch}-{mode}-n{count}.pt"
         if path.is_file():
             try:
                 self = cls.__new__(cls)
@@ -85,8 +102,11 @@ class TensorSet:
                 print(f"re-encoding: {path} unreadable ({type(err).__name__})", file=sys.stderr)
         self = cls(dataset, size, patch, mode, n, desc)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save(dict(self.__dict__, grid=list(self.grid)), tmp)
-        os.replace(tmp, path)
+        try:
+            torch.save(dict(self.__dict__, grid=list(self.grid)), tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)   # a save cut short leaves no 4 GB file behind
         return self
 
     def __len__(self) -> int:
@@ -332,45 +352,45 @@ def main(argv: list[str] | None = None) -> int:
         m.train()
     last_ckpt = time.monotonic()
     t0 = time.monotonic() - wall
-    stop = _stop_on_signals()
     bar = tqdm(total=args.steps, initial=step, desc=args.mode, dynamic_ncols=True)
-    while step < args.steps:
-        if stop:
-            _save_state(state_path, modules, optim, step, time.monotonic() - t0, args, history)
-            bar.close()
-            print(f"stopped by {stop[0].name} at step {step}: checkpoint in {state_path}", file=sys.stderr)
-            return 128 + int(stop[0])
-        for g in optim.param_groups:
-            g["lr"] = args.lr * lr_at(step, args.steps, args.warmup)
-        batch = train_set.batch(step, args.batch, args.seed)
-        if args.mode == "classifier":
-            with autocast(args.bf16):
-                logits = model(batch["pixels"])
-            loss = F.binary_cross_entropy_with_logits(logits.float(), batch["token_fg"])
-            stats = {"loss": loss}
-        else:
-            if frozen:
-                with torch.no_grad():
-                    keep_idx = frozen[1](frozen[0](batch["pixels"]))
+    with _stop_on_signals() as stop:
+        while step < args.steps:
+            if stop:
+                _save_state(state_path, modules, optim, step, time.monotonic() - t0, args, history)
+                bar.close()
+                print(f"stopped by {stop[0].name} at step {step}: checkpoint in {state_path}", file=sys.stderr)
+                return 128 + int(stop[0])
+            for g in optim.param_groups:
+                g["lr"] = args.lr * lr_at(step, args.steps, args.warmup)
+            batch = train_set.batch(step, args.batch, args.seed)
+            if args.mode == "classifier":
+                with autocast(args.bf16):
+                    logits = model(batch["pixels"])
+                loss = F.binary_cross_entropy_with_logits(logits.float(), batch["token_fg"])
+                stats = {"loss": loss}
             else:
-                keep_idx = token_drop(batch["token_fg"], model.grid, step, args.seed, args.token_drop)
-            stats = detector_loss(model, modules["dense_head"], criterion, batch, keep_idx, args.bf16)
-            loss = stats["loss"]
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for m in modules.values() for p in m.parameters()], 1.0)
-        optim.step()
-        step += 1
-        bar.update(1)
-        bar.set_postfix({k: f"{float(v.detach()):.3f}" for k, v in stats.items()})
-        done = step == args.steps
-        if args.eval_every and (step % args.eval_every == 0 or done):
-            res = validate(args, modules, frozen, val_ds, image_size, patch)
-            history.append({"step": step, "wall_s": round(time.monotonic() - t0, 1), **_figures(res, args.mode)})
-            bar.write(json.dumps(history[-1]))
-        if done or time.monotonic() - last_ckpt > args.ckpt_minutes * 60:
-            _save_state(state_path, modules, optim, step, time.monotonic() - t0, args, history)
-            last_ckpt = time.monotonic()
+                if frozen:
+                    with torch.no_grad():
+                        keep_idx = frozen[1](frozen[0](batch["pixels"]))
+                else:
+                    keep_idx = token_drop(batch["token_fg"], model.grid, step, args.seed, args.token_drop)
+                stats = detector_loss(model, modules["dense_head"], criterion, batch, keep_idx, args.bf16)
+                loss = stats["loss"]
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for m in modules.values() for p in m.parameters()], 1.0)
+            optim.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix({k: f"{float(v.detach()):.3f}" for k, v in stats.items()})
+            done = step == args.steps
+            if args.eval_every and (step % args.eval_every == 0 or done):
+                res = validate(args, modules, frozen, val_ds, image_size, patch)
+                history.append({"step": step, "wall_s": round(time.monotonic() - t0, 1), **_figures(res, args.mode)})
+                bar.write(json.dumps(history[-1]))
+            if done or time.monotonic() - last_ckpt > args.ckpt_minutes * 60:
+                _save_state(state_path, modules, optim, step, time.monotonic() - t0, args, history)
+                last_ckpt = time.monotonic()
     bar.close()
     wall = time.monotonic() - t0
     res = validate(args, modules, frozen, val_ds, image_size, patch)
@@ -381,15 +401,27 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _stop_on_signals() -> list:
-    """SIGINT / SIGTERM end the run after the step in progress, with a checkpoint: pausing a
-    training for a benchmark (or a session ending with SIGTERM) loses no step."""
+@contextmanager
+def _stop_on_signals():
+    """While training steps run, SIGINT / SIGTERM end the run after the step in progress, with
+    a checkpoint: pausing a training for a benchmark (or a session ending with SIGTERM) loses
+    no step. A second signal stops at once; the previous handlers come back on leaving
+    (validation and saving the weights, and callers of `main` in the same process)."""
     import signal
 
     got: list = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda num, frame: got.append(signal.Signals(num)))
-    return got
+
+    def handler(num: int, frame: Any) -> None:
+        if got:
+            raise KeyboardInterrupt
+        got.append(signal.Signals(num))
+
+    before = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield got
+    finally:
+        for sig, old in before.items():
+            signal.signal(sig, old)
 
 
 def _figures(res: dict, mode: str) -> dict:

@@ -118,6 +118,11 @@ class BuildSpec:
     profile: bool = False         # --profile: also what the target's profiler needs (LiteRT: stage artifacts)
 
 
+# a build process's `.current` file while it builds what an artifact's profile needs (stage
+# artifacts), after the artifact's `Built` line: a crash then blames no artifact
+PROFILE_PARTS = "profile parts of "
+
+
 @dataclass(frozen=True)
 class Built:
     """What a build left: the artifact folder and the pipeline facts a row records."""
@@ -303,7 +308,7 @@ class Row:
     profile_method: str | None = None
     profile_calls: int | None = None
     profile_wall_ms: float | None = None      # median wall time of one profiled call (sync, the cell's batch)
-    profile_nodes_ms: float | None = None     # per-node times summed, per call
+    profile_nodes_ms: float | None = None     # per-node median times, summed
     profile_vs_p50: float | None = None       # profile_nodes_ms / latency_p50_ms (single-stream cells)
     profile_plain_ms: float | None = None     # median unprofiled call of the profiling process (alternating)
     profile_vs_plain: float | None = None     # profile_nodes_ms / profile_plain_ms: the same minutes

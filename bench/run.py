@@ -38,6 +38,7 @@ from pathlib import Path
 from bavit.reducers import NAMES as REDUCER_NAMES
 from bench.cells import Cell, Model, append_row, enumerate_cells, finished_cells, has_rows, models_of
 from bench.contracts import (
+    PROFILE_PARTS,
     SCENARIOS,
     AccuracySpec,
     BuildSpec,
@@ -344,6 +345,11 @@ class _BuildProcess:
         self.remaining = [s for s in self.remaining if s.model_id not in results]
         if not self.remaining:
             return False
+        if self.building and self.building.startswith(PROFILE_PARTS):
+            # it died building a profile's stage artifacts: that artifact is recorded, the
+            # profile will say what is missing; the rest start again
+            self._start()
+            return True
         ids = {s.model_id for s in self.remaining}
         stuck = self.building if self.building in ids else self.remaining[0].model_id
         results[stuck] = Built(stuck, False, error=verdict or f"build process died (exit code "

@@ -20,12 +20,13 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
 from bench.contracts import (
+    PROFILE_PARTS,
     Accuracy,
     AccuracySpec,
     BuildSpec,
@@ -105,11 +106,6 @@ def build_all(specs: list[BuildSpec], out: Path) -> None:
                     calibrations[ckey] = calibration_images(ds, size, spec.calib_images, seed=0, skip=spec.calib_skip)
                 calib = calibrations[ckey]
             art = target.prepare(pipeline, spec.precision, spec.batch, calib, Path(spec.cache_dir), wkey)
-            if spec.profile:
-                try:    # what the profiler needs is extra: its failure is the profile's, not the cell's
-                    target.build_profile_parts(pipeline, art, calib)
-                except Exception:  # noqa: BLE001 - the target records why in the artifact folder
-                    traceback.print_exc()
             built = Built(spec.model_id, True, artifact=str(art.path), cached=art.cached, prunes=pipeline.prunes,
                           scores_tokens=pipeline.prunes and pipeline.scores_tokens, mapping=pipeline.mapping,
                           ideal_speedup=round(pipeline.ideal_speedup, 4),
@@ -121,6 +117,14 @@ def build_all(specs: list[BuildSpec], out: Path) -> None:
             built = Built(spec.model_id, False, error=one_line(err))
         with open(out, "a") as f:
             f.write(to_json(built) + "\n")
+        if spec.profile and built.ok:
+            # what the profiler needs is extra: the artifact is recorded first, so a crash or a
+            # hang here costs the profile (the target leaves why in the artifact folder), never the cell
+            current.write_text(PROFILE_PARTS + spec.model_id)
+            try:
+                target.build_profile_parts(pipeline, art, calib)
+            except Exception:  # noqa: BLE001
+                traceback.print_exc()
     current.unlink(missing_ok=True)
 
 
@@ -216,7 +220,7 @@ def profile(spec: ProfileSpec) -> ProfileResult:
     artifact = Artifact.load(spec.artifact)
     options = RuntimeOptions(spec.threads, SINGLE_STREAM, spec.ov_int8_float, spec.batch)
     try:
-        runner = target.load(artifact, RuntimeOptions(**{**asdict(options), "profile": True}))
+        runner = target.load(artifact, replace(options, profile=True))
     except ProfileUnavailable as err:
         return ProfileResult(spec.cell_id, False, error=str(err), unavailable=True)
     if runner.node_times is None:

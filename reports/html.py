@@ -427,8 +427,9 @@ def _profiles_html(data: pd.DataFrame, nodes: dict[str, pd.DataFrame]) -> str:
     parts = []
     if not stages.empty:
         parts.append(_img(plots.stage_times(stages), "Stacked bar chart of per-stage time per profiled cell",
-                          "Per-stage time (ms per call, one sync request at the cell's batch, from the runtime's "
-                          "own per-node profiler; stage by the module each node was traced from). The tick is the "
+                          "Per-stage time (ms per call, one sync request at the cell's batch: the runtime's "
+                          "own per-node profiler, summed by the module each node was traced from, or, for "
+                          "LiteRT and inductor, each stage built as its own artifact and timed). The tick is the "
                           "cell's unprofiled p50 latency (single-stream)."))
         rows = "".join(
             f"<tr><td>{html.escape(str(r['cell_id']))}</td>"

@@ -95,23 +95,9 @@ class InductorTarget(Target):
         why = self.build_unavailable()
         if why:
             raise RuntimeError(why)
-        model = copy.deepcopy(pipeline).eval()
         h, w = pipeline.input_size
         example = (torch.zeros(batch, 3, h, w),)
-        fields: dict[str, Any] = {}
-        if precision == "int8":
-            if calibration is None:
-                raise ValueError("int8 needs calibration images")
-            reduced = pt2e_x86_recipe.reduce_range()
-            model, n_batches = pt2e_x86_recipe.quantize(model, calibration, batch, reduced)
-            fields.update(recipe=pt2e_x86_recipe.NAME, fp32_kept=pt2e_x86_recipe.FP32_KEPT,
-                          recipe_settings=dict(pt2e_x86_recipe.SETTINGS, calibration_images=n_batches * batch,
-                                               calibration_batches=n_batches, reduce_range=reduced))
-        elif precision == "bf16":
-            model = autocast_recipe.wrap(model)
-            fields.update(autocast_recipe.ARTIFACT_FIELDS)
-        elif precision != "fp32":
-            raise ValueError(f"inductor has no {precision} precision")
+        model, fields = _model_for(pipeline, precision, batch, calibration, pt2e_x86_recipe.reduce_range())
         with torch.no_grad():
             program = torch.export.export(model, example)
             torch._inductor.aoti_compile_and_package(program, package_path=str(out / PACKAGE),
@@ -133,12 +119,11 @@ class InductorTarget(Target):
         import torch
         import torch._inductor
 
-        model = copy.deepcopy(pipeline).eval()
         example = (torch.zeros(artifact.batch, 3, *pipeline.input_size),)
-        if artifact.precision == "int8":   # the q/dq graph the package was compiled from, re-calibrated alike
-            model, _ = pt2e_x86_recipe.quantize(model, calibration, artifact.batch,
-                                                bool(artifact.recipe_settings["reduce_range"]))
-        else:
+        # the model the package was compiled from (int8: re-calibrated on the same images, alike)
+        model, _ = _model_for(pipeline, artifact.precision, artifact.batch, calibration,
+                              bool(artifact.recipe_settings.get("reduce_range", False)))
+        if not isinstance(model, torch.fx.GraphModule):
             with torch.no_grad():
                 model = torch.export.export(model, example).module()
 
@@ -174,6 +159,27 @@ class InductorTarget(Target):
         runner.details = {"kernels": kernels, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                           "built_for": (artifact.extra or {}).get("cpu_capability")}
         return runner
+
+
+def _model_for(pipeline: "Pipeline", precision: str, batch: int, calibration: np.ndarray | None,
+               reduced: bool) -> tuple[Any, dict[str, Any]]:
+    """The module a package is compiled from, and the Artifact fields its recipe records;
+    the artifact and its profile's stage packages both start here."""
+    model = copy.deepcopy(pipeline).eval()
+    fields: dict[str, Any] = {}
+    if precision == "int8":
+        if calibration is None:
+            raise ValueError("int8 needs calibration images")
+        model, n_batches = pt2e_x86_recipe.quantize(model, calibration, batch, reduced)
+        fields.update(recipe=pt2e_x86_recipe.NAME, fp32_kept=pt2e_x86_recipe.FP32_KEPT,
+                      recipe_settings=dict(pt2e_x86_recipe.SETTINGS, calibration_images=n_batches * batch,
+                                           calibration_batches=n_batches, reduce_range=reduced))
+    elif precision == "bf16":
+        model = autocast_recipe.wrap(model)
+        fields.update(autocast_recipe.ARTIFACT_FIELDS)
+    elif precision != "fp32":
+        raise ValueError(f"inductor has no {precision} precision")
+    return model, fields
 
 
 def _load_stages(artifact: Artifact) -> Runner:

@@ -20,6 +20,13 @@ import numpy as np
 from targets.base import Artifact, NodeTime, ProfileUnavailable, Runner
 
 STAGES_DIR, STAGE_PLAN, STAGE_ERROR = "stages", "plan.json", "stages.error"
+STAGE_FORMAT = 1    # bump when bavit.stage_split cuts differently (the stage rules are keyed apart)
+
+
+def stage_key() -> str:
+    from bavit.stages import rules_key  # torch-free
+
+    return f"{STAGE_FORMAT}-{rules_key()}"
 
 
 @dataclass(frozen=True)
@@ -34,8 +41,10 @@ class StageFile:
 class StagePlan:
     """What the build process leaves in `stages/` for the profiling process."""
     input: str                    # the pixels' value name
+    input_shape: list[int]        # static, as the artifact's
     outputs: list[str]            # (logits, boxes, token_logits) by value name
     parts: list[StageFile]
+    key: str                      # stage_key() of the code that cut them
 
     def save(self, folder: Path) -> None:
         (folder / STAGE_PLAN).write_text(json.dumps(asdict(self), indent=1))
@@ -43,7 +52,17 @@ class StagePlan:
     @classmethod
     def load(cls, folder: Path) -> "StagePlan":
         data = json.loads((folder / STAGE_PLAN).read_text())
-        return cls(data["input"], data["outputs"], [StageFile(**p) for p in data["parts"]])
+        data["parts"] = [StageFile(**p) for p in data["parts"]]
+        return cls(**data)
+
+
+def _current(folder: Path) -> StagePlan | None:
+    """The plan in `folder` if it was cut by this code, else None."""
+    try:
+        plan = StagePlan.load(folder)
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return plan if plan.key == stage_key() else None
 
 
 def build_stage_folder(artifact: Artifact, build: Callable[[Path], StagePlan]) -> None:
@@ -52,30 +71,32 @@ def build_stage_folder(artifact: Artifact, build: Callable[[Path], StagePlan]) -
     `stages.error` for the profile's row, and is raised."""
     folder = Path(artifact.path) / STAGES_DIR
     error = Path(artifact.path) / STAGE_ERROR
-    if (folder / STAGE_PLAN).is_file():
+    if _current(folder) is not None:
         return
     tmp = folder.with_name(STAGES_DIR + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         build(tmp).save(tmp)
+        shutil.rmtree(folder, ignore_errors=True)     # stages cut by older code, or a torn folder
+        tmp.rename(folder)
     except Exception as err:
         error.write_text(f"stage artifacts failed to build: {type(err).__name__}: "
                          f"{(str(err).strip().splitlines() or [''])[0]}\n")
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    tmp.rename(folder)
     error.unlink(missing_ok=True)
 
 
 def load_stage_plan(artifact: Artifact) -> tuple[StagePlan, Path]:
     folder = Path(artifact.path) / STAGES_DIR
-    if not (folder / STAGE_PLAN).is_file():
+    plan = _current(folder)
+    if plan is None:
         error = Path(artifact.path) / STAGE_ERROR
         raise ProfileUnavailable(error.read_text().strip() if error.is_file() else
-                                 f"no stage artifacts beside this {artifact.target} artifact "
-                                 "(it was built without --profile)")
-    return StagePlan.load(folder), folder
+                                 f"no stage artifacts of this code beside this {artifact.target} artifact "
+                                 "(it was built without --profile, or its stages were cut by older code)")
+    return plan, folder
 
 
 StageCall = Callable[[list[np.ndarray]], list[np.ndarray]]
@@ -86,7 +107,11 @@ def stage_runner(plan: StagePlan, calls: list[StageCall], precisions: list[str],
     out), `precisions[i]` is what that stage file executes in."""
     last: list[float] = []
 
+    shape = tuple(plan.input_shape)
+
     def run(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if tuple(pixels.shape) != shape:
+            raise ValueError(f"the stage artifacts take {shape} (static shape), got {tuple(pixels.shape)}")
         values: dict[str, np.ndarray] = {plan.input: np.asarray(pixels, dtype=np.float32)}
         last.clear()
         for part, call in zip(plan.parts, calls):
@@ -120,4 +145,4 @@ def split_pipeline(module, example: tuple, convert: Callable[[object, tuple, Pat
         name = f"{i}-{part.stage}{suffix}"
         convert(part.module, part.examples, out / name)
         files.append(StageFile(part.stage, name, list(part.inputs), list(part.outputs)))
-    return StagePlan(split.input, list(split.outputs), files)
+    return StagePlan(split.input, list(example[0].shape), list(split.outputs), files, stage_key())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 from test_bench import bench, rows
@@ -47,7 +48,8 @@ def test_profiled_cells_split_into_stages_and_keep_their_speed_figures(tmp_path)
         assert r["profile_calls"] >= 3 and 0.3 < r["profile_vs_p50"] < 3.0 and 0.3 < r["profile_vs_plain"] < 3.0
         if target == "tflite":      # LiteRT: one stage artifact per stage, each one timed node
             assert r["profile_method"].startswith("LiteRT: each stage its own .tflite")
-            assert r["profile_nodes_ms"] <= r["profile_wall_ms"] * 1.001
+            # per-stage medians need not sum below the median chained call, but not far above it
+            assert r["profile_nodes_ms"] <= r["profile_wall_ms"] * 1.5
         with open(out / r["profile_file"]) as f:
             table = list(csv.DictReader(f))
         assert sum(float(t["share"]) for t in table) == pytest.approx(1.0, abs=1e-3)
@@ -57,3 +59,47 @@ def test_profiled_cells_split_into_stages_and_keep_their_speed_figures(tmp_path)
     assert any("f32" in e.lower() for e in ov)                  # OpenVINO says which kernel and precision ran
     page = (out / "report.html").read_text()
     assert "Per-stage time" in page and "top 15 of" in page and "same minutes" in page
+
+
+def test_a_crash_building_profile_stages_blames_no_artifact(tmp_path, monkeypatch):
+    """A build process that dies while building an artifact's profile stages (after its
+    `Built` line) costs no cell: that artifact stands, the rest are built by a new process."""
+    import json as _json
+
+    import bench.run as run
+    from bench.contracts import PROFILE_PARTS, BuildSpec, Built, ReductionSpec, to_json
+
+    specs = [BuildSpec(m, "tflite", "fp32", 1, "random:tiny", "detector", None, ReductionSpec("bavit", 0.5),
+                       "synthetic", "train", 0, 8, str(tmp_path), profile=True) for m in ("A", "B")]
+
+    class Exited:
+        returncode = -9
+
+        def __init__(self, spec_file, out_file):
+            todo = [s["model_id"] for s in _json.loads(spec_file.read_text())]
+            with open(out_file, "a") as f:
+                f.write(to_json(Built(todo[0], True, artifact="x")) + "\n")
+            current = out_file.with_name(out_file.name + ".current")
+            if todo[0] == "A":        # dies building A's stages
+                current.write_text(PROFILE_PARTS + "A")
+            else:
+                current.unlink(missing_ok=True)
+
+        def poll(self):
+            return self.returncode
+
+    def spawn(args, log, threads, **kw):
+        return Exited(Path(args[1]), Path(args[2]))
+
+    monkeypatch.setattr(run, "_spawn", spawn)
+    proc = run._BuildProcess(specs, "0", tmp_path, tmp_path, 1)
+    results: dict = {}
+
+    class Bar:
+        def update(self, n): ...
+
+        def set_description(self, d): ...
+
+    while proc.poll(results, 60.0, Bar()):
+        pass
+    assert results["A"].ok and results["B"].ok and proc.attempt == 2

@@ -2,6 +2,8 @@
 compute the whole graph (what the LiteRT profile's stage artifacts are converted from)."""
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -11,8 +13,9 @@ from bavit.stage_split import assign_stages, split_by_stage
 def _run_parts(split, x):
     values = {split.input: x}
     for part in split.parts:
-        for name, value in zip(part.outputs, part.module(*[values[n] for n in part.inputs])):
-            values[name] = value
+        out = part.module(*[values[n] for n in part.inputs])
+        assert len(out) == len(part.outputs)
+        values.update(zip(part.outputs, out))
     return [values[n] for n in split.outputs]
 
 
@@ -23,13 +26,25 @@ def _check(pipe, stages):
     assert [p.stage for p in split.parts] == stages
     with torch.no_grad():
         want, got = pipe(x), _run_parts(split, x)
+    assert len(want) == len(got) == 3
     for w, g in zip(want, got):
         assert torch.equal(w, g)
-    # every stage holds its own weights: only activations cross a boundary
-    for part in split.parts:
-        assert all(not isinstance(t, torch.nn.Parameter) for t in part.examples)
-        assert all(n not in dict(part.module.named_parameters()) for n in part.inputs)
+    _check_boundaries(gm, split)
     return split
+
+
+def _check_boundaries(gm, split):
+    """Each stage reads only the pipeline input and earlier stages' outputs, and holds its own
+    weights: no weight or buffer of the graph crosses a boundary."""
+    weights = {n.name for n in gm.graph.nodes if n.op == "get_attr"}
+    available = {split.input}
+    for part in split.parts:
+        assert set(part.inputs) <= available and not set(part.inputs) & weights, (part.stage, part.inputs)
+        for node in part.module.graph.nodes:
+            if node.op == "get_attr":
+                value = functools.reduce(getattr, node.target.split("."), part.module)
+                assert isinstance(value, torch.Tensor)   # copied in, not an input
+        available |= set(part.outputs)
 
 
 def test_yolos_bavit_stages(tiny_pipeline):
@@ -49,6 +64,34 @@ def test_detr_stages():
 
     _check(build_pipeline("random:detr-tiny", parse("bavit"), 0.5), ["reducer", "embed", "encoder", "decoder",
                                                                        "heads"])
+
+
+def test_int8_dequantize_stays_with_the_op_that_reads_it(tiny_pipeline):
+    """PT2E q/dq nodes carry no module path: each dequantize joins its reader's stage (an int8
+    op without its dequantize would run in float in a stage artifact), and the stages of the
+    quantized graph recompute it exactly."""
+    import numpy as np
+
+    from bavit.stage_split import split_by_stage
+    from quant import litert_recipe
+
+    pipe = tiny_pipeline(0.5)
+    calib = np.random.default_rng(0).normal(size=(8, 3, 64, 64)).astype(np.float32)
+    gm, _, _, _ = litert_recipe.quantized_module(pipe, calib, 1)
+    stage = assign_stages(gm.graph)
+    dqs = [n for n in gm.graph.nodes if n.op == "call_function" and "dequantize_per" in str(n.target)]
+    assert len(dqs) > 20
+    for dq in dqs:
+        readers = {stage[u] for u in dq.users}
+        if len(readers) == 1:
+            assert stage[dq] in readers, dq.name
+    assert any(stage[dq] == "encoder" for dq in dqs) and any(stage[dq] == "reducer" for dq in dqs)
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    split = split_by_stage(gm, (x,))
+    with torch.no_grad():
+        want, got = gm(x), _run_parts(split, x)
+    assert all(torch.equal(w, g) for w, g in zip(want, got))
+    _check_boundaries(gm, split)
 
 
 def test_interleaved_stages_are_refused():

@@ -321,11 +321,10 @@ def test_committed_fixtures_reproduce_their_reference(precision):
 
 
 # -- profile: stage artifacts ---------------------------------------------------------------------
-def test_stage_artifacts_chain_to_the_one_file_model(build, pipes, calib, pixels):
-    """The profile's stage files, run one after another, compute what the int8 artifact
-    computes (the same quantized model, cut into pieces) and time every stage BAViT adds;
-    fp32 stage files are built and checked by tests/test_profile.py's run."""
-    precision = "int8"
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_stage_artifacts_chain_to_the_one_file_model(precision, build, pipes, calib, pixels):
+    """The profile's stage files, run one after another, compute what the artifact computes
+    (int8: the same quantized model, cut into pieces) and time every stage BAViT adds."""
     art = build(precision, 0.5)
     with pytest.raises(ProfileUnavailable, match="built without --profile"):
         TARGET.load(art, RuntimeOptions(1, profile=True))

@@ -243,6 +243,7 @@ def test_synthetic_train_split_encoding_is_kept_on_disk(tmp_path, monkeypatch):
 
 
 def test_a_stop_signal_checkpoints_the_step_reached(tmp_path, capsys, monkeypatch):
+    import contextlib
     import signal
 
     import bavit.train as train
@@ -256,10 +257,19 @@ def test_a_stop_signal_checkpoints_the_step_reached(tmp_path, capsys, monkeypatc
                 self.append(signal.SIGTERM)
             return len(self) > 0
 
-    monkeypatch.setattr(train, "_stop_on_signals", After)
+    real = train._stop_on_signals
+
+    @contextlib.contextmanager
+    def flagged():
+        with real():             # the real handlers go in and come back out
+            yield After()
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(train, "_stop_on_signals", flagged)
     common = ["detector", "--out", str(tmp_path), "--train-images", "16", "--batch", "8", "--val-images", "8",
               "--val-data-images", "16", "--eval-every", "0", "--threads", "1", "--warmup", "2", "--steps", "9"]
     assert main(common) == 128 + signal.SIGTERM
     assert "stopped by SIGTERM at step 2" in capsys.readouterr().err
     assert torch.load(tmp_path / "train_state.pt", weights_only=False)["step"] == 2
     assert not (tmp_path / "model.safetensors").exists()
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
