@@ -3,7 +3,8 @@
 Artifact: the pipeline exported with `torch.export` at the static batch size and saved as a
 `.pt2` (`torch.export.save`); the runner loads it with `torch.export.load(...).module()`,
 an `nn.Module` that executes the graph's aten ops eagerly (no torch.compile, same kernels
-as the Python model: fp32 latency within noise of the original module). The loaded module
+as the Python model: latency within noise of the original module, int8 included, which
+`python -m bench.torch_int8_check` shows on CPUs with int8 matmul kernels). The loaded module
 needs neither `bavit` nor `transformers`, only torch (and torchao's ops for int8). Should
 export fail, the full module is pickled with `torch.save` instead (`pipeline.pt`); the
 manifest's `extra["format"]` says which.

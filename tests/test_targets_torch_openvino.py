@@ -297,3 +297,22 @@ def test_torch_bf16_is_autocast_read_from_the_graph(build, reference, pixels):
     rel = _rel_mean_diff(reference[0.5], runner(pixels))
     assert all(v <= 0.1 for v in rel.values()), rel
     assert target.supports("bf16") == autocast_recipe.unavailable()
+
+
+def test_torch_int8_check_times_module_and_exported_graph_or_says_why_not():
+    """`python -m bench.torch_int8_check` (the README's evidence that timing the exported
+    graph does not handicap eager int8): one line per candidate, each a positive time; on
+    a CPU without int8 matmul kernels, the target's reason in one line and exit 2."""
+    from targets.torch_backend import int8_matmul_unavailable
+
+    proc = subprocess.run([sys.executable, "-m", "bench.torch_int8_check", "--weights", "weights/tiny",
+                           "--rounds", "1", "--seconds", "0.05", "--no-compile", "--threads", "1"],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    reason = int8_matmul_unavailable()
+    if reason is not None:
+        assert proc.returncode == 2 and proc.stderr.strip().endswith(reason)
+        return
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = {line.split("  ")[0].strip(): line for line in proc.stdout.splitlines()[1:]}
+    assert set(lines) == {"fp32 module", "fp32 exported", "int8 module", "int8 exported"}
+    assert all(float(line.split()[2]) > 0 for line in lines.values())
