@@ -25,7 +25,17 @@ def counter() -> FlopCounterMode:
 
 @torch.no_grad()
 def image_flops(model: torch.nn.Module, input_size: tuple[int, int]) -> int:
-    """FLOPs of `model` on one (1, 3, H, W) image; static shapes make it input-independent."""
-    with counter() as fc:
-        model(torch.zeros(1, 3, *input_size))
+    """FLOPs of `model` on one (1, 3, H, W) image; static shapes make it input-independent.
+    Parameters stop requiring grad while it counts: the counter's module tracker hooks every
+    module input that requires grad, and refuses a parameter handed to a submodule as an
+    argument (DETR's query embeddings), which under no_grad has no grad function."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        with counter() as fc:
+            model(torch.zeros(1, 3, *input_size))
+    finally:
+        for p in params:
+            p.requires_grad_(True)
     return int(fc.get_total_flops())

@@ -261,7 +261,9 @@ def test_two_target_two_keep_sweep_rows_and_columns(tmp_path):
             r["gflop_per_image"] * r["throughput_ips"], rel=1e-3)
         cores = min(r["threads"], psutil.cpu_count(logical=False) or r["threads"])   # SMT siblings do not count
         assert r["peak_basis"].startswith(f"{cores} core") or r["peak_gops"] is None
-        assert r["peak_gops"] is None or 0 < r["peak_pct"] < 100
+        # a peak at the nominal clock (a VM's /proc/cpuinfo; turbo not known) is no ceiling: a
+        # CPU boosting above it was seen at 107 % (OpenVINO, tiny model, 1 thread)
+        assert r["peak_gops"] is None or 0 < r["peak_pct"] < (200 if "turbo not known" in r["peak_basis"] else 100)
     work = {r["model_id"]: r["gflop_per_image"] for r in got}
     assert len({round(v, 4) for v in work.values()}) == 2   # one figure per model, BAViT included at keep 0.5
     ov = {r["scenario"]: r for r in got if r["target"] == "openvino" and r["keep"] == 1.0}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bavit.detr import PrunedDetr, tiny_detr_config
 from bavit.flops import image_flops
 from bavit.pipeline import Pipeline, WeightsSource
 from bavit.reducers import parse, reducer_class
@@ -32,6 +33,22 @@ def test_flops_match_a_hand_count(reducer, keep):
     # the random reducer prunes before the first layer: every layer sees [CLS] + kept + detection tokens
     expected = _hand_count(h=128, layers=3, mlp=512, patch=8, patches=64, tokens=1 + kept + 16, det=16, labels=4)
     assert image_flops(pipe, (64, 64)) == expected
+
+
+def test_detr_is_counted_and_keeps_its_parameters_trainable():
+    """DETR hands its query embeddings to the decoder layers as an argument, which the
+    counter's module tracker refused (every DETR row had no work figure); pruning halves the
+    encoder's tokens, so the pruned pipeline counts less."""
+    torch.manual_seed(0)
+    det = PrunedDetr(tiny_detr_config()).eval()
+    work = {}
+    for name, keep in (("none", 1.0), ("random", 0.5)):
+        spec = parse(name)
+        pipe = reducer_class(name).create(det, keep, spec.typed_options(), WeightsSource(None, 0, "detr-tiny"))
+        work[name] = image_flops(pipe, (64, 64))
+    dense, pruned = work["none"], work["random"]
+    assert 0 < pruned < dense
+    assert all(p.requires_grad for p in det.parameters())
 
 
 def test_attention_is_counted_on_cpu():
