@@ -41,6 +41,8 @@ def test_detr_is_counted_and_keeps_its_parameters_trainable():
     encoder's tokens, so the pruned pipeline counts less."""
     torch.manual_seed(0)
     det = PrunedDetr(tiny_detr_config()).eval()
+    trainable = [p.requires_grad for p in det.parameters()]
+    assert any(trainable)
     work = {}
     for name, keep in (("none", 1.0), ("random", 0.5)):
         spec = parse(name)
@@ -48,7 +50,7 @@ def test_detr_is_counted_and_keeps_its_parameters_trainable():
         work[name] = image_flops(pipe, (64, 64))
     dense, pruned = work["none"], work["random"]
     assert 0 < pruned < dense
-    assert all(p.requires_grad for p in det.parameters())
+    assert [p.requires_grad for p in det.parameters()] == trainable     # restored as they were
 
 
 def test_attention_is_counted_on_cpu():
