@@ -16,7 +16,6 @@ import argparse
 import copy
 import statistics
 import sys
-import time
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from bavit.pipeline import build_pipeline
+    from bench.loop import back_to_back
     from quant import torchao_recipe
+    from targets.base import Runner
 
     torch.set_num_threads(a.threads)
     pipe = build_pipeline(a.weights, None, 1.0).eval()
@@ -53,18 +54,18 @@ def main(argv: list[str] | None = None) -> int:
                       "int8 module": int8, "int8 exported": torch.export.export(int8, (x,)).module()}
     if not a.no_compile:
         candidates["int8 torch.compile"] = torch.compile(int8)
+    # each candidate as the harness's loop calls a model: numpy in, the torch target's way
+    runners = {name: Runner(lambda p, m=model: m(torch.from_numpy(p)), name) for name, model in candidates.items()}
+    pixels = x.numpy()
     times: dict[str, list[float]] = {k: [] for k in candidates}
     with torch.inference_mode():
-        for model in candidates.values():           # warm-up (and compile) outside the rounds
+        for runner in runners.values():             # warm-up (and compile) outside the rounds
             for _ in range(3):
-                model(x)
+                runner(pixels)
         for r in range(a.rounds):
-            for name in (list(candidates) if r % 2 == 0 else list(reversed(candidates))):
-                start, n = time.perf_counter(), 0
-                while time.perf_counter() - start < a.seconds:
-                    candidates[name](x)
-                    n += 1
-                times[name].append((time.perf_counter() - start) / n * 1000)
+            for name in (list(runners) if r % 2 == 0 else list(reversed(runners))):
+                _, calls, elapsed, _ = back_to_back(runners[name], pixels, a.seconds)
+                times[name].append(elapsed / calls * 1000)
     print(f"batch {a.batch}, {a.threads} threads, {a.rounds} rounds of {a.seconds:g} s "
           f"(cpu capability {torch.backends.cpu.get_cpu_capability()})")
     base = statistics.median(times["fp32 module"])
