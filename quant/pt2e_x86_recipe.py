@@ -1,12 +1,17 @@
 """int8 for the `inductor` target: PT2E static quantization with torchao's X86InductorQuantizer,
 lowered by Inductor (with freezing) to oneDNN int8 kernels: PyTorch's documented x86 int8 path.
 
-    torch.export -> prepare_pt2e(X86InductorQuantizer, default config) -> calibrate ->
+    int8 attention (quant/int8_attention.py) -> torch.export ->
+    prepare_pt2e(X86InductorQuantizer, default config) -> calibrate ->
     convert_pt2e -> torch.export -> aoti_compile_and_package(freezing, under no_grad)
 
 - Weights int8 symmetric per output channel; activations uint8 per tensor, static ranges
   from the shared calibration set (quant/calibration.py), run in batches of the artifact's
   own static batch.
+- Attention's two matmuls int8 as well (quant/int8_attention.py): the quantizer's default
+  recipe covers Linear and conv only, which leaves fp32 flash attention as the largest part
+  of an int8 encoder's time. Layers that a reducer runs by hand (`attention`, `tome`) keep
+  their own fp32 attention.
 - Kept float (FLOAT_MODULES), as in the other int8 recipes: the token selector (ranking
   logits and indices), BAViT's 1-output head (its logits are the ranking key) and both
   detection heads (small MLPs whose last layers are the outputs).
@@ -24,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from quant import int8_attention
+
 NAME = "pt2e-x86-inductor-static-int8"
 FLOAT_MODULES = ("selector", "classifier.head", "detector.det.class_labels_classifier",
                  "detector.det.bbox_predictor")
@@ -33,9 +40,10 @@ SETTINGS = {
     "activations": "uint8 per tensor, static (calibrated)",
     "float_modules": list(FLOAT_MODULES),
     "inductor": {"freezing": True},
+    **int8_attention.SETTINGS,
 }
 FP32_KEPT = ("token selector, BAViT token head, detection heads (class and box MLPs); LayerNorm, "
-             "softmax, GELU and attention matmuls run in float")
+             "softmax's exp, GELU, and attention in layers a reducer runs by hand, run in float")
 
 
 def reduce_range() -> bool:
@@ -58,6 +66,7 @@ def quantize(model: Any, calibration: np.ndarray, batch: int, reduced: bool) -> 
     from quant.calibration import calibration_batches
 
     h, w = calibration.shape[-2:]
+    int8_attention.apply(model)
     quantizer = xiq.X86InductorQuantizer().set_global(
         xiq.get_default_x86_inductor_quantization_config(reduce_range=reduced))
     for name in FLOAT_MODULES:

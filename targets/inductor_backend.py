@@ -8,10 +8,10 @@ Precisions:
 - fp32: the exported pipeline as is.
 - bf16: quant/autocast_recipe.py (exported under CPU bf16 autocast), as the `torch` target.
 - int8: quant/pt2e_x86_recipe.py (PT2E static, X86InductorQuantizer), lowered to oneDNN
-  int8 kernels.
+  int8 kernels, with int8 attention matmuls (quant/int8_attention.py).
 
 The executed precision is read back from the package: the kernels its generated wrapper
-calls (`_qlinear_pointwise*`, `_qconv_pointwise*` are int8; bf16 from the autocast recipe
+calls (`_qlinear_pointwise*`, `_qconv_pointwise*`, attention's `_int_mm*` are int8; bf16 from the autocast recipe
 when bf16 matmuls are present), counted into `runner.details`. Building needs a C++ compiler
 (AOTInductor compiles its generated C++); loading does not. The artifact's cache key holds
 torch's CPU capability (AOTInductor generates ISA-specific code).
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from bavit.pipeline import Pipeline
 
 PACKAGE = "pipeline.pt2"
-INT8_KERNELS = ("_qlinear_pointwise", "_qconv_pointwise")
+INT8_KERNELS = ("_qlinear_pointwise", "_qconv_pointwise", "_int_mm")
 BF16_MENTIONS = "(bfloat16 in the generated code)"
 STAGE_PROFILER = ("AOTInductor: each stage its own package compiled from the same graph (same weights and "
                   "shapes), run one after another, each call timed")

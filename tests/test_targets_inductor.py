@@ -65,6 +65,9 @@ def test_int8_package_runs_onednn_int8_kernels_within_tolerance(built, reference
     kernels = runner.details["kernels"]
     # read from the compiled package, not a constant: the encoder's Linears are int8 GEMMs
     assert sum(n for k, n in kernels.items() if k.startswith("_qlinear_pointwise")) >= 8, kernels
+    # attention too: its matmuls are int8 GEMMs, two per image and head; no fp32 flash attention left
+    assert kernels.get("_int_mm_out", 0) >= 2 * BATCH, kernels
+    assert "_scaled_dot_product_flash_attention_for_cpu" not in kernels, kernels
     assert runner.executed_precision == "i8+f32"
     rel = _rel(reference, runner(pixels))
     assert all(v <= REL_TOL for v in rel.values()), rel
