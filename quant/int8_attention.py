@@ -26,8 +26,9 @@ from typing import Any
 
 NAME = "bavit-int8-attention"
 SETTINGS = {
-    "attention": "int8 QK^T and PV (torch._int_mm per image and head); Q, K, V symmetric int8, "
-                 "dynamic per (image, head); softmax numerators 7-bit, renormalised; exp in float32",
+    "attention": "int8 QK^T and PV (torch._int_mm per image and head) where the CPU has VNNI/AMX, else fp32; "
+                 "Q, K, V symmetric int8, dynamic per (image, head); softmax numerators 7-bit, renormalised; "
+                 "exp in float32",
 }
 
 

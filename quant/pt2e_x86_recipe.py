@@ -10,8 +10,10 @@ lowered by Inductor (with freezing) to oneDNN int8 kernels: PyTorch's documented
   own static batch.
 - Attention's two matmuls int8 as well (quant/int8_attention.py): the quantizer's default
   recipe covers Linear and conv only, which leaves fp32 flash attention as the largest part
-  of an int8 encoder's time. Layers that a reducer runs by hand (`attention`, `tome`) keep
-  their own fp32 attention.
+  of an int8 encoder's time. Only where the CPU has an int8 dot-product unit (VNNI, AMX: the
+  CPUs that are not `reduce_range`): elsewhere `torch._int_mm` runs a reference loop, and
+  attention stays fp32 flash attention. Layers that a reducer runs by hand (`attention`,
+  `tome`) keep their own fp32 attention.
 - Kept float (FLOAT_MODULES), as in the other int8 recipes: the token selector (ranking
   logits and indices), BAViT's 1-output head (its logits are the ranking key) and both
   detection heads (small MLPs whose last layers are the outputs).
@@ -66,7 +68,8 @@ def quantize(model: Any, calibration: np.ndarray, batch: int, reduced: bool) -> 
     from quant.calibration import calibration_batches
 
     h, w = calibration.shape[-2:]
-    int8_attention.apply(model)
+    if not reduced:      # an int8 dot-product unit: torch._int_mm has a real kernel (else a reference loop)
+        int8_attention.apply(model)
     quantizer = xiq.X86InductorQuantizer().set_global(
         xiq.get_default_x86_inductor_quantization_config(reduce_range=reduced))
     for name in FLOAT_MODULES:
