@@ -1,5 +1,5 @@
 """int8 attention for the `inductor` int8 recipe: QK^T and PV as int8 GEMMs (`torch._int_mm`,
-oneDNN's u8/s8 VNNI/AMX kernels on x86), plugged in as a `transformers` attention
+oneDNN's int8 GEMM on x86, VNNI or AMX), plugged in as a `transformers` attention
 implementation, so every YOLOS, ViT (BAViT) and DETR attention module picks it up by name.
 
 Why it exists: `X86InductorQuantizer` quantizes Linear and conv only, so the attention
@@ -74,7 +74,7 @@ def _int8(x: Any) -> tuple[Any, Any]:
 
 def apply(model: Any) -> int:
     """Switch every `transformers` config in `model` to int8 attention; how many configs
-    were switched (0 means the model has no attention this reaches: the caller says so)."""
+    were switched."""
     from transformers import AttentionInterface
 
     AttentionInterface.register(NAME, int8_attention)

@@ -45,7 +45,8 @@ SETTINGS = {
     **int8_attention.SETTINGS,
 }
 FP32_KEPT = ("token selector, BAViT token head, detection heads (class and box MLPs); LayerNorm, "
-             "softmax's exp, GELU, and attention in layers a reducer runs by hand, run in float")
+             "softmax's exp, GELU; attention where the CPU has no VNNI/AMX and in layers a reducer runs by "
+             "hand, run in float")
 
 
 def reduce_range() -> bool:
