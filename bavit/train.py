@@ -40,6 +40,7 @@ STATE = "train_state.pt"
 _MEAN = IMAGENET_MEAN[:, None, None]
 _STD = IMAGENET_STD[:, None, None]
 DEFAULT_STEPS = {"detector": 6000, "classifier": 2000, "finetune": 1500}
+FINETUNE_TOP_SHARE = 0.2  # a keep range's steps that run at its top (keep 1.0: the dense detector)
 DEFAULT_LR = {"detector": 1e-3, "classifier": 5e-4, "finetune": 1e-4}
 DROP_MIN_KEEP = 0.3  # token-drop keep ratios are drawn from [DROP_MIN_KEEP, 1]
 HALO_KERNEL = 5      # token-drop "near" steps: background within this window of an object first
@@ -159,6 +160,21 @@ def token_drop(token_fg: torch.Tensor, grid: tuple[int, int], step: int, seed: i
     return (token_fg + bg).topk(k, dim=1).indices.sort(dim=1).values               # fg in [1, 2)
 
 
+def step_keep(keep: tuple[float, float], step: int, seed: int) -> float:
+    """The keep ratio of a fine-tuning step with BAViT in the loop. A range (lo, hi) gives one
+    detector for every keep ratio a sweep may ask of it: FINETUNE_TOP_SHARE of the steps run
+    at hi (with hi = 1.0, the dense detector the sweep also measures, which must not lose what
+    the pruned ones gain), the rest uniform in [lo, hi]. Seeded by step: a resumed run redraws
+    the same ratios."""
+    lo, hi = keep
+    if lo >= hi:
+        return hi
+    g = torch.Generator().manual_seed(seed * 2654435761 % 2**31 + step)
+    if torch.rand((), generator=g).item() < FINETUNE_TOP_SHARE:
+        return hi
+    return lo + (hi - lo) * torch.rand((), generator=g).item()
+
+
 def autocast(enabled: bool):
     """bf16 autocast for the transformer on CPUs with bf16 units: 1.6x faster `ti` training
     steps here (2.3 s vs 3.7 s per batch of 32, 2 threads); detection heads and losses stay
@@ -239,7 +255,7 @@ def torch_runner(model: nn.Module):
 
 
 def build(args) -> tuple[dict[str, nn.Module], object]:
-    """Trainable modules, plus the frozen helper the mode needs (selector for finetune)."""
+    """Trainable modules, plus the frozen helper the mode needs (finetune: the BAViT that prunes)."""
     if args.mode == "classifier" and args.shared:
         from bavit.reducers.shared import SharedTrunkClassifier
         return {"model": SharedTrunkClassifier(_load_detector(args.shared, args.image_size),
@@ -260,8 +276,10 @@ def build(args) -> tuple[dict[str, nn.Module], object]:
     if det.family == "detr":
         det.thaw_backbone()
     cls = TokenClassifier.from_pretrained(args.classifier).eval()
+    if cls.grid != det.grid:
+        raise ValueError(f"--classifier {args.classifier}: BAViT grid {cls.grid} != detector grid {det.grid}")
     dense = nn.Linear(det.config.hidden_size, det.config.num_labels + 1)
-    return {"model": det, "dense_head": dense}, (cls, TokenSelector(det.grid, args.keep))
+    return {"model": det, "dense_head": dense}, cls
 
 
 def _fresh_detector(args):
@@ -286,6 +304,19 @@ def _load_detector(path: str, image_size: int | None):
 
 
 def validate(args, modules, frozen, val_set_ds, image_size: int, patch: int) -> dict:
+    """Scores on the first --val-images of the val split. A fine-tune is scored at each of
+    its --val-keep ratios, mAP as `map@K` (token figures are BAViT's, the same at every K)."""
+    if args.mode != "finetune":
+        return _validate_at(args, modules, frozen, val_set_ds, image_size, patch, 1.0)
+    res: dict = {}
+    for k in args.val_keep:
+        r = _validate_at(args, modules, frozen, val_set_ds, image_size, patch, k)
+        res.update({key: v for key, v in r.items() if key not in ("map", "ap50", "ap75")})
+        res.update({f"map@{k:g}": r["map"], f"ap50@{k:g}": r.get("ap50"), f"ap75@{k:g}": r.get("ap75")})
+    return res
+
+
+def _validate_at(args, modules, frozen, val_set_ds, image_size: int, patch: int, keep: float) -> dict:
     model = modules["model"].eval()
     idx = list(range(min(args.val_images, len(val_set_ds))))
     try:
@@ -295,8 +326,7 @@ def validate(args, modules, frozen, val_set_ds, image_size: int, patch: int) -> 
             res = score(pipe_run, val_set_ds, image_size, patch, idx, batch=32, label_mode=args.labels,
                         with_map=False)
         else:
-            cls = frozen[0] if frozen else None
-            pipe = BavitPipeline(model, cls, args.keep if frozen else 1.0).eval()
+            pipe = BavitPipeline(model, frozen if keep < 1.0 else None, keep).eval()
             res = score(torch_runner(pipe), val_set_ds, image_size, patch, idx, batch=32, label_mode=args.labels)
     finally:
         model.train()
@@ -369,9 +399,10 @@ def main(argv: list[str] | None = None) -> int:
                 loss = F.binary_cross_entropy_with_logits(logits.float(), batch["token_fg"])
                 stats = {"loss": loss}
             else:
-                if frozen:
+                if frozen is not None:
+                    keep = step_keep(args.keep, step, args.seed)
                     with torch.no_grad():
-                        keep_idx = frozen[1](frozen[0](batch["pixels"]))
+                        keep_idx = TokenSelector(model.grid, keep)(frozen(batch["pixels"]))
                 else:
                     keep_idx = token_drop(batch["token_fg"], model.grid, step, args.seed, args.token_drop)
                 stats = detector_loss(model, modules["dense_head"], criterion, batch, keep_idx, args.bf16)
@@ -428,6 +459,7 @@ def _figures(res: dict, mode: str) -> dict:
     """A dense detector has no BAViT: its token figures would be meaningless, so they go."""
     keys = ("map", "ap50", "ap75", "images") if mode == "detector" else (
         "map", "ap50", "ap75", "token_acc", "fg_recall", "fg_precision", "images")
+    keys += tuple(k for k in res if k.startswith(("map@", "ap50@", "ap75@")))
     return {k: (round(float(res[k]), 4) if isinstance(res.get(k), float) else res.get(k)) for k in keys if k in res}
 
 
@@ -441,7 +473,12 @@ def _save_state(path: Path, modules, optim, step: int, wall: float, args, histor
 
 def _start(args) -> str:
     if args.mode == "finetune":
-        return f"detector {args.detector}, pruned in the loop by {args.classifier} at keep {args.keep:g}"
+        lo, hi = args.keep
+        if lo == hi:
+            return f"detector {args.detector}, pruned in the loop by {args.classifier} at keep {hi:g}"
+        return (f"detector {args.detector}, pruned in the loop by {args.classifier} (default options) at a keep "
+                f"ratio drawn per step: {hi:g} on {FINETUNE_TOP_SHARE:.0%} of the steps, else uniform in "
+                f"[{lo:g}, {hi:g}]")
     if getattr(args, "shared", None):
         return (f"a fresh head (seeded) on the frozen first {args.layers} layers of {args.shared} "
                 "(the bavit-shared reducer; only the LayerNorm and the linear head train)")
@@ -461,9 +498,12 @@ def _write_card(out: Path, args, figures: dict, wall: float, history: list[dict]
              f"- steps: {args.steps}, batch {args.batch}, lr {args.lr}, threads {args.threads}, "
              + ("bf16 autocast (encoder)" if args.bf16 else "fp32"),
              f"- wall time: {wall / 60:.1f} min (summed over resumed sittings)",
-             f"- validation: `{json.dumps(figures)}`", "", "## Validation curve", "",
-             "| step | wall s | mAP | token acc |", "|---|---|---|---|"]
-    lines += [f"| {h['step']} | {h['wall_s']} | {h.get('map', '')} | {h.get('token_acc', '')} |" for h in history]
+             f"- validation: `{json.dumps(figures)}`", "", "## Validation curve", ""]
+    maps = [k for k in figures if k.startswith("map")]   # "map", or "map@K" per --val-keep
+    lines += ["| step | wall s | " + " | ".join(f"mAP{k[3:]}" for k in maps) + " | token acc |",
+              "|---|---|" + "---|" * len(maps) + "---|"]
+    lines += [f"| {h['step']} | {h['wall_s']} | " + " | ".join(str(h.get(k, "")) for k in maps)
+              + f" | {h.get('token_acc', '')} |" for h in history]
     (out / "CARD.md").write_text("\n".join(lines) + "\n")
 
 
@@ -516,19 +556,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         else:
             s.add_argument("--detector", required=True, help="dense detector folder to fine-tune")
             s.add_argument("--classifier", required=True, help="BAViT folder that prunes in the loop")
-            s.add_argument("--keep", type=float, default=0.5)
+            s.add_argument("--keep", default="0.5", metavar="K|LO:HI",
+                           help="keep ratio pruned to in the loop, or a range LO:HI: one detector for every "
+                                f"keep in it ({FINETUNE_TOP_SHARE:.0%} of the steps at HI, the rest uniform)")
+            s.add_argument("--val-keep", default=None, metavar="K,K",
+                           help="keep ratios validated (default: LO, the middle and HI of --keep, or K)")
     args = p.parse_args(argv)
     args.argv = argv
-    if getattr(args, "keep", None) is not None and not 0 < args.keep <= 1:
-        p.error(f"--keep must be in (0, 1], got {args.keep}")
+    if args.mode == "finetune":
+        try:
+            args.keep = _keep_range(args.keep)
+            args.val_keep = (sorted({_keep_range(k)[0] for k in args.val_keep.split(",")}, reverse=True)
+                             if args.val_keep else sorted({args.keep[1], round(sum(args.keep) / 2, 4),
+                                                           args.keep[0]}, reverse=True))
+        except ValueError as err:
+            p.error(str(err))
     for option in ("steps", "batch", "threads", "layers"):
         if getattr(args, option, 1) < 1:
             p.error(f"--{option} must be >= 1, got {getattr(args, option)}")
     if not 0 <= getattr(args, "token_drop", 0.0) <= 1:
         p.error(f"--token-drop must be in [0, 1], got {args.token_drop}")
     if args.mode != "finetune":
-        args.keep = 1.0
+        args.keep = (1.0, 1.0)
     return args
+
+
+def _keep_range(text: str) -> tuple[float, float]:
+    """"K" or "LO:HI" -> (lo, hi), each in (0, 1], lo <= hi."""
+    try:
+        lo, hi = (float(v) for v in text.split(":")) if ":" in text else (float(text),) * 2
+    except ValueError:
+        raise ValueError(f"--keep {text!r}: expected K or LO:HI with ratios in (0, 1]") from None
+    if not (0 < lo <= hi <= 1):
+        raise ValueError(f"--keep {text!r}: ratios must satisfy 0 < LO <= HI <= 1")
+    return lo, hi
 
 
 if __name__ == "__main__":
