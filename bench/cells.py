@@ -1,9 +1,9 @@
 """Benchmark cells and the results file.
 
-A model is one artifact: (target, precision, reducer, keep, batch). A cell is a model run
-in one scenario: single-stream cells run the batch-1 model, offline cells the model of each
---batch. Keep 1.0 is the dense detector whatever the reducer: it is one model, reducer
-`none`, the baseline of every reducer. Every finished cell is appended to results.jsonl and fsynced, so a crash or
+A model is one artifact: (target, precision, detector, reducer, keep, batch). A cell is a
+model run in one scenario: single-stream cells run the batch-1 model, offline cells the
+model of each --batch. Keep 1.0 is the dense detector whatever the reducer: it is one
+model per detector, reducer `none`, the baseline of every reducer. Every finished cell is appended to results.jsonl and fsynced, so a crash or
 Ctrl-C loses nothing, and --resume skips what is already there."""
 from __future__ import annotations
 
@@ -22,13 +22,14 @@ RESULTS = "results.jsonl"
 class Model:
     target: str
     precision: str
+    detector: str                 # detector folder inside --weights (e.g. detector, detector-prune)
     reducer: str                  # bavit.reducers.ReducerSpec.label
     keep: float
     batch: int
 
     @property
     def model_id(self) -> str:
-        return f"{self.target}/{self.precision}/{self.reducer}/keep{self.keep:g}/b{self.batch}"
+        return f"{self.target}/{self.precision}/{self.detector}/{self.reducer}/keep{self.keep:g}/b{self.batch}"
 
     @property
     def slug(self) -> str:
@@ -61,14 +62,15 @@ def reductions(reducers: list[str], keeps: list[float]) -> list[tuple[str, float
     return pairs
 
 
-def enumerate_cells(targets, precisions, reducers, keeps, batches, scenarios) -> list[Cell]:
-    """Keep ratios outermost within a target, so artifacts of one pipeline are built together."""
+def enumerate_cells(targets, precisions, reducers, keeps, batches, scenarios, detectors=("detector",)) -> list[Cell]:
+    """Detectors, then keep ratios outermost within a target, so artifacts of one pipeline are
+    built together."""
     cells = []
-    for t, (r, k), p in itertools.product(targets, reductions(reducers, keeps), precisions):
+    for t, d, (r, k), p in itertools.product(targets, detectors, reductions(reducers, keeps), precisions):
         if SINGLE_STREAM in scenarios:
-            cells.append(Cell(Model(t, p, r, k, 1), SINGLE_STREAM))
+            cells.append(Cell(Model(t, p, d, r, k, 1), SINGLE_STREAM))
         if OFFLINE in scenarios:
-            cells += [Cell(Model(t, p, r, k, b), OFFLINE) for b in batches]
+            cells += [Cell(Model(t, p, d, r, k, b), OFFLINE) for b in batches]
     return cells
 
 

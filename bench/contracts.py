@@ -73,7 +73,7 @@ class RunSettings:
     """Everything besides the cell itself that changes a figure. --resume refuses a run folder
     whose settings differ, and reports compare only rows whose `settings_key` match."""
     model: str
-    detector: str
+    detectors: tuple[str, ...]           # --detector, in order: the first is the reference
     image_size: tuple[int, int] | None   # --image-size as (H, W); None: the detector config's
     threads: int
     data: str
@@ -148,7 +148,7 @@ class AccuracySpec:
     split: str
     images: int
     labels: str | None
-    cat_ids: list[int | None] | None
+    cat_ids: list[int | None] | None   # None: the model's classes are not the data set's (token figures only)
     patch: int
     scores_tokens: bool           # token figures are measured (a reducer with a foreground classifier)
     box_frame: str                # what predicted boxes are fractions of (bavit.yolos.box_frame)
@@ -233,7 +233,7 @@ class Slice:
 
 @dataclass
 class Row:
-    """One line of results.jsonl: one cell = target x precision x reducer x keep x batch x scenario.
+    """One line of results.jsonl: one cell = target x precision x detector x reducer x keep x batch x scenario.
 
     Speed figures are medians over `rounds` interleaved rounds; `round_*` lists hold each
     round's figure, from which reports derive paired speed-up intervals. MiB = 2**20 bytes."""
@@ -250,7 +250,8 @@ class Row:
     settings_key: str = ""
     run_id: str = ""
     model: str = ""
-    detector: str = ""
+    detector: str = ""            # detector folder inside `model` (--weights)
+    reference_detector: str = ""  # the run's first --detector: its dense fp32 cells are every row's reference
     data: str = ""
     data_classes: str = ""        # the data set's class names, in label order (comma-joined)
     box_frame: str = ""           # how boxes were decoded: fractions of the "input" or of the "image"
@@ -262,6 +263,7 @@ class Row:
     recipe: str | None = None
     recipe_settings: str | None = None
     fp32_kept: str | None = None
+    ov_int8_float: str | None = None          # OpenVINO int8: the precision its float layers run in (f32, bf16)
     calibration: str | None = None
     convert_s: float | None = None
     artifact_bytes: int | None = None

@@ -62,6 +62,7 @@ from bench.contracts import (
 from bench.system import fingerprint
 
 PRECISIONS = ("fp32", "bf16", "int8")
+PRUNE_AWARE = "detector-prune"   # the pruning-aware detector --detector auto adds beside `detector`
 OV_INT8_FLOATS = ("f32", "bf16")
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,8 +107,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", default="all", help="torch | openvino | tflite | inductor | all (torch, openvino, tflite), or a "
                                                   "comma-separated list")
-    p.add_argument("--precision", default="fp32,int8",
-                   help="comma-separated: fp32, bf16 (OpenVINO on CPUs with bf16), int8 (default: fp32,int8)")
+    p.add_argument("--precision", default="fp32,int8,bf16",
+                   help="comma-separated: fp32, int8, bf16 (default all three: bf16 runs on CPUs with bf16 units, "
+                        "AVX512-BF16 or AMX-BF16; elsewhere its cells are recorded unavailable, saying why)")
     p.add_argument("--keep", default="1.0,0.5,0.25", help="keep ratios of patch tokens, each in (0, 1]")
     p.add_argument("--reducer", default="bavit",
                    help="token reducers, comma-separated, each with its options after a colon: "
@@ -145,15 +147,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run the detector (and BAViT, on every target) at N x N, or HxW (e.g. 512x864, "
                         "YOLOS-S's shape); images are letterboxed into it. Default: the detector config's "
                         "shape. Position embeddings are interpolated as YOLOS does at other sizes")
-    p.add_argument("--detector", default="detector",
-                   help="detector folder inside --weights, e.g. detector-sparse-keep0.5 (default detector)")
+    p.add_argument("--detector", default="auto",
+                   help="detector folders inside --weights, comma-separated, e.g. detector,detector-sparse-keep0.5. "
+                        f"The first is the reference: every row's mAP drop and speed-up are against its dense fp32 "
+                        f"cell, the model a user starts from. Default auto: detector, and {PRUNE_AWARE} (the "
+                        "pruning-aware detector, trained with BAViT in the loop) where --weights holds one")
     p.add_argument("--images", type=int, default=500, help="images in the accuracy pass (0: speed only)")
     p.add_argument("--labels", choices=["masks", "boxes"], default=None,
                    help="token labels for token accuracy (default: masks when the data set has them)")
     p.add_argument("--calib-images", type=int, default=128, help="calibration images for int8 (default 128)")
-    p.add_argument("--ov-int8-float", choices=OV_INT8_FLOATS, default="f32",
-                   help="precision of the layers OpenVINO int8 cells leave in float (default f32: the int8 cell "
-                        "differs from fp32 by quantization alone; bf16 is OpenVINO's own default on bf16 CPUs)")
+    p.add_argument("--ov-int8-float", choices=("auto", *OV_INT8_FLOATS), default="auto",
+                   help="precision of the layers OpenVINO int8 cells leave in float. Default auto: bf16 on CPUs "
+                        "with bf16 units (OpenVINO's own default there, and faster), else f32")
     p.add_argument("--max-map-drop", type=float, default=1.0,
                    help="the decision: fastest cell whose mAP drop stays within this many points (default 1)")
     p.add_argument("--max-latency-ms", type=float, default=None, help="the decision: latency bound")
@@ -196,6 +201,17 @@ def check(args: argparse.Namespace) -> dict:
     scenarios = _names("--scenario", args.scenario, SCENARIOS)
     keeps = _floats("--keep", args.keep)
     batches = _ints("--batch", args.batch)
+    detectors = args.detector if isinstance(args.detector, list) else list(
+        dict.fromkeys(d.strip() for d in args.detector.split(",") if d.strip()))
+    auto = detectors == ["auto"]   # which of these exist is known once --weights is resolved (run)
+    if auto:
+        detectors = ["detector", PRUNE_AWARE]
+    if not detectors or any("/" in d or d.startswith(".") for d in detectors):
+        raise UsageError(f"--detector: expected folder names inside --weights, comma-separated, got '{args.detector}'")
+    args.detector = detectors
+    if args.ov_int8_float == "auto":
+        from bench.system import bf16_units
+        args.ov_int8_float = "bf16" if bf16_units() else "f32"
     if args.image_size is not None and not isinstance(args.image_size, tuple):
         args.image_size = _image_size(args.image_size)
     if args.threads < 1:
@@ -236,7 +252,7 @@ def check(args: argparse.Namespace) -> dict:
         raise UsageError(f"--out {out}: holds results.jsonl of an earlier run; pass --resume to finish it, "
                          "--force to start over, or choose another --out")
     return {"targets": targets, "precisions": precisions, "keeps": keeps, "batches": batches,
-            "scenarios": scenarios, "reducers": reducers, "out": out}
+            "scenarios": scenarios, "reducers": reducers, "detectors": detectors, "detector_auto": auto, "out": out}
 
 
 # -- subprocesses ---------------------------------------------------------------------------------
@@ -534,7 +550,7 @@ def _terminate(signum, frame):
 
 
 def settings_of(args, label: str) -> RunSettings:
-    return RunSettings(model=label, detector=args.detector, image_size=args.image_size, threads=args.threads,
+    return RunSettings(model=label, detectors=tuple(args.detector), image_size=args.image_size, threads=args.threads,
                        data=args.data,
                        split=args.split, labels=args.labels, images=args.images, calib_images=args.calib_images,
                        rounds=args.rounds, round_seconds=args.round_seconds, warmup=args.warmup,
@@ -556,7 +572,7 @@ def _check_resumable(out: Path, settings: RunSettings) -> None:
 
 def _start_over(out: Path) -> None:
     for name in ("results.jsonl", "run.json", "report.csv", "report.html", "decision.csv", "reducers.csv",
-                 "comparison.csv"):
+                 "detectors.csv", "comparison.csv"):
         (out / name).unlink(missing_ok=True)
     for name in ("work", "logs", "detections"):
         shutil.rmtree(out / name, ignore_errors=True)
@@ -571,7 +587,15 @@ def run(argv: list[str] | None = None) -> int:
         plan = check(args)
         from bavit.pipeline import resolve_weights
         from bavit.reducers import reducer_class
-        label, det_dir = resolve_weights(args.weights, args.detector)
+        label, det_dir = resolve_weights(args.weights, plan["detectors"][0])
+        if plan["detector_auto"] and (det_dir is None or not (Path(label) / PRUNE_AWARE / "config.json").is_file()):
+            plan["detectors"] = args.detector = plan["detectors"][:1]   # no pruning-aware detector there
+        # the others from the folder the first was found in (the demo weights are looked up)
+        resolved = [(label, det_dir)] + [resolve_weights(label if det_dir else args.weights, d)
+                                         for d in plan["detectors"][1:]]
+        if det_dir is None and len(resolved) > 1:
+            raise UsageError(f"--weights {label}: an untrained model has one detector; --detector names "
+                             f"{len(resolved)}")
         for spec in plan["reducers"] if det_dir is not None else ():
             for keep in plan["keeps"]:
                 why = reducer_class(spec.name).missing_weights(Path(label), keep, spec.typed_options())
@@ -581,6 +605,12 @@ def run(argv: list[str] | None = None) -> int:
         if args.resume and not args.force:
             _check_resumable(plan["out"], settings)
         model_info = _model_info(label, det_dir, args.image_size)
+        for d, (_, other) in zip(plan["detectors"][1:], resolved[1:]):
+            differs = [f"{k} {v!r} vs {model_info[k]!r}" for k, v in _model_info(label, other, args.image_size).items()
+                       if v != model_info[k]]
+            if differs:   # one data set, one input: the detectors of a run must agree on both
+                raise UsageError(f"--detector {d}: its config differs from {plan['detectors'][0]}'s "
+                                 f"({'; '.join(differs)})")
         size = model_info["size"]
     except UsageError as err:
         print(f"bench.run: error: {err}", file=sys.stderr)
@@ -610,10 +640,11 @@ def run(argv: list[str] | None = None) -> int:
     accuracy_note = None
     if cat_ids is None:
         accuracy_note = (f"model has {model_info['num_labels']} classes, data set {len(dataset.categories)}, "
-                         "and its class names do not cover the data set's: mAP not measured")
+                         "and its class names do not cover the data set's: mAP not measured (token figures are: "
+                         "foreground vs background needs no classes)")
     calib = _calibration(args, len(dataset))
     cells = enumerate_cells(plan["targets"], plan["precisions"], [r.label for r in plan["reducers"]], plan["keeps"],
-                            plan["batches"], plan["scenarios"])
+                            plan["batches"], plan["scenarios"], plan["detectors"])
     done = finished_cells(out) if args.resume and not args.force else set()
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     (out / "run.json").write_text(json.dumps({"argv": sys.argv if argv is None else argv, "model": label,
@@ -655,7 +686,8 @@ class Job:
         a = self.args
         row = Row(cell_id=cell.cell_id, model_id=m.model_id, target=m.target, precision=m.precision,
                   reducer=m.reducer, keep=m.keep, batch=m.batch, scenario=cell.scenario, status=status,
-                  settings_key=self.settings.key, run_id=self.run_id, model=self.label, detector=a.detector,
+                  settings_key=self.settings.key, run_id=self.run_id, model=self.label, detector=m.detector,
+                  reference_detector=self.settings.detectors[0],
                   data=f"{a.data}:{a.split}", data_classes=self.classes, box_frame=self.box_frame, threads=a.threads,
                   reducer_options=json.dumps(self.reducers[m.reducer].as_dict(), sort_keys=True),
                   image_size=f"{self.size[0]}x{self.size[1]}", started_at=datetime.now(timezone.utc).isoformat(),
@@ -777,7 +809,7 @@ class Job:
     def _artifact_of(spec: BuildSpec) -> tuple:
         from targets import get_target
         batch = None if get_target(spec.target).batch_at_load else spec.batch
-        return (spec.target, spec.precision, spec.reduction, batch)
+        return (spec.target, spec.precision, spec.detector, spec.reduction, batch)
 
     @staticmethod
     def _build_group(spec: BuildSpec) -> tuple:
@@ -786,7 +818,7 @@ class Job:
         from targets import get_target
         target = get_target(spec.target)
         together = target.batch_at_load or target.needs_calibration(spec.precision)
-        return (spec.target, spec.precision, spec.reduction, None if together else spec.batch)
+        return (spec.target, spec.precision, spec.detector, spec.reduction, None if together else spec.batch)
 
     def _calibration_data(self, specs: list[BuildSpec]) -> None:
         """The synthetic calibration split is generated on first use: here, once, rather than
@@ -799,7 +831,7 @@ class Job:
             load_dataset("synthetic", self.calib["split"], size=self.size, n_images=max(512, self.args.calib_images))
     def _build_spec(self, m: Model) -> BuildSpec:
         a = self.args
-        return BuildSpec(m.model_id, m.target, m.precision, m.batch, self.label, a.detector, a.image_size,
+        return BuildSpec(m.model_id, m.target, m.precision, m.batch, self.label, m.detector, a.image_size,
                          ReductionSpec(self.reducers[m.reducer].text, m.keep), a.data, self.calib["split"],
                          self.calib["skip"], a.calib_images, str(self.cache), a.profile)
 
@@ -811,7 +843,7 @@ class Job:
         batch). The largest batch (fastest to score) scores for all."""
         groups: dict[tuple, list[Model]] = {}
         for m in models_of(cells):
-            groups.setdefault((m.target, m.precision, m.reducer, m.keep), []).append(m)
+            groups.setdefault((m.target, m.precision, m.detector, m.reducer, m.keep), []).append(m)
         return {m.model_id: max(ms, key=lambda x: x.batch).model_id for ms in groups.values() for m in ms}
 
     def _cold_phase(self, cells: list[Cell], built: dict[str, Built], scorers: dict[str, str]) -> dict[str, ColdResult]:
@@ -828,7 +860,10 @@ class Job:
             for c in bar:
                 b = built[c.model.model_id]
                 acc = None
-                if a.images > 0 and not self.accuracy_note and scoring.get(c.model.model_id) == c.cell_id:
+                # a model whose classes are not the data set's still has BAViT's token figures
+                # (foreground vs background): scored without mAP
+                wanted = self.cat_ids is not None or b.scores_tokens
+                if a.images > 0 and wanted and scoring.get(c.model.model_id) == c.cell_id:
                     acc = AccuracySpec(a.data, a.split, a.images, a.labels, self.cat_ids, b.patch, b.scores_tokens,
                                        self.box_frame, str(self.out / "detections" / f"{c.model.slug}.json"),
                                        self._accuracy_cache(c, b))
@@ -862,6 +897,8 @@ class Job:
         needs = get_target(cell.model.target).needs_calibration(cell.model.precision)
         return dict(recipe=art.recipe, recipe_settings=json.dumps(art.recipe_settings, sort_keys=True),
                     fp32_kept=art.fp32_kept, calibration=self.calib["note"] if needs else None,
+                    ov_int8_float=self.args.ov_int8_float if (cell.model.target, cell.model.precision) == (
+                        "openvino", "int8") else None,
                     convert_s=art.convert_s, artifact_bytes=art.size_bytes, artifact_cached=b.cached,
                     artifact=b.artifact, tokens_kept=b.tokens_kept, tokens_total=b.tokens_total,
                     reducer_mapping=b.mapping, ideal_speedup=b.ideal_speedup)
@@ -903,11 +940,13 @@ class Job:
         return out
 
     def _accuracy_fields(self, cell: Cell, colds: dict[str, ColdResult], scorers: dict[str, str]) -> dict:
-        if self.args.images == 0 or self.accuracy_note:
+        if self.args.images == 0:
             return {}
         scorer = scorers[cell.model.model_id]
         result = next((r for cid, r in colds.items() if cid.startswith(scorer + "/") and
                        (r.accuracy is not None or r.accuracy_note)), None)
+        if result is None and self.accuracy_note:
+            return {}   # no mAP, and no token figures to score: the row's note says why
         if result is None:
             return {"accuracy_note": f"not scored: the cell scoring {scorer} did not run"}
         if result.accuracy is None:

@@ -14,6 +14,7 @@ import psutil
 
 from targets.base import package_version
 
+BF16_UNITS = ("avx512_bf16", "amx_bf16")   # CPU flags of native bf16 arithmetic (else oneDNN emulates it)
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "avx_vnni")
 PACKAGES = ("torch", "transformers", "torchao", "openvino", "nncf", "litert-torch", "ai-edge-litert",
             "tflite-runtime", "numpy", "faster-coco-eval")
@@ -32,6 +33,12 @@ def _cpuinfo() -> tuple[str, set[str]]:
     except OSError:
         pass
     return model, flags
+
+
+def bf16_units() -> list[str]:
+    """The CPU's native bf16 units (flags), empty where bf16 would be emulated."""
+    _, flags = _cpuinfo()
+    return [f for f in BF16_UNITS if f in flags]
 
 
 def versions() -> dict[str, str]:

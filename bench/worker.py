@@ -180,12 +180,12 @@ def accuracy(runner, spec: AccuracySpec, size: tuple[int, int], batch: int) -> A
     dataset = load_dataset(spec.data, spec.split, size=size)
     indices = list(range(min(spec.images, len(dataset))))
     acc = score(runner, dataset, size, spec.patch, indices, batch=batch, label_mode=spec.labels,
-                cat_ids=spec.cat_ids, box_frame=spec.box_frame)
+                with_map=spec.cat_ids is not None, cat_ids=spec.cat_ids, box_frame=spec.box_frame)
     detections = acc.pop("detections")
     det_path.write_text(json.dumps(detections))
     # token figures exist only where a foreground classifier ran (BAViT below keep 1.0)
     token = {k: acc[k] if spec.scores_tokens else None for k in ("token_acc", "fg_recall", "fg_precision")}
-    result = Accuracy(map=acc["map"], ap50=acc["ap50"], ap75=acc["ap75"], images=acc["images"],
+    result = Accuracy(map=acc.get("map"), ap50=acc.get("ap50"), ap75=acc.get("ap75"), images=acc["images"],
                       token_images=acc["token_images"] if spec.scores_tokens else 0, **token)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)

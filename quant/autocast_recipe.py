@@ -10,16 +10,14 @@ from typing import Any
 NAME = "autocast-bf16"
 SETTINGS = {"autocast": "cpu bfloat16", "outputs": "float32"}
 FP32_KEPT = "what CPU autocast keeps in float32: norms, softmax, reductions, the selector's sort and top-k"
-BF16_UNITS = ("avx512_bf16", "amx_bf16")
 ARTIFACT_FIELDS = {"recipe": NAME, "recipe_settings": SETTINGS, "fp32_kept": FP32_KEPT}   # what a bf16 build records
 
 
 def unavailable() -> str | None:
     """None where this CPU has bf16 units, else why a bf16 cell would not measure bf16."""
-    from bench.system import _cpuinfo
+    from bench.system import bf16_units
 
-    _, flags = _cpuinfo()
-    if any(f in flags for f in BF16_UNITS):
+    if bf16_units():
         return None
     return "no bf16 units on this CPU (AVX512-BF16 / AMX-BF16): oneDNN would emulate bf16"
 

@@ -7,8 +7,10 @@ Usage::
 
 Writes ``RUN_DIR/report.csv`` (every cell, original columns plus derived
 ones), ``RUN_DIR/decision.csv`` (the pick per scenario and target under the limits),
-``RUN_DIR/report.html`` (self-contained) and, with ``--baseline``,
-``RUN_DIR/comparison.csv``; prints the decision, then the markdown summary, to stdout.
+``RUN_DIR/reducers.csv`` (the best reducer per keep ratio), ``RUN_DIR/detectors.csv`` (detector
+× keep, only when the run swept several detectors), ``RUN_DIR/report.html`` (self-contained)
+and, with ``--baseline``, ``RUN_DIR/comparison.csv``; prints the decision, then the markdown
+summary, to stdout.
 The limits only change the decision, which is recomputed from results.jsonl, so other
 limits never need a new benchmark run. Bad input (missing directory/results file,
 malformed rows, a negative limit) is reported as one line on stderr with exit code 2,
@@ -33,14 +35,20 @@ from reports.table import (
     add_derived,
     best_reducers,
     column,
+    detector_keeps,
     load_profiles,
     load_results,
     ok_mask,
+    reference_rows,
+    several_detectors,
     sort_cells,
     summary_markdown,
+    text_column,
 )
 
-JOIN_KEYS: list[str] = ["target", "precision", "reducer", "keep", "batch", "scenario"]
+#: ``detector`` joins by role: blank for each run's reference detector (a one-detector run's only
+#: one), the detector's name for the others; see :func:`_comparable`.
+JOIN_KEYS: list[str] = ["target", "precision", "detector", "reducer", "keep", "batch", "scenario"]
 
 #: comparison column stem -> source column in results.jsonl
 _COMPARED: dict[str, str] = {
@@ -67,9 +75,15 @@ def _comparable(df: pd.DataFrame, suffix: str) -> pd.DataFrame:
     contributes a ratio. If a run holds several cells with the same key (e.g.
     different thread counts) the last one is used, matching ``load_results``.
     A run written before scenarios existed has no scenario column: its key is "".
+
+    The detector key is blank for the reference detector's rows and the detector's name for
+    the others: a run of several detectors then keeps them apart (one key per cell, none
+    dropped as a duplicate), while the reference cells of any two runs still meet, whatever
+    their detector folders are called, as they did before detectors were swept.
     """
     ok = ok_mask(df)
     out = pd.DataFrame({k: column(df, k) for k in JOIN_KEYS})
+    out["detector"] = text_column(df, "detector").where(~reference_rows(df), "")
     out["keep"] = pd.to_numeric(out["keep"], errors="coerce").round(6)  # float keys must match exactly
     out["batch"] = pd.to_numeric(out["batch"], errors="coerce")
     out["scenario"] = out["scenario"].map(lambda v: v if isinstance(v, str) else "")
@@ -81,7 +95,8 @@ def _comparable(df: pd.DataFrame, suffix: str) -> pd.DataFrame:
 
 
 def compare(df: pd.DataFrame, base_df: pd.DataFrame) -> pd.DataFrame:
-    """Outer-join this run with a baseline run on (target, precision, reducer, keep, batch, scenario).
+    """Outer-join this run with a baseline run on (target, precision, detector, reducer, keep, batch,
+    scenario), the detector by role (blank = each run's reference detector, see :func:`_comparable`).
 
     ``throughput_ratio`` = this / baseline (> 1 means faster now);
     ``map_diff_pts`` = (this − baseline) × 100 (> 0 means more accurate now).
@@ -113,6 +128,9 @@ def summary_text(run_dir: str | Path, max_map_drop: float = 1.0, max_latency_ms:
     return markdown_report(load_results(run_dir), max_map_drop, max_latency_ms, max_rss_mb)
 
 
+DETECTORS_FILE = "detectors.csv"
+
+
 def _build(run_dir: Path, baseline: Path | None, max_map_drop: float, max_latency_ms: float | None,
            max_rss_mb: float | None) -> tuple[dict[str, Path], pd.DataFrame, pd.DataFrame]:
     """Do the work of :func:`build`, also returning the derived and decision frames for the CLI."""
@@ -135,6 +153,11 @@ def _build(run_dir: Path, baseline: Path | None, max_map_drop: float, max_latenc
     df.to_csv(paths["csv"], index=False)
     decisions.to_csv(paths["decision_csv"], index=False)
     best_reducers(df).to_csv(paths["reducers_csv"], index=False)
+    if several_detectors(df):
+        paths["detectors_csv"] = run_dir / DETECTORS_FILE
+        detector_keeps(df).to_csv(paths["detectors_csv"], index=False)
+    else:  # a table left from another build of this folder would describe cells no longer here
+        (run_dir / DETECTORS_FILE).unlink(missing_ok=True)
     if comparison is not None:
         paths["comparison_csv"] = run_dir / "comparison.csv"
         comparison.to_csv(paths["comparison_csv"], index=False)
@@ -147,9 +170,10 @@ def build(run_dir: str | Path, baseline: str | Path | None = None, max_map_drop:
     """Write the report files for ``run_dir`` and return their paths.
 
     Keys: ``"csv"``, ``"decision_csv"``, ``"reducers_csv"`` (the best reducer per keep ratio),
-    ``"html"``, plus ``"comparison_csv"`` when
-    ``baseline`` is given. ``max_map_drop`` is in mAP points, ``max_latency_ms`` bounds the
-    tail latency (p99, else p90, else p50), ``max_rss_mb`` the peak RSS in MiB.
+    ``"html"``, plus ``"detectors_csv"`` (detector × keep) when the run swept more than one
+    detector and ``"comparison_csv"`` when ``baseline`` is given. ``max_map_drop`` is in mAP
+    points, ``max_latency_ms`` bounds the tail latency (p99, else p90, else p50), ``max_rss_mb``
+    the peak RSS in MiB.
     Raises ``FileNotFoundError``/``ValueError`` (one-line messages) on bad input
     before anything is written, so a half-built report never replaces a good one.
     """

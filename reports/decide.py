@@ -11,6 +11,11 @@ single-stream: lowest median p50 latency) that
   enough samples for it, else p90, else p50; the row says which one was checked),
 * and its peak resident memory within ``max_rss_mb`` MiB when given.
 
+When a run sweeps several detectors, "its own target's dense fp32 model" is the *reference
+detector's* (the first ``--detector``, the plain model the user starts from), so the cells of
+every detector compete on the same footing, a pruning-aware detector's dense cost included,
+and what a decision names says which detector to deploy.
+
 Decisions are recomputed from ``results.jsonl`` on every report build, so other limits
 need no new benchmark run: ``python -m reports.build RUN --max-map-drop 2``.
 """
@@ -33,6 +38,8 @@ from reports.table import (
     format_keep,
     is_single_stream,
     ok_mask,
+    reference_name,
+    several_detectors,
     sort_cells,
     text_column,
     truthy,
@@ -42,8 +49,12 @@ ANY_TARGET = "any"
 #: mAP drops are differences of floats scaled by 100; a cell exactly at the limit must pass.
 _EPS = 1e-9
 
+#: ``detector`` is the picked cell's detector; ``reference_detector`` the detector whose dense fp32
+#: cells its drop and speed-up are against, set only when the run swept several detectors (then
+#: every sentence names the detector; a one-detector run reads as before).
 DECISION_COLUMNS: tuple[str, ...] = (
-    "scenario", "target", "cell_id", "precision", "reducer", "keep", "batch",
+    "scenario", "target", "cell_id", "precision", "detector", "reducer", "keep", "batch",
+    "reference_detector",
     "figure", "figure_lo", "figure_hi", "figure_unit",
     "speedup", "speedup_lo", "speedup_hi",
     "map", "map_drop_pts", "latency_ms", "latency_pct", "peak_rss_mib",
@@ -96,28 +107,31 @@ def _constraint_words(max_map_drop: float, max_latency_ms: float | None, max_rss
 
 
 def constraints_text(max_map_drop: float = 1.0, max_latency_ms: float | None = None,
-                     max_rss_mb: float | None = None) -> str:
-    """The limits a decision was made under, in words, for the top of every output."""
-    parts = [f"mAP drop ≤ {max_map_drop:g} pts vs the target's dense fp32"]
+                     max_rss_mb: float | None = None, reference_detector: str | None = None) -> str:
+    """The limits a decision was made under, in words, for the top of every output; with
+    ``reference_detector`` (a run of several detectors) it says whose dense fp32 drops are against."""
+    whose = f" (reference detector: {reference_detector})" if reference_detector else ""
+    parts = [f"mAP drop ≤ {max_map_drop:g} pts vs the target's dense fp32{whose}"]
     parts.append(f"tail latency (p99, else p90, else p50) ≤ {max_latency_ms:g} ms" if max_latency_ms is not None
                  else "no latency limit")
     parts.append(f"peak RSS ≤ {max_rss_mb:g} MiB" if max_rss_mb is not None else "no memory limit")
     return "; ".join(parts)
 
 
-def _empty_decision(scenario: str, target: str, note: str) -> dict:
+def _empty_decision(scenario: str, target: str, note: str, reference: str | None = None) -> dict:
     row: dict = {c: np.nan for c in DECISION_COLUMNS}
-    row.update(scenario=scenario, target=target, cell_id=None, precision=None, figure_unit=None,
-               latency_pct=None, noisy=None, noisy_reason=None, note=note)
+    row.update(scenario=scenario, target=target, cell_id=None, precision=None, detector=None, figure_unit=None,
+               reference_detector=reference, latency_pct=None, noisy=None, noisy_reason=None, note=note)
     return row
 
 
 def _pick(cells: pd.DataFrame, scenario: str, target: str, eligible: pd.Series, note_ok: str,
-          note_none: str) -> dict:
-    """The fastest eligible row of ``cells`` as a decision row, or an empty one saying why."""
+          note_none: str, reference: str | None = None) -> dict:
+    """The fastest eligible row of ``cells`` as a decision row, or an empty one saying why.
+    ``reference`` is the reference detector's name when the run swept several (else None)."""
     chosen = cells[eligible.loc[cells.index]]
     if chosen.empty:
-        return _empty_decision(scenario, target, note_none)
+        return _empty_decision(scenario, target, note_none, reference)
     single = is_single_stream(scenario)
     speed = chosen["latency_p50_ms"] if single else chosen["throughput_ips"]
     # fastest first; ties go to the more accurate cell, then to reading order (stable)
@@ -128,7 +142,8 @@ def _pick(cells: pd.DataFrame, scenario: str, target: str, eligible: pd.Series, 
     latency, pct = tail_latency(best)
     return {
         "scenario": scenario, "target": target, "cell_id": best["cell_id"], "precision": best["precision"],
-        "reducer": best.get("reducer"), "keep": best["keep"], "batch": best["batch"],
+        "detector": best.get("detector"), "reducer": best.get("reducer"), "keep": best["keep"],
+        "batch": best["batch"], "reference_detector": reference,
         "figure": best["latency_p50_ms"] if single else best["throughput_ips"],
         "figure_lo": lo, "figure_hi": hi, "figure_unit": "ms p50" if single else "img/s",
         "speedup": best["speedup_vs_target_dense_fp32"], "speedup_lo": best["speedup_lo"],
@@ -149,6 +164,9 @@ def _unmeasured(cells: pd.DataFrame, ok: pd.Series) -> str:
 def decide(df: pd.DataFrame, max_map_drop: float = 1.0, max_latency_ms: float | None = None,
            max_rss_mb: float | None = None) -> pd.DataFrame:
     """One decision per (scenario, target), preceded by an "any target" one per scenario.
+
+    Cells of every detector compete: their drops and speed-ups are all against the reference
+    detector's dense fp32 (see ``reports.table.add_derived``).
 
     Columns are :data:`DECISION_COLUMNS`: the picked cell, its headline ``figure``
     (offline: throughput img/s; single-stream: p50 ms) with its min–max over rounds,
@@ -180,6 +198,7 @@ def decide(df: pd.DataFrame, max_map_drop: float = 1.0, max_latency_ms: float | 
         peak = column(data, "peak_rss_mib")
         fits &= peak.notna() & (peak <= max_rss_mb + _EPS)
 
+    reference = reference_name(data) if several_detectors(data) else None
     limits = _constraint_words(max_map_drop, max_latency_ms, max_rss_mb, with_map=run_has_map)
     note_ok = "" if run_has_map else "no mAP in this run: picked on speed alone"
     none_within = f"no cell {limits}" if limits else "no cell qualifies"
@@ -190,18 +209,19 @@ def decide(df: pd.DataFrame, max_map_drop: float = 1.0, max_latency_ms: float | 
     for scenario in scenarios:
         in_scenario = data[data["scenario"] == scenario]
         if not measured.loc[in_scenario.index].any():
-            rows.append(_empty_decision(scenario, ANY_TARGET, _unmeasured(in_scenario, ok)))
+            rows.append(_empty_decision(scenario, ANY_TARGET, _unmeasured(in_scenario, ok), reference))
         else:
-            rows.append(_pick(in_scenario, scenario, ANY_TARGET, fits, note_ok, none_within))
+            rows.append(_pick(in_scenario, scenario, ANY_TARGET, fits, note_ok, none_within, reference))
         for target in sorted(in_scenario["target"].astype(str).unique()):
             cells = in_scenario[in_scenario["target"].astype(str) == target]
             if not measured.loc[cells.index].any():
                 note = _unmeasured(cells, ok)
             elif run_has_map and not column(cells, "map_drop_pts").where(measured).notna().any():
-                note = "no cell with a mAP drop (no ok dense fp32 reference with a mAP)"
+                whose = f" of {reference}" if reference else ""
+                note = f"no cell with a mAP drop (no ok dense fp32 reference{whose} with a mAP)"
             else:
                 note = none_within
-            rows.append(_pick(cells, scenario, target, fits, note_ok, note))
+            rows.append(_pick(cells, scenario, target, fits, note_ok, note, reference))
     return pd.DataFrame(rows, columns=list(DECISION_COLUMNS))
 
 
@@ -231,12 +251,31 @@ def figure_text(row: Mapping) -> str:
     return f"p50 {number} ms{bracket}" if single else f"{number} img/s{bracket}"
 
 
-def _reduction(row) -> str:
-    """'dense', or the reducer and its keep: what a user would deploy."""
+def _names_detector(row: Mapping) -> bool:
+    """Whether a decision row comes from a run of several detectors (``reference_detector`` set)."""
+    reference = row.get("reference_detector")
+    return isinstance(reference, str) and bool(reference)
+
+
+def _reduction(row: Mapping) -> str:
+    """'dense', or the reducer and its keep: what a user would deploy; in a run of several
+    detectors prefixed by the detector ("detector-prune, bavit keep 0.5"), which is half of it."""
     reducer = row.get("reducer")
     if not isinstance(reducer, str) or not reducer:
-        return f"keep {format_keep(row.get('keep'))}"
-    return "dense" if reducer == "none" else f"{reducer} keep {format_keep(row.get('keep'))}"
+        text = f"keep {format_keep(row.get('keep'))}"
+    else:
+        text = "dense" if reducer == "none" else f"{reducer} keep {format_keep(row.get('keep'))}"
+    detector = row.get("detector")
+    if _names_detector(row) and isinstance(detector, str) and detector:
+        return f"{detector}, {text}"
+    return text
+
+
+def _reference_words(row: Mapping) -> str:
+    """What a speed-up is over: "openvino dense fp32", naming the reference detector when the run
+    had several ("openvino detector dense fp32")."""
+    reference = f" {row['reference_detector']}" if _names_detector(row) else ""
+    return f"{_target_of(row)}{reference} dense fp32"
 
 
 def decision_line(row: Mapping, show_latency: bool = False) -> str:
@@ -252,7 +291,7 @@ def decision_line(row: Mapping, show_latency: bool = False) -> str:
             f"b{fmt(row.get('batch'), '.0f')} — {figure_text(row)}")
     speedup = format_interval(row.get("speedup"), row.get("speedup_lo"), row.get("speedup_hi"), ".2f", "×")
     if speedup != "–":
-        text += f", {speedup} over {_target_of(row)} dense fp32"
+        text += f", {speedup} over {_reference_words(row)}"
     mean_ap = fmt(row.get("map"), ".3f")
     text += f", mAP {mean_ap}{_pts_change(row.get('map_drop_pts'))}" if mean_ap != "–" else ", no mAP"
     if show_latency and isinstance(row.get("latency_pct"), str):
@@ -276,8 +315,10 @@ def _target_of(row: Mapping) -> str:
 def decision_markdown(decisions: pd.DataFrame, max_map_drop: float = 1.0, max_latency_ms: float | None = None,
                       max_rss_mb: float | None = None) -> str:
     """The block a terminal user reads first: the limits, one line per scenario for the overall
-    pick, then the per-target picks as a markdown table."""
-    lines = [f"## Decision ({constraints_text(max_map_drop, max_latency_ms, max_rss_mb)})", ""]
+    pick, then the per-target picks as a markdown table (whose picks name the detector when the
+    run swept several)."""
+    limits = constraints_text(max_map_drop, max_latency_ms, max_rss_mb, decision_reference(decisions))
+    lines = [f"## Decision ({limits})", ""]
     if decisions.empty:
         return "\n".join(lines + ["(no cells)"]) + "\n"
     records = decisions.to_dict("records")
@@ -298,3 +339,9 @@ def decision_markdown(decisions: pd.DataFrame, max_map_drop: float = 1.0, max_la
         ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def decision_reference(decisions: pd.DataFrame) -> str | None:
+    """The reference detector a decision frame was made against, None for a one-detector run."""
+    named = [v for v in column(decisions, "reference_detector") if isinstance(v, str) and v]
+    return ", ".join(dict.fromkeys(named)) or None

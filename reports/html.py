@@ -18,13 +18,15 @@ from collections.abc import Callable, Mapping
 import pandas as pd
 
 from reports import plots
-from reports.decide import ANY_TARGET, constraints_text, decide, decision_line, figure_text
+from reports.decide import ANY_TARGET, constraints_text, decide, decision_line, decision_reference, figure_text
 from reports.table import (
     PERCENTILE_FLOOR,
     column,
     ensure_derived,
     format_interval,
     format_keep,
+    reference_name,
+    several_detectors,
     short_reason,
     sort_cells,
     truthy,
@@ -171,6 +173,7 @@ COMPARISON_COLUMNS: dict[str, RowFormatter] = {
     "scenario": _col("scenario", _text),
     "target": _col("target", _text),
     "precision": _col("precision", _text),
+    "detector": _col("detector", lambda v: _text(v) if _text(v) not in ("–", "") else "reference"),
     "reducer": _col("reducer", _text),
     "keep": _col("keep", format_keep),
     "batch": _col("batch", _num(".0f")),
@@ -211,6 +214,20 @@ DECISION_COLUMNS: dict[str, RowFormatter] = {
     "noisy": lambda r: ("!", _text(r.get("noisy_reason"))) if truthy(r.get("noisy")) else "",
     "note": _col("note", lambda v: "" if _text(v) == "–" else _text(v)),
 }
+
+
+def with_detector(spec: dict[str, RowFormatter], named: bool) -> dict[str, RowFormatter]:
+    """``spec`` with a "detector" column after "precision" when ``named`` (a run of several
+    detectors, whose rows would otherwise read as duplicates); unchanged otherwise, so a
+    one-detector report looks as it always did."""
+    if not named:
+        return spec
+    out: dict[str, RowFormatter] = {}
+    for header, render in spec.items():
+        out[header] = render
+        if header == "precision":
+            out["detector"] = _col("detector", _text)
+    return out
 
 
 def format_table(df: pd.DataFrame, spec: dict[str, RowFormatter], css_class: str) -> str:
@@ -268,9 +285,13 @@ def fingerprint_rows(df: pd.DataFrame) -> list[tuple[str, str]]:
     for name in sorted(versions):
         rows.append((f"version: {name}", " | ".join(versions[name])))
 
+    reference = reference_name(df) if several_detectors(df) else ""
     for col, label in (("model", "model"), ("detector", "detector"), ("data", "data"), ("threads", "threads"),
                        ("run_id", "run id")):
         values = _distinct(column(df, col))
+        if col == "detector" and reference:  # drops and speed-ups are against this one: say which
+            label = "detectors"
+            values = [f"{v} (reference)" if v == reference else v for v in values]
         if values:
             rows.append((label, ", ".join(values)))
     keys = _distinct(column(df, "settings_key"))
@@ -344,9 +365,9 @@ def _noisy_html(df: pd.DataFrame) -> str:
 def _decision_html(decisions: pd.DataFrame, max_map_drop: float, max_latency_ms: float | None,
                    max_rss_mb: float | None) -> str:
     """The answer first: the limits used, the overall pick per scenario, then per target."""
-    limits = constraints_text(max_map_drop, max_latency_ms, max_rss_mb)
-    parts = [f'<p class="note">Limits: {html.escape(limits)}. Re-decide without re-running: '
-             "<code>python -m reports.build RUN --max-map-drop N [--max-latency-ms MS] [--max-rss-mb MIB]</code>.</p>"]
+    limits = constraints_text(max_map_drop, max_latency_ms, max_rss_mb, decision_reference(decisions))
+    parts = [(f'<p class="note">Limits: {html.escape(limits)}. Re-decide without re-running: <code>python -m '
+              "reports.build RUN --max-map-drop N [--max-latency-ms MS] [--max-rss-mb MIB]</code>.</p>")]
     if decisions.empty:
         return parts[0] + "<p>no cells</p>"
     overall = decisions[decisions["target"] == ANY_TARGET]
@@ -363,19 +384,23 @@ def _method_html(df: pd.DataFrame) -> str:
     """How each figure is computed, so an interval is read as what it is."""
     rounds = sorted({int(r) for r in column(df, "rounds").dropna()})
     n = ", ".join(str(r) for r in rounds) if rounds else "N"
+    # with several detectors every reference is a cell of the reference detector: say which
+    of_reference = f" of the reference detector {html.escape(reference_name(df))}" if several_detectors(df) else ""
     return (
         '<p class="note">How the figures are computed. img/s and p50 are medians over '
         f"{html.escape(n)} interleaved rounds (every cell measured once per round, in the same round order); "
         "img/s [min–max] is the slowest and fastest round. A speed-up compares a cell with its reference "
-        "(same target, or torch; fp32, keep 1.0, same batch, scenario and settings) round by round: the "
-        "figure is the median of the paired per-round ratios and the interval their min–max. Offline ratios "
-        "are of throughput (cell / reference), single-stream ratios of p50 latency (reference / cell), so "
-        "&gt; 1 is faster either way. When the two cells' round lists differ, the ratio of the medians is "
-        "shown and its interval combines the min/max pessimistically and optimistically. p50/p90/p99 are "
+        f"(same target, or torch; fp32, keep 1.0, same batch, scenario and settings{of_reference}) round by "
+        "round: the figure is the median of the paired per-round ratios and the interval their min–max. "
+        "Offline ratios are of throughput (cell / reference), single-stream ratios of p50 latency "
+        "(reference / cell), so &gt; 1 is faster either way. When the two cells' round lists differ, the "
+        "ratio of the medians is shown and its interval combines the min/max pessimistically and "
+        "optimistically. p50/p90/p99 are "
         "pooled over all samples of all rounds; p90 is reported only with at least "
         f"{PERCENTILE_FLOOR[90]} samples and p99 with at least {PERCENTILE_FLOOR[99]} (otherwise the cell "
         "shows the sample count, e.g. n=37&lt;100). mAP drop is in points versus the same target's dense "
-        "fp32 model (positive = worse). ! = the harness flagged the cell noisy (hover for its reason).</p>"
+        f"fp32 model{of_reference} (positive = worse). ! = the harness flagged the cell noisy "
+        "(hover for its reason).</p>"
     )
 
 
@@ -408,7 +433,48 @@ def _best_reducers_html(data: pd.DataFrame) -> str:
         return '<p class="note">No keep below 1.0 with mAP.</p>'
     return ('<p class="note">Per keep ratio, the reducer with the highest mAP (at one keep the reducers '
             "cost about the same token-layers: × ideal); the others follow.</p>"
-            + format_table(best, BEST_REDUCER_HTML, "best-reducers"))
+            + format_table(best, with_detector(BEST_REDUCER_HTML, several_detectors(data)), "best-reducers"))
+
+
+def _reducer_of_keep(row: Mapping) -> Cell:
+    """The reducer a detector × keep row shows; when that keep had several, a tooltip says so."""
+    reducer, measured = _text(row.get("reducer")), _num(".0f")(row.get("reducers_measured"))
+    if measured in ("–", "1"):
+        return reducer
+    return (reducer, f"{measured} reducers measured at this keep: the best-reducer table compares them")
+
+
+DETECTOR_KEEP_HTML: dict[str, RowFormatter] = {
+    "scenario": _col("scenario", _text),
+    "batch": _col("batch", _num(".0f")),
+    "target": _col("target", _text),
+    "precision": _col("precision", _text),
+    "detector": _col("detector", _text),
+    "keep": _col("keep", format_keep),
+    "reducer": _reducer_of_keep,
+    "mAP": _col("map", _num(".3f")),
+    "mAP drop pts": _col("map_drop_pts", _num(".2f")),
+    # every row of the table succeeded (it lists ok cells only) and carries no status to check
+    "× reference fp32 dense": lambda r: format_interval(r.get("speedup_vs_target_dense_fp32"), r.get("speedup_lo"),
+                                                        r.get("speedup_hi"), ".2f", "×"),
+}
+
+
+def _detectors_html(data: pd.DataFrame) -> str:
+    """The detector × keep table (``reports.table.detector_keeps``): does a pruning-aware
+    detector pay, at each keep, against the plain model the user has today."""
+    from reports.table import DEFAULT_REDUCER, detector_keeps
+
+    table = detector_keeps(data)
+    if table.empty:
+        return '<p class="note">No successful cell.</p>'
+    reference = html.escape(reference_name(data))
+    return (f'<p class="note">mAP drop and speed-up are against the reference detector <strong>{reference}'
+            "</strong>'s dense fp32 cell of the same target, batch and scenario (for "
+            f"{reference} itself, its own dense cell), so a detector's keep 1.0 row shows what its training "
+            f"cost and its pruned rows what it gains over {reference}. One reducer per keep: "
+            f"{html.escape(DEFAULT_REDUCER)} where it was measured, else the one with the highest mAP.</p>"
+            + format_table(table, DETECTOR_KEEP_HTML, "detectors"))
 
 
 PROFILE_TOP_NODES = 15
@@ -508,7 +574,8 @@ def render_html(df: pd.DataFrame, title: str = "bavit-bench report",
         "<h2>Decision</h2>", _decision_html(decisions, max_map_drop, max_latency_ms, max_rss_mb),
         "<h2>Machine</h2>", _fingerprint_html(data),
         "<h2>Summary</h2>", f'<p class="note">{len(data)} cells: {html.escape(counts)}.</p>',
-        format_table(data, SUMMARY_COLUMNS, "summary"), _method_html(data),
+        format_table(data, with_detector(SUMMARY_COLUMNS, several_detectors(data)), "summary"), _method_html(data),
+        *(["<h2>Detectors × keep ratio</h2>", _detectors_html(data)] if several_detectors(data) else []),
         "<h2>Best reducer per keep ratio</h2>", _best_reducers_html(data),
         "<h2>Plots</h2>", *figures,
         "<h2>Profiles</h2>", _profiles_html(data, profiles or {}),
@@ -518,12 +585,16 @@ def render_html(df: pd.DataFrame, title: str = "bavit-bench report",
     ]
     if comparison is not None:
         name = html.escape(baseline_name or "baseline")
+        # the detector column only when a run swept several: otherwise every row reads "reference"
+        named = column(comparison, "detector").map(lambda v: isinstance(v, str) and v != "").any()
+        spec = COMPARISON_COLUMNS if named else {k: v for k, v in COMPARISON_COLUMNS.items() if k != "detector"}
         parts += [
             f"<h2>Comparison with {name}</h2>",
-            '<p class="note">ratio = this run / baseline throughput; mAP diff = (this − baseline) × 100 '
-            "(positive = this run is more accurate). Cells present in only one run show – for the other. "
-            "Cells are joined on target, precision, reducer, keep, batch and scenario, whatever their settings.</p>",
-            format_table(comparison, COMPARISON_COLUMNS, "comparison"),
+            ('<p class="note">ratio = this run / baseline throughput; mAP diff = (this − baseline) × 100 '
+             "(positive = this run is more accurate). Cells present in only one run show – for the other. "
+             "Cells are joined on target, precision, detector, reducer, keep, batch and scenario, whatever their "
+             "settings; each run's reference detector joins the other's (detector: reference).</p>"),
+            format_table(comparison, spec, "comparison"),
         ]
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"

@@ -21,7 +21,15 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from reports.table import SCENARIO_ORDER, column, ensure_derived, ok_mask, sort_cells, text_column
+from reports.table import (
+    SCENARIO_ORDER,
+    column,
+    ensure_derived,
+    ok_mask,
+    several_detectors,
+    sort_cells,
+    text_column,
+)
 
 NO_DATA = "no successful cells"
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">")
@@ -46,19 +54,27 @@ def _message_png(message: str, title: str) -> bytes:
     return _png(fig)
 
 
-def _series_label(target: object, precision: object) -> str:
-    return f"{target} {precision}"
+def _series_label(target: object, precision: object, detector: str = "") -> str:
+    return f"{target} {precision} {detector}" if detector else f"{target} {precision}"
+
+
+def _series_detectors(df: pd.DataFrame) -> pd.Series:
+    """The detector part of each row's series: its name when the run swept several detectors
+    (one line per detector, not a zigzag between two models at each keep), else blank."""
+    if several_detectors(df):
+        return text_column(df, "detector")
+    return pd.Series("", index=df.index, dtype=object)
 
 
 def _styles(df: pd.DataFrame) -> dict[str, tuple[object, str]]:
-    """Colour per target×precision and marker per target, shared by every plot.
+    """Colour per target×precision(×detector) and marker per target, shared by every plot.
 
     Computed from the whole frame (not per subplot) so a series keeps its
     colour across figures and batch sizes.
     """
     cmap = matplotlib.colormaps["tab10"]
     targets = sorted(df["target"].astype(str).unique())
-    labels = sorted({_series_label(t, p) for t, p in zip(df["target"], df["precision"])})
+    labels = sorted({_series_label(t, p, d) for t, p, d in zip(df["target"], df["precision"], _series_detectors(df))})
     styles: dict[str, tuple[object, str]] = {}
     for i, label in enumerate(labels):
         target = label.split(" ", 1)[0]
@@ -97,14 +113,16 @@ def _panels(data: pd.DataFrame, height: float = 3.8) -> tuple[Figure, list, list
     styles = _styles(data)
     keys = _panel_keys(data)
     scenario = text_column(data, "scenario")
+    detector = _series_detectors(data)
     fig = _figure_for_panels(len(keys), height)
     axes = _grid_axes(fig, len(keys))
     panels = []
     for ax, (scen, batch) in zip(axes, keys):
         in_panel = data[(scenario == scen) & (data["batch"] == batch)]
         series = []
-        for (target, precision), group in in_panel.groupby(["target", "precision"], sort=True):
-            label = _series_label(target, precision)
+        for (target, precision, det), group in in_panel.groupby(
+                [in_panel["target"], in_panel["precision"], detector[in_panel.index]], sort=True):
+            label = _series_label(target, precision, det)
             series.append((label, *styles[label], group))
         ax.set_title(f"{scen or 'scenario?'} · batch {batch:g}")
         ax.grid(alpha=0.3)
@@ -124,7 +142,8 @@ def _legend(fig: Figure, axes: Iterable) -> None:
 
 
 def throughput_vs_keep(df: pd.DataFrame) -> bytes:
-    """Throughput against keep ratio, one line per target×precision, one panel per (scenario, batch).
+    """Throughput against keep ratio, one line per target×precision (×detector when the run swept
+    several), one panel per (scenario, batch).
 
     Shows how much of the theoretical token-pruning gain each backend actually
     realises (a flat line means the backend does not benefit from fewer tokens).
@@ -207,14 +226,16 @@ def reducer_tradeoff(df: pd.DataFrame) -> bytes:
     cmap = matplotlib.colormaps["tab10"]
     colours = {r: cmap(i % cmap.N) for i, r in enumerate(sorted(reducer.unique()))}
     targets = sorted(data["target"].astype(str).unique())
+    detector = _series_detectors(data)   # named in each point's tag when the run swept several
     fig, axes, panels = _panels(data, height=4.2)
     for ax, in_panel, _series in panels:
         for (red, target), group in in_panel.groupby([reducer[in_panel.index], in_panel["target"].astype(str)]):
             ax.scatter(group["throughput_ips"], group["map"], color=colours[red], s=45, zorder=3, label=red,
                        marker=_MARKERS[targets.index(target) % len(_MARKERS)])
-            for x, y, keep, precision in zip(group["throughput_ips"], group["map"], group["keep"], group["precision"]):
-                ax.annotate(f"{target[:2]} {precision} k{keep:g}", (x, y), textcoords="offset points", xytext=(5, 4),
-                            fontsize=6, color="0.35")
+            for x, y, keep, precision, det in zip(group["throughput_ips"], group["map"], group["keep"],
+                                                  group["precision"], detector[group.index]):
+                ax.annotate(f"{target[:2]} {precision} {det + ' ' if det else ''}k{keep:g}", (x, y),
+                            textcoords="offset points", xytext=(5, 4), fontsize=6, color="0.35")
         _draw_front(ax, in_panel)
     fig.suptitle(title + "; marker = target: " + ", ".join(
         f"{t} {_MARKERS[i % len(_MARKERS)]}" for i, t in enumerate(targets)))
@@ -297,7 +318,8 @@ def peak_memory(df: pd.DataFrame) -> bytes:
     styles = _styles(data)
     peak = data["peak_rss_mib"].to_numpy(dtype=float)
     baseline = np.clip(np.nan_to_num(column(data, "baseline_rss_mib").to_numpy(dtype=float)), 0, peak)
-    colors = [styles[_series_label(t, p)][0] for t, p in zip(data["target"], data["precision"])]
+    colors = [styles[_series_label(t, p, d)][0]
+              for t, p, d in zip(data["target"], data["precision"], _series_detectors(data))]
     y = np.arange(len(data))[::-1]
 
     fig = Figure(figsize=(9, 1.2 + 0.32 * len(data)), layout="constrained")

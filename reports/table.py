@@ -125,8 +125,8 @@ def load_results(run_dir: str | Path) -> pd.DataFrame:
                 warnings.warn(f"{path}:{lineno}: skipped a line cut short (its cell did not finish)", stacklevel=2)
                 continue
             raise ValueError(f"{path}:{lineno}: malformed JSON line ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+        if not isinstance(record, dict):  # bad input, which the CLI reports (one line) as ValueError
+            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")  # noqa: TRY004
         records.append(record)
     if not records:
         raise ValueError(f"{path}: no result rows (file is empty)")
@@ -169,6 +169,41 @@ def text_column(df: pd.DataFrame, name: str) -> pd.Series:
 
 def _missing(value: object) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def reference_rows(df: pd.DataFrame) -> pd.Series:
+    """Rows of the run's reference detector (``reference_detector``: the first ``--detector``),
+    the only rows another cell is compared against. A row without ``reference_detector`` (runs
+    before detectors were a sweep axis held one detector) counts as the reference's, so an
+    old run compares exactly as it always did."""
+    reference = text_column(df, "reference_detector")
+    return (reference.eq("") | reference.eq(text_column(df, "detector"))).astype(bool)
+
+
+def detector_names(df: pd.DataFrame) -> list[str]:
+    """The detectors of a frame, the reference one first, then the others by name, so every
+    table lists them in the same order whatever order the cells were measured in."""
+    rank: dict[str, int] = {}
+    for name, is_reference in zip(text_column(df, "detector"), reference_rows(df)):
+        if name:
+            rank[name] = min(rank.get(name, 1), 0 if is_reference else 1)
+    return sorted(rank, key=lambda d: (rank[d], d))
+
+
+def several_detectors(df: pd.DataFrame) -> bool:
+    """Whether a run swept more than one detector: only then do tables and decisions name the
+    detector (a one-detector run reads exactly as before; its detector is in the fingerprint)."""
+    return len(detector_names(df)) > 1
+
+
+def reference_name(df: pd.DataFrame) -> str:
+    """The reference detector's name, for sentences that say what drops are against:
+    ``reference_detector`` when the rows carry it, else the detector of the rows (old runs)."""
+    named = [v for v in dict.fromkeys(text_column(df, "reference_detector")) if v]
+    if named:
+        return ", ".join(named)
+    names = detector_names(df)
+    return names[0] if names else ""
 
 
 def is_single_stream(scenario: object) -> bool:
@@ -283,6 +318,13 @@ def add_derived(df: pd.DataFrame) -> pd.DataFrame:
     * ``pareto``: on the throughput/mAP front among successful rows of the same
       (scenario, batch): comparing across them would mix latency regimes.
 
+    Every reference is a cell of the run's *reference detector* (``reference_detector``, the
+    plain model the user starts from; see :func:`reference_rows`), never another detector's
+    dense cell: a pruning-aware detector's own dense fp32 cell is then compared with the plain
+    detector's and shows what its training cost (speed-up about 1, a mAP drop), and its pruned
+    cells show the whole gain over what the user has today. Rows without ``reference_detector``
+    (older runs) are all the reference's, as before.
+
     Derived values are NaN for rows that did not succeed, or whose reference cell is
     missing, failed or measured under other settings, rather than computed from junk.
     """
@@ -292,8 +334,11 @@ def add_derived(df: pd.DataFrame) -> pd.DataFrame:
     ok = ok_mask(out)
     scenario = text_column(out, "scenario")
     settings = text_column(out, "settings_key")
+    # the reference detector a row is compared against: "" for rows of runs before detectors
+    # were swept, which then match the (equally unnamed) references of their own run
+    reference = text_column(out, "reference_detector")
     keep = pd.to_numeric(out["keep"], errors="coerce").to_numpy(dtype=float)
-    dense_fp32 = ok & out["precision"].eq(REFERENCE_PRECISION).fillna(False) & pd.Series(
+    dense_fp32 = ok & reference_rows(out) & out["precision"].eq(REFERENCE_PRECISION).fillna(False) & pd.Series(
         np.isclose(keep, DENSE_KEEP), index=out.index)
 
     records = out.to_dict("records")
@@ -301,12 +346,12 @@ def add_derived(df: pd.DataFrame) -> pd.DataFrame:
         rec["scenario"] = scen
     speed_refs: dict[tuple, int] = {}
     for i in out.index[dense_fp32]:
-        speed_refs[(str(out.at[i, "target"]), out.at[i, "batch"], scenario[i], settings[i])] = i
+        speed_refs[(str(out.at[i, "target"]), out.at[i, "batch"], scenario[i], settings[i], reference[i])] = i
     # map references per (target, settings): same (scenario, batch) first, else reading order
     map_refs: dict[tuple, list[int]] = {}
     has_map = dense_fp32 & column(out, "map").notna()
     for i in sorted(out.index[has_map], key=lambda j: (_scenario_rank(scenario[j]), scenario[j], out.at[j, "batch"])):
-        map_refs.setdefault((str(out.at[i, "target"]), settings[i]), []).append(i)
+        map_refs.setdefault((str(out.at[i, "target"]), settings[i], reference[i]), []).append(i)
 
     derived = {c: np.full(len(out), np.nan) for c in DERIVED_COLUMNS if c != "pareto"}
     for i in out.index[ok]:
@@ -314,11 +359,11 @@ def add_derived(df: pd.DataFrame) -> pd.DataFrame:
         for ref_target, names in ((target, ("speedup_vs_target_dense_fp32", "speedup_lo", "speedup_hi")),
                                   (REFERENCE_TARGET, ("speedup_vs_torch_dense_fp32", "speedup_torch_lo",
                                                       "speedup_torch_hi"))):
-            ref = speed_refs.get((ref_target, batch, scenario[i], settings[i]))
+            ref = speed_refs.get((ref_target, batch, scenario[i], settings[i], reference[i]))
             if ref is not None:
                 for name, value in zip(names, paired_speedup(records[i], records[ref])):
                     derived[name][i] = value
-        candidates = map_refs.get((target, settings[i]), [])
+        candidates = map_refs.get((target, settings[i], reference[i]), [])
         same = [j for j in candidates if scenario[j] == scenario[i] and out.at[j, "batch"] == batch]
         ref_map = (same or candidates or [None])[0]
         if ref_map is not None:
@@ -344,38 +389,48 @@ def ensure_derived(df: pd.DataFrame) -> pd.DataFrame:
     return df if all(c in df.columns for c in DERIVED_COLUMNS) else add_derived(df)
 
 
-def sort_cells(df: pd.DataFrame) -> pd.DataFrame:
-    """Order rows for reading: scenario, batch, target, precision (fp32→bf16→int8), keep descending.
-
-    Dense fp32 lands first within each target so each reference row sits above
-    the cells that are compared to it. Unknown precisions and scenarios sort after the known ones.
-    """
+def _sort_key(df: pd.DataFrame) -> pd.DataFrame:
+    """The columns rows are ordered by, one per reading criterion (see :func:`sort_cells`)."""
     rank = {p: i for i, p in enumerate(PRECISION_ORDER)}
     scenario = text_column(df, "scenario")
-    key = pd.DataFrame({
+    return pd.DataFrame({
         "scenario": scenario.map(_scenario_rank),
         "scenario_name": scenario,
         "batch": column(df, "batch"),
         "target": df["target"].astype(str),
+        "detector": (~reference_rows(df)).astype(int),
+        "detector_name": text_column(df, "detector"),
         "precision": df["precision"].map(lambda p: rank.get(p, len(rank))),
         "precision_name": df["precision"].astype(str),
         "keep": -pd.to_numeric(column(df, "keep"), errors="coerce"),
         "reducer": text_column(df, "reducer"),
     }, index=df.index)
+
+
+def sort_cells(df: pd.DataFrame) -> pd.DataFrame:
+    """Order rows for reading: scenario, batch, target, detector (the reference detector first,
+    then the others by name), precision (fp32→bf16→int8), keep descending.
+
+    The reference detector's dense fp32 lands first within each target so each reference row
+    sits above the cells that are compared to it. Unknown precisions and scenarios sort after
+    the known ones.
+    """
+    key = _sort_key(df)
     order = key.sort_values(list(key.columns), kind="stable").index
     return df.loc[order].reset_index(drop=True)
 
 
 BEST_REDUCER_COLUMNS: tuple[str, ...] = (
-    "scenario", "batch", "target", "precision", "keep", "best_reducer", "map", "map_drop_pts",
+    "scenario", "batch", "target", "precision", "detector", "keep", "best_reducer", "map", "map_drop_pts",
     "speedup_vs_target_dense_fp32", "speedup_lo", "speedup_hi", "ideal_speedup", "reducers_compared", "others",
 )
 
 
 def best_reducers(df: pd.DataFrame) -> pd.DataFrame:
-    """Per scenario, batch, target, precision and keep below 1.0: the reducer with the highest
-    mAP (at one keep the reducers cost about the same token-layers; ties go to the faster),
-    its figures, and every other reducer's mAP / speed-up beside it."""
+    """Per scenario, batch, target, precision, detector and keep below 1.0: the reducer with the
+    highest mAP (at one keep the reducers cost about the same token-layers; ties go to the faster),
+    its figures, and every other reducer's mAP / speed-up beside it. Detectors stay apart: two
+    detectors' reducers at one keep differ by the weights, not by the reducer."""
     derived = ensure_derived(df) if not df.empty else df
     if derived.empty:
         return pd.DataFrame(columns=list(BEST_REDUCER_COLUMNS))
@@ -385,19 +440,77 @@ def best_reducers(df: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=list(BEST_REDUCER_COLUMNS))
     data["scenario"] = text_column(data, "scenario")
     data["reducer"] = text_column(data, "reducer")
+    data["detector"] = text_column(data, "detector")
     rows = []
-    for key, group in data.groupby(["scenario", "batch", "target", "precision", "keep"], sort=True):
+    for key, group in data.groupby(["scenario", "batch", "target", "precision", "detector", "keep"], sort=True):
         ranked = group.assign(_tp=column(group, "throughput_ips").fillna(0.0)).sort_values(
             ["map", "_tp"], ascending=False, kind="stable")
         best = ranked.iloc[0]
         others = "; ".join(f"{r['reducer']} {fmt(r['map'], '.3f')} "
                            f"({fmt(r['speedup_vs_target_dense_fp32'], '.2f', '×')})" for _, r in ranked.iloc[1:].iterrows())
-        rows.append(dict(zip(("scenario", "batch", "target", "precision", "keep"), key),
+        rows.append(dict(zip(("scenario", "batch", "target", "precision", "detector", "keep"), key),
                          best_reducer=best["reducer"], map=best["map"], map_drop_pts=best["map_drop_pts"],
                          speedup_vs_target_dense_fp32=best["speedup_vs_target_dense_fp32"],
                          speedup_lo=best["speedup_lo"], speedup_hi=best["speedup_hi"],
                          ideal_speedup=best.get("ideal_speedup"), reducers_compared=len(ranked), others=others))
-    return pd.DataFrame(rows, columns=list(BEST_REDUCER_COLUMNS))
+    best = pd.DataFrame(rows, columns=list(BEST_REDUCER_COLUMNS))
+    order = {d: i for i, d in enumerate(detector_names(derived))}  # the reference detector first
+    best["_detector"] = best["detector"].map(lambda d: order.get(d, len(order)))
+    keys = ["scenario", "batch", "target", "precision", "_detector", "keep"]
+    return best.sort_values(keys, kind="stable").drop(columns="_detector").reset_index(drop=True)
+
+
+#: The reducer the detector × keep table shows when a keep was measured with several:
+#: BAViT's own (bench.run's default), so the table compares detectors, not reducers.
+DEFAULT_REDUCER = "bavit"
+
+DETECTOR_KEEP_COLUMNS: tuple[str, ...] = (
+    "scenario", "batch", "target", "precision", "detector", "keep", "reducer", "reducers_measured",
+    "map", "map_drop_pts", "speedup_vs_target_dense_fp32", "speedup_lo", "speedup_hi", "reference_detector",
+)
+
+
+def detector_keeps(df: pd.DataFrame) -> pd.DataFrame:
+    """Per scenario, batch, target and precision: one row per (detector, keep) with its mAP, mAP
+    drop and speed-up [lo–hi], all against the reference detector's dense fp32 cell of that
+    target (the ``reference_detector`` column names it).
+
+    This is the table that says whether a pruning-aware detector pays: its keep-1.0 row shows
+    what its training cost against the plain model (speed-up about 1, some mAP drop), its
+    pruned rows what it gains over the plain model pruned the same way. To keep it about
+    detectors, each (detector, keep) shows ONE reducer: :data:`DEFAULT_REDUCER` when it was
+    measured there, else the one with the highest mAP (ties to the faster); keep 1.0 is the
+    dense model ("none"). ``reducers_measured`` counts the reducers that keep had, and
+    ``reducers.csv`` holds the others. Only successful cells are listed (failed ones are in
+    the summary with their reason); without mAP (a speed-only run) the mAP columns are NaN.
+    """
+    derived = ensure_derived(df) if not df.empty else df
+    empty = pd.DataFrame(columns=list(DETECTOR_KEEP_COLUMNS))
+    if derived.empty:
+        return empty
+    data = derived[ok_mask(derived)].copy()
+    if data.empty:
+        return empty
+    data["scenario"] = text_column(data, "scenario")
+    data["reducer"] = text_column(data, "reducer")
+    data["detector"] = text_column(data, "detector")
+    data["keep"] = pd.to_numeric(data["keep"], errors="coerce")
+    named = text_column(data, "reference_detector")
+    data["reference_detector"] = named.where(named != "", reference_name(derived))
+    cell = ["scenario", "batch", "target", "precision", "detector", "keep"]
+    data["reducers_measured"] = data.groupby(cell, dropna=False)["reducer"].transform("nunique")
+    data["_not_default"] = data["reducer"].ne(DEFAULT_REDUCER).astype(int)
+    data["_map"] = -column(data, "map").fillna(-np.inf)
+    data["_tp"] = -column(data, "throughput_ips").fillna(0.0)
+    chosen = data.sort_values(["_not_default", "_map", "_tp"], kind="stable").drop_duplicates(cell, keep="first")
+
+    key = _sort_key(chosen)
+    order = {d: i for i, d in enumerate(detector_names(derived))}  # the reference detector first
+    key["detector"] = chosen["detector"].map(lambda d: order.get(d, len(order)))
+    key = key[["scenario", "scenario_name", "batch", "target", "precision", "precision_name", "detector",
+               "detector_name", "keep"]]
+    chosen = chosen.loc[key.sort_values(list(key.columns), kind="stable").index]
+    return chosen[list(DETECTOR_KEEP_COLUMNS)].reset_index(drop=True)
 
 
 def _text_or_dash(value: object) -> str:
@@ -461,14 +574,16 @@ def summary_markdown(df: pd.DataFrame) -> str:
     Meant for a terminal or a PR comment: failed/unavailable cells stay in the
     table (status plus a shortened reason) so a missing number is never
     mistaken for a cell that was not requested. ``speed-up`` is against the same
-    target's dense fp32 cell at the same batch and scenario, with its min–max over
-    paired rounds; ``!`` marks a cell the harness flagged noisy.
+    target's dense fp32 cell at the same batch and scenario (the reference detector's, when
+    the run swept several: then a ``detector`` column follows ``precision``), with its min–max
+    over paired rounds; ``!`` marks a cell the harness flagged noisy.
     """
-    headers = ["scenario", "target", "precision", "reducer", "keep", "batch", "status", "rounds", "img/s",
-               "p50 ms", "mAP", "drop pts", "speed-up", "ideal", "peak MiB", "noisy"]
+    named = not df.empty and several_detectors(df)
+    headers = ["scenario", "target", "precision", *(["detector"] if named else []), "reducer", "keep", "batch",
+               "status", "rounds", "img/s", "p50 ms", "mAP", "drop pts", "speed-up", "ideal", "peak MiB", "noisy"]
     lines = [
         "| " + " | ".join(headers) + " |",
-        "|" + "|".join(["---"] * 7 + ["---:"] * 8 + [":---:"]) + "|",
+        "|" + "|".join(["---"] * (8 if named else 7) + ["---:"] * 8 + [":---:"]) + "|",
     ]
     if df.empty:
         return "\n".join(lines) + "\n\n(no cells)\n"
@@ -494,6 +609,8 @@ def summary_markdown(df: pd.DataFrame) -> str:
         ]
         if str(row["status"]) != "ok":
             cells[7:] = ["–"] * 8 + [""]
+        if named:
+            cells.insert(3, _text_or_dash(row.get("detector")))
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     if any_noisy:
         lines += ["", "! = noisy: the harness saw too much spread or load in its rounds (reason in report.html)"]

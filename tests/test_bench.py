@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -43,19 +44,19 @@ def test_failed_and_unavailable_cells_do_not_stop_the_sweep(tmp_path):
     by_id = {r["cell_id"]: r for r in rows(out)}
     assert len(by_id) == 12                                      # 3 targets x 2 keeps x 2 scenarios
     for scenario, batch in (("single-stream", 1), (OFF, 2)):
-        assert by_id[f"fake/fp32/none/keep1/b{batch}/{scenario}"]["status"] == "ok"
-        assert by_id[f"fake/fp32/bavit/keep0.5/b{batch}/{scenario}"]["status"] == "ok"
-        bad = by_id[f"fake-raise/fp32/bavit/keep0.5/b{batch}/{scenario}"]
+        assert by_id[f"fake/fp32/detector/none/keep1/b{batch}/{scenario}"]["status"] == "ok"
+        assert by_id[f"fake/fp32/detector/bavit/keep0.5/b{batch}/{scenario}"]["status"] == "ok"
+        bad = by_id[f"fake-raise/fp32/detector/bavit/keep0.5/b{batch}/{scenario}"]
         assert bad["status"] == "failed" and "boom" in bad["error"] and "\n" not in bad["error"]
-        assert by_id[f"fake-missing/fp32/none/keep1/b{batch}/{scenario}"]["status"] == "unavailable"
-        assert "not installed" in by_id[f"fake-missing/fp32/none/keep1/b{batch}/{scenario}"]["error"]
-    ok = by_id[f"fake/fp32/bavit/keep0.5/b2/{OFF}"]
+        assert by_id[f"fake-missing/fp32/detector/none/keep1/b{batch}/{scenario}"]["status"] == "unavailable"
+        assert "not installed" in by_id[f"fake-missing/fp32/detector/none/keep1/b{batch}/{scenario}"]["error"]
+    ok = by_id[f"fake/fp32/detector/bavit/keep0.5/b2/{OFF}"]
     assert ok["tokens_kept"] == 32 and ok["tokens_total"] == 64 and ok["scenario"] == OFF
     assert ok["rounds"] == 2 and len(ok["round_throughput_ips"]) == 2 and ok["throughput_ips"] > 0
     assert ok["images"] == 4 and Path(ok["detections_file"]).is_file()
     # mAP is computed once per distinct model: the fp32 batch-1 model computes what batch 2 does
-    single = by_id["fake/fp32/bavit/keep0.5/b1/single-stream"]
-    assert ok["accuracy_from"] == single["accuracy_from"] == "fake/fp32/bavit/keep0.5/b2"
+    single = by_id["fake/fp32/detector/bavit/keep0.5/b1/single-stream"]
+    assert ok["accuracy_from"] == single["accuracy_from"] == "fake/fp32/detector/bavit/keep0.5/b2"
     assert single["map"] == ok["map"]
     for key in ("sys_cpu", "sys_isa", "sys_versions", "load_max", "peak_rss_mib", "latency_p99_ms", "load_s",
                 "first_inference_ms", "noisy", "spread_pct", "throughput_min", "throughput_max", "mode"):
@@ -73,9 +74,9 @@ def test_hanging_cell_times_out(tmp_path):
                  "--scenario", OFF, "--timeout", "20")
     assert proc.returncode == 1
     by_id = {r["cell_id"]: r for r in rows(out)}
-    assert by_id[f"fake-hang/fp32/none/keep1/b1/{OFF}"]["status"] == "failed"
-    assert "timeout" in by_id[f"fake-hang/fp32/none/keep1/b1/{OFF}"]["error"]
-    assert by_id[f"fake/fp32/none/keep1/b1/{OFF}"]["status"] == "ok"
+    assert by_id[f"fake-hang/fp32/detector/none/keep1/b1/{OFF}"]["status"] == "failed"
+    assert "timeout" in by_id[f"fake-hang/fp32/detector/none/keep1/b1/{OFF}"]["error"]
+    assert by_id[f"fake/fp32/detector/none/keep1/b1/{OFF}"]["status"] == "ok"
 
 
 def test_peak_memory_belongs_to_the_cell(tmp_path):
@@ -83,7 +84,7 @@ def test_peak_memory_belongs_to_the_cell(tmp_path):
     bench(out, "--target", "fake,fake-alloc", "--keep", "1.0", "--batch", "1", "--precision", "fp32",
           "--scenario", OFF, "--images", "0", check=True)
     by_id = {r["cell_id"]: r for r in rows(out)}
-    plain, heavy = by_id[f"fake/fp32/none/keep1/b1/{OFF}"], by_id[f"fake-alloc/fp32/none/keep1/b1/{OFF}"]
+    plain, heavy = by_id[f"fake/fp32/detector/none/keep1/b1/{OFF}"], by_id[f"fake-alloc/fp32/detector/none/keep1/b1/{OFF}"]
     # the fake allocates 200 MiB; *_mib figures are MiB (2**20 bytes), the bar is 200 MB
     assert (heavy["peak_rss_mib"] - plain["peak_rss_mib"]) * 2**20 >= 200e6
     assert (heavy["rss_increase_mib"] - plain["rss_increase_mib"]) * 2**20 >= 200e6
@@ -113,7 +114,7 @@ def test_killed_run_resumes_without_redoing_cells(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     final = rows(out)
     ids = [r["cell_id"] for r in final]
-    assert sorted(set(ids)) == sorted(f"{t}/fp32/{'none' if k == '1' else 'bavit'}/keep{k}/b1/{OFF}"
+    assert sorted(set(ids)) == sorted(f"{t}/fp32/detector/{'none' if k == '1' else 'bavit'}/keep{k}/b1/{OFF}"
                                       for t in ("fake", "fake-alloc")
                                       for k in ("1", "0.75", "0.5", "0.25"))
     assert len(ids) == 8                                          # nothing measured twice
@@ -126,7 +127,7 @@ def test_killed_run_resumes_without_redoing_cells(tmp_path):
 def test_resume_refuses_a_run_measured_with_other_settings(tmp_path):
     out = tmp_path / "run"
     cell = ["--target", "fake", "--keep", "1.0", "--batch", "1", "--precision", "fp32", "--scenario", OFF,
-            "--no-report"]
+            "--no-report", "--ov-int8-float", "f32"]
     bench(out, *cell, check=True)
     proc = bench(out, *cell, "--resume", "--images", "3")
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
@@ -208,6 +209,9 @@ def test_a_line_cut_by_a_crash_is_dropped_not_glued(tmp_path):
     (["--timeout", "0"], "--timeout must be > 0"),
     (["--round-seconds", "0"], "--round-seconds must be > 0"),
     (["--weights", "weights/tiny", "--reducer", "bavit:layers=7", "--keep", "0.5"], "no bavit7/ token classifier"),
+    (["--weights", "weights/tiny", "--detector", "detector,nope"], "--weights weights/tiny: no nope/config.json"),
+    (["--detector", "../detector"], "--detector: expected folder names inside --weights"),
+    (["--weights", "random:tiny", "--detector", "detector,detector-prune"], "an untrained model has one detector"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, needle):
     proc = bench(tmp_path / "run", *args)
@@ -242,7 +246,7 @@ def test_two_target_two_keep_sweep_rows_and_columns(tmp_path):
           check=True)
     got = rows(out)
     assert sorted(r["cell_id"] for r in got) == sorted(
-        f"{t}/fp32/{'none' if k == '1' else 'bavit'}/keep{k}/{b}" for t in ("torch", "openvino") for k in ("1", "0.5")
+        f"{t}/fp32/detector/{'none' if k == '1' else 'bavit'}/keep{k}/{b}" for t in ("torch", "openvino") for k in ("1", "0.5")
         for b in ("b1/single-stream", "b2/offline"))
     for r in got:
         assert r["status"] == "ok", r.get("error")
@@ -386,8 +390,8 @@ def test_int8_calibrates_past_the_scored_images_when_only_they_exist(tmp_path):
     proc = bench(out, "--data", f"coco:{data}", "--target", "fake,torch", "--keep", "1.0", "--batch", "1",
                  "--precision", "int8", "--scenario", OFF, check=True)
     by_id = {r["cell_id"]: r for r in rows(out)}
-    assert by_id[f"fake/int8/none/keep1/b1/{OFF}"]["calibration"] == "val images 4+ (not scored)"
-    assert by_id[f"torch/int8/none/keep1/b1/{OFF}"]["calibration"] is None  # dynamic int8: no calibration loaded
+    assert by_id[f"fake/int8/detector/none/keep1/b1/{OFF}"]["calibration"] == "val images 4+ (not scored)"
+    assert by_id[f"torch/int8/detector/none/keep1/b1/{OFF}"]["calibration"] is None  # dynamic int8: no calibration loaded
     assert "int8 calibrates on val images 4+ (not scored)" in proc.stderr
 
 
@@ -440,3 +444,49 @@ def test_map_equals_pycocotools_on_the_dumped_detections(tmp_path, monkeypatch):
     assert row["map"] > 0.3                          # a trained detector: the comparison means something
     assert row["map"] == pytest.approx(ev.stats[0], abs=1e-4)
     assert row["ap50"] == pytest.approx(ev.stats[1], abs=1e-4)
+
+
+def test_detectors_are_a_sweep_axis(tmp_path):
+    """--detector A,B: every cell per detector, built from its own weights; every row names
+    its detector and the run's reference (the first), whose dense fp32 cell the report
+    measures both against."""
+    out = tmp_path / "run"
+    bench(out, "--weights", "weights/tiny", "--detector", "detector,detector-sparse-keep0.5", "--target", "fake",
+          "--keep", "1.0,0.5", "--batch", "2", "--precision", "fp32", "--scenario", OFF, check=True)
+    by_id = {r["cell_id"]: r for r in rows(out)}
+    assert sorted(by_id) == sorted(f"fake/fp32/{d}/{r}/keep{k}/b2/{OFF}" for d in ("detector", "detector-sparse-keep0.5")
+                                   for r, k in (("none", "1"), ("bavit", "0.5")))
+    for cell_id, row in by_id.items():
+        assert row["status"] == "ok" and row["detector"] == cell_id.split("/")[2]
+        assert row["reference_detector"] == "detector"
+    artifacts = {r["artifact"] for r in by_id.values()}
+    assert len(artifacts) == 4        # each detector's weights make their own artifacts
+    from reports.table import add_derived, load_results
+    df = add_derived(load_results(out))
+    dense = {d: df[(df["detector"] == d) & (df["keep"] == 1.0)].iloc[0] for d in df["detector"]}
+    assert dense["detector"]["speedup_vs_target_dense_fp32"] == 1.0      # the reference, paired with itself
+    other = dense["detector-sparse-keep0.5"]["speedup_vs_target_dense_fp32"]
+    assert math.isfinite(other) and other != 1.0                         # paired with the reference, not itself
+    assert (out / "detectors.csv").is_file()
+
+
+def test_token_figures_without_the_data_sets_classes(tmp_path):
+    """A detector whose classes are not the data set's has no mAP there, but BAViT's token
+    figures (foreground vs background) need no classes: they are measured."""
+    from bavit.classifier import TokenClassifier
+    from bavit.yolos import PrunedYolos, init_embeddings, tiny_config
+
+    config = tiny_config(num_labels=2, id2label={0: "Alive", 1: "Dead"})
+    det = PrunedYolos(config)
+    init_embeddings(det, seed=0)
+    det.save_pretrained(tmp_path / "w" / "detector")
+    TokenClassifier.for_detector(det, 2, None).save_pretrained(tmp_path / "w" / "bavit2")
+    out = tmp_path / "run"
+    bench(out, "--weights", str(tmp_path / "w"), "--target", "torch", "--keep", "1.0,0.5", "--batch", "2",
+          "--precision", "fp32", "--scenario", OFF, check=True)
+    by_keep = {r["keep"]: r for r in rows(out)}
+    pruned, dense = by_keep[0.5], by_keep[1.0]
+    assert pruned["status"] == dense["status"] == "ok"
+    assert pruned["map"] is None and "mAP not measured" in pruned["accuracy_note"]
+    assert 0.0 < pruned["token_acc"] <= 1.0 and pruned["fg_recall"] is not None and pruned["token_images"] == 4
+    assert dense["token_acc"] is None and dense["map"] is None   # no classifier runs in the dense model

@@ -27,10 +27,13 @@ from reports.build import build, compare, main, markdown_report, summary_text
 from reports.decide import ANY_TARGET, check_limits, decide, decision_markdown
 from reports.table import (
     DERIVED_COLUMNS,
+    DETECTOR_KEEP_COLUMNS,
     add_derived,
+    detector_keeps,
     load_results,
     paired_speedup,
     pareto_front,
+    sort_cells,
     summary_markdown,
 )
 
@@ -51,8 +54,10 @@ SYS = {
 NOISY_REASON = "load 3.1 > 2 cores during round 2"
 
 
-def cell_id(target: str, precision: str, keep: float, batch: int, scenario: str, reducer: str | None = None) -> str:
-    return f"{target}/{precision}/{reducer + '/' if reducer else ''}keep{keep:g}/b{batch}/{scenario}"
+def cell_id(target: str, precision: str, keep: float, batch: int, scenario: str, reducer: str | None = None,
+            detector: str | None = None) -> str:
+    return (f"{target}/{precision}/{detector + '/' if detector else ''}{reducer + '/' if reducer else ''}"
+            f"keep{keep:g}/b{batch}/{scenario}")
 
 
 def make_row(target: str, precision: str, keep: float, batch: int = 8, scenario: str = OFF, *,
@@ -60,23 +65,28 @@ def make_row(target: str, precision: str, keep: float, batch: int = 8, scenario:
              throughput: float | None = None, p50: float | None = None, p90: float | None = None,
              p99: float | None = None, samples: int | None = None, mean_ap: float | None = None,
              peak: float | None = None, settings: str = SETTINGS, reducer: str | None = None,
-             **extra: object) -> dict:
+             detector: str | None = None, reference: str | None = None, **extra: object) -> dict:
     """One results.jsonl line as ``bench.contracts.Row`` writes it.
 
     ``rounds`` are per-round throughputs (offline) or per-round p50 ms (single-stream);
-    the headline median and min/max follow from them unless given."""
+    the headline median and min/max follow from them unless given. ``detector`` adds the
+    detector segment to the ids (runs that sweep detectors); ``reference`` is the run's
+    reference detector (blank, as in runs before detectors were swept, unless given)."""
     rounds = list(rounds or [])
     offline = scenario == OFF
     if rounds and offline:
         throughput = throughput if throughput is not None else float(pd.Series(rounds).median())
     if rounds and not offline:
         p50 = p50 if p50 is not None else float(pd.Series(rounds).median())
-    model_id = f"{target}/{precision}/{reducer + '/' if reducer else ''}keep{keep:g}/b{batch}"
+    model_id = (f"{target}/{precision}/{detector + '/' if detector else ''}{reducer + '/' if reducer else ''}"
+                f"keep{keep:g}/b{batch}")
     row = Row(
-        cell_id=cell_id(target, precision, keep, batch, scenario, reducer), model_id=model_id, target=target,
+        cell_id=cell_id(target, precision, keep, batch, scenario, reducer, detector), model_id=model_id,
+        target=target,
         precision=precision, reducer=reducer or ("none" if keep == 1.0 else "bavit"), keep=keep, batch=batch,
         scenario=scenario, status=status, error=error,
-        settings_key=settings, run_id="run-1", model="bavit-yolos-ti", detector="weights/ti/detector",
+        settings_key=settings, run_id="run-1", model="bavit-yolos-ti", detector=detector or "weights/ti/detector",
+        reference_detector=reference or "",
         data="synthetic", threads=2, image_size="512x512", started_at="2026-05-01T10:00:00",
         recipe="default", executed_precision={"fp32": "f32", "int8": "i8+f32", "bf16": "bf16"}[precision],
         convert_s=1.5, artifact_bytes=25_000_000, tokens_kept=int(1024 * keep), tokens_total=1024,
@@ -272,16 +282,16 @@ def test_failed_cells_have_no_derived_values(derived: pd.DataFrame) -> None:
 
 @pytest.mark.parametrize(("scenario", "mine", "theirs", "expected"), [
     # round lists of different length: ratio of medians, lo = my min / their max, hi = my max / their min
-    (OFF, dict(rounds=[200.0, 210.0]), dict(rounds=[100.0, 110.0, 90.0]), (205 / 100, 200 / 110, 210 / 90)),
+    (OFF, {"rounds": [200.0, 210.0]}, {"rounds": [100.0, 110.0, 90.0]}, (205 / 100, 200 / 110, 210 / 90)),
     # no rounds at all, min/max columns recorded
-    (OFF, dict(throughput=300.0, throughput_min=280.0, throughput_max=310.0),
-     dict(throughput=100.0, throughput_min=95.0, throughput_max=105.0), (3.0, 280 / 105, 310 / 95)),
+    (OFF, {"throughput": 300.0, "throughput_min": 280.0, "throughput_max": 310.0},
+     {"throughput": 100.0, "throughput_min": 95.0, "throughput_max": 105.0}, (3.0, 280 / 105, 310 / 95)),
     # no rounds and no min/max: the figure only
-    (OFF, dict(throughput=300.0), dict(throughput=100.0), (3.0, math.nan, math.nan)),
+    (OFF, {"throughput": 300.0}, {"throughput": 100.0}, (3.0, math.nan, math.nan)),
     # single-stream, no rounds: ref p50 / p50, no interval
-    (SS, dict(p50=4.0), dict(p50=10.0), (2.5, math.nan, math.nan)),
+    (SS, {"p50": 4.0}, {"p50": 10.0}, (2.5, math.nan, math.nan)),
     # single-stream, lists of different length: bounds from the lists (fastest/slowest round)
-    (SS, dict(rounds=[4.0, 5.0]), dict(rounds=[10.0, 12.0, 11.0]), (11.0 / 4.5, 10 / 5, 12 / 4)),
+    (SS, {"rounds": [4.0, 5.0]}, {"rounds": [10.0, 12.0, 11.0]}, (11.0 / 4.5, 10 / 5, 12 / 4)),
 ])
 def test_speedup_falls_back_to_ratio_of_medians(scenario: str, mine: dict, theirs: dict,
                                                  expected: tuple[float, float, float]) -> None:
@@ -596,7 +606,7 @@ def test_cli_missing_dir_exits_2_with_one_line(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run(
         [sys.executable, "-m", "reports.build", str(tmp_path / "missing")],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60,
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60, check=False,
     )
     assert proc.returncode == 2
     assert proc.stdout == ""
@@ -659,3 +669,171 @@ def test_work_and_efficiency_columns_and_the_roofline_plot():
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     empty = roofline(pd.DataFrame([make_row("openvino", "fp32", 1.0, rounds=[20.0] * 3)]))
     assert empty != png and len(empty) < len(png)
+
+
+# --- several detectors ---------------------------------------------------------
+
+REF, PRUNE = "detector", "detector-prune"
+DETECTOR_CELLS = {
+    # (detector, target, precision, reducer, keep): (per-round img/s, mAP)
+    (PRUNE, "openvino", "fp32", "none", 1.0): ([99.0, 101.0, 100.0], 0.396),  # its own dense: costs 0.4 pts
+    (PRUNE, "openvino", "fp32", "bavit", 0.5): ([160.0, 160.0, 160.0], 0.392),
+    (PRUNE, "openvino", "fp32", "tome", 0.5): ([155.0, 155.0, 155.0], 0.394),
+    (PRUNE, "openvino", "int8", "bavit", 0.5): ([320.0, 320.0, 320.0], 0.391),  # the fastest within 1 point
+    (PRUNE, "torch", "fp32", "none", 1.0): ([25.0, 25.0, 25.0], 0.396),  # never a reference: x2 would show
+    (REF, "openvino", "fp32", "none", 1.0): ([100.0, 100.0, 100.0], 0.400),
+    (REF, "openvino", "fp32", "bavit", 0.5): ([150.0, 150.0, 150.0], 0.370),
+    (REF, "openvino", "int8", "none", 1.0): ([200.0, 200.0, 200.0], 0.395),
+    (REF, "openvino", "int8", "bavit", 0.5): ([300.0, 300.0, 300.0], 0.365),
+    (REF, "torch", "fp32", "none", 1.0): ([50.0, 50.0, 50.0], 0.400),
+}
+
+
+def detector_rows(prune_first: bool = True) -> list[dict]:
+    """A run of two detectors; the pruning-aware one's rows come first unless told otherwise,
+    so a reference picked by reading order (first or last) would be the wrong one either way."""
+    rows = [make_row(t, p, k, rounds=rounds, mean_ap=m, reducer=r, detector=d, reference=REF)
+            for (d, t, p, r, k), (rounds, m) in DETECTOR_CELLS.items()]
+    return rows if prune_first else rows[::-1]
+
+
+def det_cell(detector: str, target: str, precision: str, reducer: str, keep: float) -> str:
+    return cell_id(target, precision, keep, 8, OFF, reducer, detector)
+
+
+@pytest.mark.parametrize("prune_first", [True, False])
+def test_references_are_the_reference_detectors_dense_fp32(prune_first: bool) -> None:
+    df = by_cell(add_derived(pd.DataFrame(detector_rows(prune_first))))
+    own_dense = det_cell(PRUNE, "openvino", "fp32", "none", 1.0)
+    # vs the plain detector's dense fp32 round by round: [99/100, 101/100, 100/100]
+    assert triple(df, own_dense) == pytest.approx((1.0, 0.99, 1.01))
+    assert df.loc[own_dense, "map_drop_pts"] == pytest.approx(0.4)  # what its training cost
+    # vs torch: the reference's torch dense (50 img/s), not its own (25)
+    assert triple(df, own_dense, "torch") == pytest.approx((2.0, 1.98, 2.02))
+    pruned = det_cell(PRUNE, "openvino", "fp32", "bavit", 0.5)
+    assert triple(df, pruned) == pytest.approx((1.6, 1.6, 1.6))
+    assert df.loc[pruned, "map_drop_pts"] == pytest.approx(0.8)
+    assert df.loc[det_cell(PRUNE, "openvino", "int8", "bavit", 0.5), "map_drop_pts"] == pytest.approx(0.9)
+    assert df.loc[det_cell(PRUNE, "torch", "fp32", "none", 1.0), "speedup_vs_target_dense_fp32"] == pytest.approx(0.5)
+    # the reference's own cells are unchanged by the other detector being there
+    ref_dense = det_cell(REF, "openvino", "fp32", "none", 1.0)
+    assert triple(df, ref_dense) == pytest.approx((1.0, 1.0, 1.0)) and df.loc[ref_dense, "map_drop_pts"] == 0.0
+    assert df.loc[det_cell(REF, "openvino", "fp32", "bavit", 0.5), "map_drop_pts"] == pytest.approx(3.0)
+
+
+def test_without_the_reference_detectors_dense_cell_nothing_is_derived() -> None:
+    """Another detector's dense cell never stands in for the reference's."""
+    rows = [r for r in detector_rows() if r["cell_id"] != det_cell(REF, "openvino", "fp32", "none", 1.0)]
+    df = by_cell(add_derived(pd.DataFrame(rows)))
+    pruned = det_cell(PRUNE, "openvino", "fp32", "bavit", 0.5)
+    assert math.isnan(df.loc[pruned, "speedup_vs_target_dense_fp32"]) and math.isnan(df.loc[pruned, "map_drop_pts"])
+    assert df.loc[pruned, "speedup_vs_torch_dense_fp32"] == pytest.approx(3.2)
+
+
+def test_rows_without_reference_detector_compare_as_before(run_dir: Path, derived: pd.DataFrame) -> None:
+    """Runs written before detectors were swept have no reference_detector key at all."""
+    rows = [{k: v for k, v in r.items() if k != "reference_detector"} for r in sample_rows()]
+    old = add_derived(pd.DataFrame(rows)).drop_duplicates("cell_id", keep="last").set_index("cell_id")
+    columns = [c for c in DERIVED_COLUMNS if c != "pareto"]
+    pd.testing.assert_frame_equal(old.loc[derived.index, columns], derived[columns])
+
+
+def test_sort_puts_the_reference_detector_first_within_a_target() -> None:
+    order = list(sort_cells(add_derived(pd.DataFrame(detector_rows())))["cell_id"])
+    assert order[:7] == [det_cell(REF, "openvino", "fp32", "none", 1.0),
+                         det_cell(REF, "openvino", "fp32", "bavit", 0.5),
+                         det_cell(REF, "openvino", "int8", "none", 1.0),
+                         det_cell(REF, "openvino", "int8", "bavit", 0.5),
+                         det_cell(PRUNE, "openvino", "fp32", "none", 1.0),
+                         det_cell(PRUNE, "openvino", "fp32", "bavit", 0.5),
+                         det_cell(PRUNE, "openvino", "fp32", "tome", 0.5)]
+    assert order[8:] == [det_cell(REF, "torch", "fp32", "none", 1.0), det_cell(PRUNE, "torch", "fp32", "none", 1.0)]
+
+
+def test_decision_picks_the_other_detector_and_names_it() -> None:
+    decisions = decide(pd.DataFrame(detector_rows()))
+    row = decisions.set_index(["scenario", "target"]).loc[(OFF, ANY_TARGET)]
+    assert row["cell_id"] == det_cell(PRUNE, "openvino", "int8", "bavit", 0.5)   # 320 img/s, −0.9 pts
+    assert (row["detector"], row["reference_detector"]) == (PRUNE, REF)
+    assert row["speedup"] == pytest.approx(3.2) and row["map_drop_pts"] == pytest.approx(0.9)
+    # the plain detector's best within 1 point is its int8 dense (200 img/s): it loses to the pruned one
+    md = decision_markdown(decisions)
+    assert md.splitlines()[0] == ("## Decision (mAP drop ≤ 1 pts vs the target's dense fp32 (reference detector: "
+                                  "detector); no latency limit; no memory limit)")
+    assert md.splitlines()[2] == ("offline: openvino int8 detector-prune, bavit keep 0.5 b8 — 320.0 img/s "
+                                  "[320.0–320.0], 3.20× [3.20–3.20] over openvino detector dense fp32, "
+                                  "mAP 0.391 (−0.9 pts)")
+    assert "| offline | torch | fp32 detector, dense b8 |" in md   # the reference named too
+    # within 0.5 points only the reference's own int8 dense qualifies on openvino
+    strict = decide(pd.DataFrame(detector_rows()), max_map_drop=0.5).set_index(["scenario", "target"])
+    assert strict.loc[(OFF, "openvino"), "cell_id"] == det_cell(REF, "openvino", "int8", "none", 1.0)
+
+
+def test_one_detector_decisions_do_not_name_it(run_dir: Path) -> None:
+    decisions = decide(load_results(run_dir))
+    assert decisions["reference_detector"].isna().all()
+    assert decisions.set_index(["scenario", "target"]).loc[(OFF, ANY_TARGET), "detector"] == "weights/ti/detector"
+    assert "detector" not in decision_markdown(decisions)
+
+
+def test_detectors_table_and_csv(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "two", detector_rows())
+    paths = build(run)
+    assert paths["detectors_csv"] == run / "detectors.csv"
+    table = pd.read_csv(paths["detectors_csv"])
+    assert list(table.columns) == list(DETECTOR_KEEP_COLUMNS)
+    got = [(r.target, r.precision, r.detector, r.keep, r.reducer) for r in table.itertuples()]
+    assert got == [("openvino", "fp32", REF, 1.0, "none"), ("openvino", "fp32", REF, 0.5, "bavit"),
+                   ("openvino", "fp32", PRUNE, 1.0, "none"), ("openvino", "fp32", PRUNE, 0.5, "bavit"),
+                   ("openvino", "int8", REF, 1.0, "none"), ("openvino", "int8", REF, 0.5, "bavit"),
+                   ("openvino", "int8", PRUNE, 0.5, "bavit"),
+                   ("torch", "fp32", REF, 1.0, "none"), ("torch", "fp32", PRUNE, 1.0, "none")]
+    assert (table["reference_detector"] == REF).all() and (table["scenario"] == OFF).all()
+    own_dense = table.iloc[2]
+    assert own_dense["map_drop_pts"] == pytest.approx(0.4)
+    assert (own_dense["speedup_vs_target_dense_fp32"], own_dense["speedup_lo"], own_dense["speedup_hi"]) == \
+        pytest.approx((1.0, 0.99, 1.01))
+    pruned = table.iloc[3]   # bavit shown although tome has the higher mAP: the table compares detectors
+    assert pruned["reducers_measured"] == 2 and pruned["map"] == pytest.approx(0.392)
+    assert pruned["speedup_vs_target_dense_fp32"] == pytest.approx(1.6)
+    # without bavit at a keep, the reducer with the highest mAP stands in
+    no_bavit = [r for r in detector_rows() if r["cell_id"] != det_cell(PRUNE, "openvino", "fp32", "bavit", 0.5)]
+    alone = detector_keeps(pd.DataFrame(no_bavit))
+    assert alone.iloc[3]["reducer"] == "tome" and alone.iloc[3]["reducers_measured"] == 1
+
+    page = paths["html"].read_text(encoding="utf-8")
+    assert page.index("<h2>Summary</h2>") < page.index("<h2>Detectors × keep ratio</h2>") \
+        < page.index("<h2>Best reducer per keep ratio</h2>")
+    section = page[page.index("<h2>Detectors × keep ratio</h2>"):page.index("<h2>Best reducer per keep ratio</h2>")]
+    assert "reference detector <strong>detector</strong>" in section and 'class="report-table detectors"' in section
+    assert "1.00× [0.99–1.01]" in section and "<th>precision</th><th>detector</th><th>ran as</th>" in page
+    assert "detector (reference), detector-prune" in page
+    assert page.count("data:image/png;base64") == 5   # the plots draw one series per detector
+    best = pd.read_csv(paths["reducers_csv"])
+    assert list(zip(best["precision"], best["detector"])) == [("fp32", REF), ("fp32", PRUNE), ("int8", REF),
+                                                              ("int8", PRUNE)]
+    assert best.set_index(["detector", "precision"]).loc[(PRUNE, "fp32"), "best_reducer"] == "tome"
+    text = summary_text(run)
+    assert "offline: openvino int8 detector-prune, bavit keep 0.5 b8" in text
+    assert "| scenario | target | precision | detector | reducer |" in text
+
+
+def test_detectors_csv_only_with_several_detectors(built: dict[str, Path], tmp_path: Path) -> None:
+    assert "detectors_csv" not in built and not (built["csv"].parent / "detectors.csv").exists()
+    page = built["html"].read_text(encoding="utf-8")
+    assert "Detectors × keep ratio" not in page and "<th>precision</th><th>detector</th>" not in page
+    # a table left by an earlier build of the folder goes when the run now holds one detector
+    run = write_run(tmp_path / "one", [r for r in detector_rows() if r["detector"] == REF])
+    (run / "detectors.csv").write_text("stale\n")
+    assert "detectors_csv" not in build(run) and not (run / "detectors.csv").exists()
+
+
+def test_compare_keeps_detectors_apart_and_meets_references() -> None:
+    """A two-detector run against an older one-detector baseline: the reference rows join the
+    baseline's cells, the other detector's are one-sided instead of overwriting them."""
+    base = [make_row("openvino", "fp32", 1.0, rounds=[50.0] * 3, mean_ap=0.41, reducer="none", detector="old")]
+    cmp = compare(pd.DataFrame(detector_rows()), pd.DataFrame(base))
+    assert len(cmp) == len(DETECTOR_CELLS)
+    dense = cmp[(cmp["target"] == "openvino") & (cmp["precision"] == "fp32") & (cmp["keep"] == 1.0)]
+    assert list(dense["detector"]) == ["", PRUNE]
+    assert dense.iloc[0]["throughput_ratio"] == pytest.approx(2.0) and math.isnan(dense.iloc[1]["throughput_ratio"])
