@@ -9,7 +9,8 @@ import torch
 
 from bavit.data import load_dataset
 from bavit.losses import SetLoss
-from bavit.train import DROP_MIN_KEEP, TensorSet, detector_loss, main, token_drop
+from bavit.train import (DROP_MIN_KEEP, FINETUNE_TOP_SHARE, TensorSet, detector_loss, main, step_keep,
+                         token_drop)
 from bavit.yolos import PrunedYolos, init_embeddings, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -273,3 +274,33 @@ def test_a_stop_signal_checkpoints_the_step_reached(tmp_path, capsys, monkeypatc
     assert torch.load(tmp_path / "train_state.pt", weights_only=False)["step"] == 2
     assert not (tmp_path / "model.safetensors").exists()
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_keep_range_draws_its_top_a_fifth_of_the_time_and_spans_the_range():
+    """finetune --keep 0.25:1: the dense detector (keep 1) a fifth of the steps, the rest
+    spread over [0.25, 1]; the same step always draws the same keep (a resumed run)."""
+    draws = [step_keep((0.25, 1.0), step, seed=0) for step in range(2000)]
+    top = sum(k == 1.0 for k in draws) / len(draws)
+    assert top == pytest.approx(FINETUNE_TOP_SHARE, abs=0.03)
+    rest = [k for k in draws if k < 1.0]
+    assert min(rest) < 0.3 and max(rest) > 0.95 and all(0.25 <= k < 1.0 for k in rest)
+    assert sum(k < 0.625 for k in rest) / len(rest) == pytest.approx(0.5, abs=0.05)   # uniform
+    assert draws[:50] == [step_keep((0.25, 1.0), step, seed=0) for step in range(50)]
+    assert step_keep((0.5, 0.5), 7, seed=0) == 0.5
+
+
+def test_finetune_over_a_keep_range_validates_each_keep(tmp_path, capsys):
+    common = ["finetune", "--detector", str(ROOT / "weights/tiny/detector"), "--classifier",
+              str(ROOT / "weights/tiny/bavit2"), "--out", str(tmp_path), "--train-images", "16", "--batch", "8",
+              "--val-images", "8", "--val-data-images", "8", "--eval-every", "2", "--threads", "1", "--steps", "2"]
+    for bad in ("0:1", "0.5:0.25", "1.5", "a:b"):
+        with pytest.raises(SystemExit):
+            main(common + ["--keep", bad])
+        assert f"--keep '{bad}'" in capsys.readouterr().err
+    assert main(common + ["--keep", "0.25:1", "--val-keep", "1,0.25"]) == 0
+    card = (tmp_path / "CARD.md").read_text()
+    assert "| step | wall s | mAP@1 | mAP@0.25 | token acc |" in card
+    assert "at a keep ratio drawn per step: 1 on 20% of the steps, else uniform in [0.25, 1]" in card
+    maps = {k: float(v) for k, v in (kv.split(": ") for kv in card.split("validation: `{")[1].split("}")[0]
+                                     .replace('"', "").split(", ")) if k.startswith("map@")}
+    assert set(maps) == {"map@1", "map@0.25"} and maps["map@1"] > maps["map@0.25"]   # pruning to 16 of 64 costs mAP
