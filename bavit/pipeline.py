@@ -60,8 +60,9 @@ class Pipeline(nn.Module):
         return cls(detector, keep, options)
 
     @classmethod
-    def missing_weights(cls, root: Path, keep: float, options: Any) -> str | None:
-        """Why `root` cannot serve this method at `keep` (checked before any work), or None."""
+    def missing_weights(cls, root: Path, keep: float, options: Any, detector: str = "detector") -> str | None:
+        """Why `root` cannot serve this method at `keep` on its `detector` folder (checked
+        before any work), or None."""
         return None
 
     # -- what the model is ------------------------------------------------------------------

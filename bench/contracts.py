@@ -73,7 +73,8 @@ class RunSettings:
     """Everything besides the cell itself that changes a figure. --resume refuses a run folder
     whose settings differ, and reports compare only rows whose `settings_key` match."""
     model: str
-    detectors: tuple[str, ...]           # --detector, in order: the first is the reference
+    reference_detector: str              # the first --detector: every figure is against its dense fp32 cells
+                                         # (the others are cells of the run, as keep ratios are)
     image_size: tuple[int, int] | None   # --image-size as (H, W); None: the detector config's
     threads: int
     data: str

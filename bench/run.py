@@ -550,7 +550,8 @@ def _terminate(signum, frame):
 
 
 def settings_of(args, label: str) -> RunSettings:
-    return RunSettings(model=label, detectors=tuple(args.detector), image_size=args.image_size, threads=args.threads,
+    return RunSettings(model=label, reference_detector=args.detector[0], image_size=args.image_size,
+                       threads=args.threads,
                        data=args.data,
                        split=args.split, labels=args.labels, images=args.images, calib_images=args.calib_images,
                        rounds=args.rounds, round_seconds=args.round_seconds, warmup=args.warmup,
@@ -596,11 +597,15 @@ def run(argv: list[str] | None = None) -> int:
         if det_dir is None and len(resolved) > 1:
             raise UsageError(f"--weights {label}: an untrained model has one detector; --detector names "
                              f"{len(resolved)}")
-        for spec in plan["reducers"] if det_dir is not None else ():
-            for keep in plan["keeps"]:
-                why = reducer_class(spec.name).missing_weights(Path(label), keep, spec.typed_options())
-                if why:
-                    raise UsageError(f"--weights {label}: --reducer {spec.label} at --keep {keep:g}: {why}")
+        unfit: dict[tuple[str, str, float], str] = {}   # (detector, reducer, keep) -> why its weights do not fit
+        for d in plan["detectors"] if det_dir is not None else ():
+            for spec in plan["reducers"]:
+                for keep in plan["keeps"]:
+                    why = reducer_class(spec.name).missing_weights(Path(label), keep, spec.typed_options(), d)
+                    if why and d == plan["detectors"][0]:
+                        raise UsageError(f"--weights {label}: --reducer {spec.label} at --keep {keep:g}: {why}")
+                    if why:   # another detector's cells of this reducer are unavailable, the rest run
+                        unfit[(d, spec.label, keep)] = why
         settings = settings_of(args, label)
         if args.resume and not args.force:
             _check_resumable(plan["out"], settings)
@@ -654,7 +659,7 @@ def run(argv: list[str] | None = None) -> int:
     if len(todo) < len(cells):
         print(f"resuming: {len(cells) - len(todo)} of {len(cells)} cells already recorded", file=sys.stderr)
     job = Job(args, settings, run_id, label, size, cache, out, calib, cat_ids, accuracy_note, fingerprint(),
-              plan["reducers"], dataset.categories, model_info["box_frame"])
+              plan["reducers"], dataset.categories, model_info["box_frame"], unfit)
     failed = job.run(todo)
     (out / "timing.json").write_text(json.dumps(job.timing, indent=1))
     print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in job.timing.items()), file=sys.stderr)
@@ -670,7 +675,7 @@ class Job:
     def __init__(self, args, settings: RunSettings, run_id: str, label: str, size: tuple[int, int], cache: Path,
                  out: Path,
                  calib: dict, cat_ids, accuracy_note: str | None, system: dict, reducers: list,
-                 classes: list[str], box_frame: str) -> None:
+                 classes: list[str], box_frame: str, unfit: dict[tuple[str, str, float], str] | None = None) -> None:
         from bavit.reducers import dense
 
         self.args, self.settings, self.run_id, self.label, self.size = args, settings, run_id, label, size
@@ -680,6 +685,7 @@ class Job:
         self.work, self.logs = out / "work", out / "logs"
         self.timing: dict[str, float] = {}
         self.failed = 0
+        self.unfit = unfit or {}
 
     def _row(self, cell: Cell, status: str, **fields) -> dict:
         m = cell.model
@@ -687,7 +693,7 @@ class Job:
         row = Row(cell_id=cell.cell_id, model_id=m.model_id, target=m.target, precision=m.precision,
                   reducer=m.reducer, keep=m.keep, batch=m.batch, scenario=cell.scenario, status=status,
                   settings_key=self.settings.key, run_id=self.run_id, model=self.label, detector=m.detector,
-                  reference_detector=self.settings.detectors[0],
+                  reference_detector=self.settings.reference_detector,
                   data=f"{a.data}:{a.split}", data_classes=self.classes, box_frame=self.box_frame, threads=a.threads,
                   reducer_options=json.dumps(self.reducers[m.reducer].as_dict(), sort_keys=True),
                   image_size=f"{self.size[0]}x{self.size[1]}", started_at=datetime.now(timezone.utc).isoformat(),
@@ -714,7 +720,9 @@ class Job:
         runnable: list[Cell] = []
         for cell in todo:
             target = get_target(cell.model.target)
-            reason = target.available() or target.supports(cell.model.precision)
+            m = cell.model
+            reason = (self.unfit.get((m.detector, m.reducer, m.keep)) or target.available()
+                      or target.supports(m.precision))
             if reason:
                 self._write(self._row(cell, "unavailable", error=reason))
             else:
@@ -914,7 +922,7 @@ class Job:
                       rss_increase_mib=cold.peak_rss_mib - cold.baseline_rss_mib, torch_imported=cold.torch_imported,
                       executed_precision=cold.executed_precision, runtime_details=cold.runtime_details, mode=cold.mode,
                       streams=cold.streams, requests=cold.requests, accuracy_note=self.accuracy_note)
-        fields.update(self._accuracy_fields(cell, colds, scorers))
+        fields.update(self._accuracy_fields(cell, built, colds, scorers))
         if error is None and all(slices):
             s = summarise(slices, loads, self.args.threads)
             fields.update({k: v for k, v in asdict(s).items()})
@@ -939,13 +947,14 @@ class Job:
                        peak_pct=round(100 * achieved / p.gops, 2) if p.gops else None)
         return out
 
-    def _accuracy_fields(self, cell: Cell, colds: dict[str, ColdResult], scorers: dict[str, str]) -> dict:
+    def _accuracy_fields(self, cell: Cell, built: dict[str, Built], colds: dict[str, ColdResult],
+                         scorers: dict[str, str]) -> dict:
         if self.args.images == 0:
             return {}
         scorer = scorers[cell.model.model_id]
         result = next((r for cid, r in colds.items() if cid.startswith(scorer + "/") and
                        (r.accuracy is not None or r.accuracy_note)), None)
-        if result is None and self.accuracy_note:
+        if result is None and self.accuracy_note and not built[scorer].scores_tokens:
             return {}   # no mAP, and no token figures to score: the row's note says why
         if result is None:
             return {"accuracy_note": f"not scored: the cell scoring {scorer} did not run"}
@@ -954,8 +963,8 @@ class Job:
         acc = asdict(result.accuracy)
         reused = acc.pop("reused")
         slug = scorer.replace("/", "_")
-        return {**acc, "accuracy_from": scorer, "accuracy_reused": reused,
-                "detections_file": str(self.out / "detections" / f"{slug}.json")}
+        return {**acc, "accuracy_from": scorer, "accuracy_reused": reused,   # detections only where mAP was scored
+                "detections_file": str(self.out / "detections" / f"{slug}.json") if self.cat_ids is not None else None}
 
 
 def _artifact(path: str):

@@ -172,7 +172,8 @@ def accuracy(runner, spec: AccuracySpec, size: tuple[int, int], batch: int) -> A
     cache = Path(spec.cache_file) if spec.cache_file else None
     if cache is not None and cache.is_file():
         saved = json.loads(cache.read_text())
-        det_path.write_text(json.dumps(saved["detections"]))
+        if spec.cat_ids is not None:
+            det_path.write_text(json.dumps(saved["detections"]))
         return from_dict(Accuracy, {**saved["accuracy"], "reused": True})
     from bavit.data import load_dataset
     from bavit.validate import score
@@ -182,7 +183,8 @@ def accuracy(runner, spec: AccuracySpec, size: tuple[int, int], batch: int) -> A
     acc = score(runner, dataset, size, spec.patch, indices, batch=batch, label_mode=spec.labels,
                 with_map=spec.cat_ids is not None, cat_ids=spec.cat_ids, box_frame=spec.box_frame)
     detections = acc.pop("detections")
-    det_path.write_text(json.dumps(detections))
+    if spec.cat_ids is not None:   # token figures only: no detections were scored
+        det_path.write_text(json.dumps(detections))
     # token figures exist only where a foreground classifier ran (BAViT below keep 1.0)
     token = {k: acc[k] if spec.scores_tokens else None for k in ("token_acc", "fg_recall", "fg_precision")}
     result = Accuracy(map=acc.get("map"), ap50=acc.get("ap50"), ap75=acc.get("ap75"), images=acc["images"],

@@ -490,3 +490,29 @@ def test_token_figures_without_the_data_sets_classes(tmp_path):
     assert pruned["map"] is None and "mAP not measured" in pruned["accuracy_note"]
     assert 0.0 < pruned["token_acc"] <= 1.0 and pruned["fg_recall"] is not None and pruned["token_images"] == 4
     assert dense["token_acc"] is None and dense["map"] is None   # no classifier runs in the dense model
+
+
+def test_a_shared_head_of_another_detector_makes_those_cells_unavailable(tmp_path):
+    """bavit-shared's head reads its detector's own first layers: on a second detector (a
+    fine-tuned trunk) its cells are unavailable, saying why, and the rest of the run goes on;
+    on the reference detector the run is refused before any work."""
+    import shutil
+
+    from bavit.reducers.shared import SharedHead
+    from bavit.yolos import PrunedYolos
+
+    w = tmp_path / "w"
+    for name in ("detector", "detector-sparse-keep0.5", "bavit2"):
+        shutil.copytree(ROOT / "weights" / "tiny" / name, w / name)
+    SharedHead.for_detector(PrunedYolos.from_pretrained(w / "detector"), 2).save_pretrained(w / "bavit-shared2")
+    cell = ["--weights", str(w), "--target", "fake", "--keep", "1.0,0.5", "--batch", "2", "--precision", "fp32",
+            "--scenario", OFF, "--reducer", "bavit,bavit-shared"]
+    out = tmp_path / "run"
+    bench(out, *cell, "--detector", "detector,detector-sparse-keep0.5", check=True)
+    by_id = {r["cell_id"]: r for r in rows(out)}
+    assert len(by_id) == 6
+    other = by_id[f"fake/fp32/detector-sparse-keep0.5/bavit-shared/keep0.5/b2/{OFF}"]
+    assert other["status"] == "unavailable" and "trained on another detector's first 2 layers" in other["error"]
+    assert all(r["status"] == "ok" for k, r in by_id.items() if k != other["cell_id"])
+    proc = bench(tmp_path / "run2", *cell, "--detector", "detector-sparse-keep0.5")
+    assert proc.returncode == 2 and "trained on another detector's first 2 layers" in proc.stderr

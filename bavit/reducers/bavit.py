@@ -72,7 +72,7 @@ class BavitPipeline(Pipeline):
         return cls(detector, classifier, keep, options)
 
     @classmethod
-    def missing_weights(cls, root: Path, keep: float, options: Any) -> str | None:
+    def missing_weights(cls, root: Path, keep: float, options: Any, detector: str = "detector") -> str | None:
         if keep < 1.0 and not (Path(root) / f"bavit{options.layers}" / "config.json").is_file():
             return f"no bavit{options.layers}/ token classifier in {root} (the bavit reducer's layers option picks it)"
         return None

@@ -164,10 +164,23 @@ class SharedPipeline(Pipeline):
                    keep, options)
 
     @classmethod
-    def missing_weights(cls, root: Path, keep: float, options: Any) -> str | None:
-        if keep < 1.0 and not (Path(root) / f"bavit-shared{options.layers}" / CONFIG).is_file():
+    def missing_weights(cls, root: Path, keep: float, options: Any, detector: str = "detector") -> str | None:
+        """The head reads the detector's own first layers: one trained on another detector's
+        (a fine-tuned one's trunk differs) does not fit."""
+        head = Path(root) / f"bavit-shared{options.layers}"
+        if keep >= 1.0:
+            return None
+        if not (head / CONFIG).is_file():
             return (f"no bavit-shared{options.layers}/ head in {root} (train one: python -m bavit.train classifier "
-                    f"--shared {root}/detector --layers {options.layers} ...)")
+                    f"--shared {root}/{detector} --layers {options.layers} ...)")
+        from bavit.checkpoint import load_config
+        from bavit.pipeline import detector_class
+
+        det = detector_class(load_config(Path(root) / detector)).from_pretrained(Path(root) / detector)
+        if getattr(det, "family", "yolos") == "yolos" and trunk_hash(det, options.layers) != json.loads(
+                (head / CONFIG).read_text())["trunk_sha256"]:
+            return (f"{head} was trained on another detector's first {options.layers} layers, not {detector}'s "
+                    f"(train one: python -m bavit.train classifier --shared {root}/{detector} ...)")
         return None
 
     @property
