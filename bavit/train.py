@@ -499,11 +499,12 @@ def _write_card(out: Path, args, figures: dict, wall: float, history: list[dict]
              + ("bf16 autocast (encoder)" if args.bf16 else "fp32"),
              f"- wall time: {wall / 60:.1f} min (summed over resumed sittings)",
              f"- validation: `{json.dumps(figures)}`", "", "## Validation curve", ""]
-    maps = [k for k in figures if k.startswith("map")]   # "map", or "map@K" per --val-keep
-    lines += ["| step | wall s | " + " | ".join(f"mAP{k[3:]}" for k in maps) + " | token acc |",
-              "|---|---|" + "---|" * len(maps) + "---|"]
-    lines += [f"| {h['step']} | {h['wall_s']} | " + " | ".join(str(h.get(k, "")) for k in maps)
-              + f" | {h.get('token_acc', '')} |" for h in history]
+    # "map", or "map@K" per --val-keep; a classifier has none, its curve is token accuracy alone
+    maps = [k for k in figures if k.startswith("map")] or (["map"] if args.mode != "classifier" else [])
+    head = ["step", "wall s", *(f"mAP{k[3:]}" for k in maps), "token acc"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(v) for v in [h["step"], h["wall_s"], *(h.get(k, "") for k in maps),
+                                                 h.get("token_acc", "")]) + " |" for h in history]
     (out / "CARD.md").write_text("\n".join(lines) + "\n")
 
 
@@ -566,7 +567,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.mode == "finetune":
         try:
             args.keep = _keep_range(args.keep)
-            args.val_keep = (sorted({_keep_range(k)[0] for k in args.val_keep.split(",")}, reverse=True)
+            args.val_keep = (sorted({_val_keep(k) for k in args.val_keep.split(",")}, reverse=True)
                              if args.val_keep else sorted({args.keep[1], round(sum(args.keep) / 2, 4),
                                                            args.keep[0]}, reverse=True))
         except ValueError as err:
@@ -579,6 +580,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.mode != "finetune":
         args.keep = (1.0, 1.0)
     return args
+
+
+def _val_keep(text: str) -> float:
+    try:
+        keep = float(text)
+    except ValueError:
+        keep = -1.0
+    if not 0 < keep <= 1:
+        raise ValueError(f"--val-keep {text!r}: keep ratios in (0, 1], comma-separated")
+    return keep
 
 
 def _keep_range(text: str) -> tuple[float, float]:
