@@ -36,6 +36,7 @@ from reports.table import (
     best_reducers,
     column,
     detector_keeps,
+    detectors_markdown,
     load_profiles,
     load_results,
     ok_mask,
@@ -224,6 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(decision_markdown(decisions, args.max_map_drop, args.max_latency_ms, args.max_rss_mb))
     print(summary_markdown(df), end="")
+    if detectors := detectors_markdown(df):
+        print("\n" + detectors, end="")
     for name, path in paths.items():
         print(f"wrote {name}: {path}", file=sys.stderr)
     return 0

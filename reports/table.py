@@ -504,9 +504,7 @@ def detector_keeps(df: pd.DataFrame) -> pd.DataFrame:
     data["_tp"] = -column(data, "throughput_ips").fillna(0.0)
     chosen = data.sort_values(["_not_default", "_map", "_tp"], kind="stable").drop_duplicates(cell, keep="first")
 
-    key = _sort_key(chosen)
-    order = {d: i for i, d in enumerate(detector_names(derived))}  # the reference detector first
-    key["detector"] = chosen["detector"].map(lambda d: order.get(d, len(order)))
+    key = _sort_key(chosen)   # the reference detector first (every row names it by now)
     key = key[["scenario", "scenario_name", "batch", "target", "precision", "precision_name", "detector",
                "detector_name", "keep"]]
     chosen = chosen.loc[key.sort_values(list(key.columns), kind="stable").index]
@@ -566,6 +564,25 @@ def figure_bounds(row: Mapping) -> tuple[float, float]:
     """(min, max) over rounds of a row's headline figure: throughput for offline cells,
     p50 latency for single-stream ones."""
     return _round_bounds(row, is_single_stream(row.get("scenario")))
+
+
+def detectors_markdown(df: pd.DataFrame) -> str:
+    """The detector × keep table (:func:`detector_keeps`) as markdown, for a terminal or a
+    README: tables of a run are pasted from here, not typed. Empty when one detector ran."""
+    if df.empty or not several_detectors(df):
+        return ""
+    table = detector_keeps(df)
+    reference = reference_name(df)
+    lines = [f"Detectors × keep ratio (drop and speed-up against {reference}'s dense fp32 cell of the target):", "",
+             "| scenario | batch | target | precision | detector | keep | reducer | mAP | drop pts | speed-up |",
+             "|---|---:|---|---|---|---:|---|---:|---:|---:|"]
+    for _, r in table.iterrows():
+        lines.append("| " + " | ".join([
+            str(r["scenario"]), fmt(r["batch"], ".0f"), str(r["target"]), str(r["precision"]), str(r["detector"]),
+            format_keep(r["keep"]), str(r["reducer"]), fmt(r["map"], ".3f"), fmt(r["map_drop_pts"], ".2f"),
+            format_interval(r["speedup_vs_target_dense_fp32"], r["speedup_lo"], r["speedup_hi"], ".2f", "×"),
+        ]) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def summary_markdown(df: pd.DataFrame) -> str:

@@ -30,6 +30,7 @@ from reports.table import (
     DETECTOR_KEEP_COLUMNS,
     add_derived,
     detector_keeps,
+    detectors_markdown,
     load_results,
     paired_speedup,
     pareto_front,
@@ -816,6 +817,12 @@ def test_detectors_table_and_csv(tmp_path: Path) -> None:
     text = summary_text(run)
     assert "offline: openvino int8 detector-prune, bavit keep 0.5 b8" in text
     assert "| scenario | target | precision | detector | reducer |" in text
+    md = detectors_markdown(load_results(run)).splitlines()
+    assert md[0].startswith("Detectors × keep ratio (drop and speed-up against detector's dense fp32 cell")
+    assert md[4] == f"| {OFF} | 8 | openvino | fp32 | detector-prune | 1 | none | " + md[4].split(" | none | ")[1]
+    assert "1.00× [0.99–1.01]" in md[4] and len(md) == 4 + len(table)
+    assert detectors_markdown(load_results(write_run(tmp_path / "one", [
+        r for r in detector_rows() if r["detector"] == REF]))) == ""
 
 
 def test_detectors_csv_only_with_several_detectors(built: dict[str, Path], tmp_path: Path) -> None:
