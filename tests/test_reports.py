@@ -819,8 +819,9 @@ def test_detectors_table_and_csv(tmp_path: Path) -> None:
     assert "| scenario | target | precision | detector | reducer |" in text
     md = detectors_markdown(load_results(run)).splitlines()
     assert md[0].startswith("Detectors × keep ratio (drop and speed-up against detector's dense fp32 cell")
-    assert md[4] == f"| {OFF} | 8 | openvino | fp32 | detector-prune | 1 | none | " + md[4].split(" | none | ")[1]
-    assert "1.00× [0.99–1.01]" in md[4] and len(md) == 4 + len(table)
+    assert md[4] == f"| {OFF} | 8 | openvino | fp32 | detector | 1.0 | none | 0.400 | 0.00 | 1.00× [1.00–1.00] |"
+    assert md[6].startswith(f"| {OFF} | 8 | openvino | fp32 | detector-prune | 1.0 | none | ")
+    assert "1.00× [0.99–1.01]" in md[6] and len(md) == 4 + len(table)
     assert detectors_markdown(load_results(write_run(tmp_path / "one", [
         r for r in detector_rows() if r["detector"] == REF]))) == ""
 
