@@ -62,11 +62,15 @@ def reductions(reducers: list[str], keeps: list[float]) -> list[tuple[str, float
     return pairs
 
 
-def enumerate_cells(targets, precisions, reducers, keeps, batches, scenarios, detectors=("detector",)) -> list[Cell]:
+def enumerate_cells(targets, precisions, reducers, keeps, batches, scenarios, detectors=("detector",),
+                    detector_precisions: dict[str, list[str]] | None = None) -> list[Cell]:
     """Detectors, then keep ratios outermost within a target, so artifacts of one pipeline are
-    built together."""
+    built together. `detector_precisions` narrows a detector to some of `precisions`."""
     cells = []
+    own = detector_precisions or {}
     for t, d, (r, k), p in itertools.product(targets, detectors, reductions(reducers, keeps), precisions):
+        if p not in own.get(d, precisions):
+            continue
         if SINGLE_STREAM in scenarios:
             cells.append(Cell(Model(t, p, d, r, k, 1), SINGLE_STREAM))
         if OFFLINE in scenarios:

@@ -301,6 +301,8 @@ class Row:
     load_max: float | None = None             # highest 1-min load average seen in its slices
     noisy: bool | None = None
     noisy_reason: str | None = None
+    timing_from: str | None = None           # cell_id whose rounds these speed figures are: the same network
+                                             # (the reference detector's, other weights), timed once
     # -- work and efficiency (bavit.flops; bench.system.peak) ------------------------------------
     gflop_per_image: float | None = None     # matmul/conv/attention work of one image, BAViT included
     achieved_gops: float | None = None       # gflop_per_image x throughput_ips (int8 work counted as ops)

@@ -151,7 +151,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="detector folders inside --weights, comma-separated, e.g. detector,detector-sparse-keep0.5. "
                         f"The first is the reference: every row's mAP drop and speed-up are against its dense fp32 "
                         f"cell, the model a user starts from. Default auto: detector, and {PRUNE_AWARE} (the "
-                        "pruning-aware detector, trained with BAViT in the loop) where --weights holds one")
+                        "pruning-aware detector, trained with BAViT in the loop) where --weights holds one. "
+                        "A detector may name its own precisions after a colon, '+'-separated, out of --precision "
+                        "(e.g. detector:fp32,detector-prune: the plain detector only as the fp32 baseline)")
+    p.add_argument("--time-every-detector", action="store_true",
+                   help="time every detector's cells. By default a detector whose network is the reference "
+                        "detector's (same config, other weights) takes the speed figures of the reference's cell "
+                        "of the same target, precision, reducer, keep and batch (row field timing_from): the same "
+                        "graph and shapes run the same work, and its own cold start, memory and accuracy are "
+                        "still measured")
     p.add_argument("--images", type=int, default=500, help="images in the accuracy pass (0: speed only)")
     p.add_argument("--labels", choices=["masks", "boxes"], default=None,
                    help="token labels for token accuracy (default: masks when the data set has them)")
@@ -201,13 +209,10 @@ def check(args: argparse.Namespace) -> dict:
     scenarios = _names("--scenario", args.scenario, SCENARIOS)
     keeps = _floats("--keep", args.keep)
     batches = _ints("--batch", args.batch)
-    detectors = args.detector if isinstance(args.detector, list) else list(
-        dict.fromkeys(d.strip() for d in args.detector.split(",") if d.strip()))
+    detectors, detector_precisions = _detectors(args.detector, precisions)
     auto = detectors == ["auto"]   # which of these exist is known once --weights is resolved (run)
     if auto:
         detectors = ["detector", PRUNE_AWARE]
-    if not detectors or any("/" in d or d.startswith(".") for d in detectors):
-        raise UsageError(f"--detector: expected folder names inside --weights, comma-separated, got '{args.detector}'")
     args.detector = detectors
     if args.ov_int8_float == "auto":
         from bench.system import bf16_units
@@ -252,7 +257,41 @@ def check(args: argparse.Namespace) -> dict:
         raise UsageError(f"--out {out}: holds results.jsonl of an earlier run; pass --resume to finish it, "
                          "--force to start over, or choose another --out")
     return {"targets": targets, "precisions": precisions, "keeps": keeps, "batches": batches,
-            "scenarios": scenarios, "reducers": reducers, "detectors": detectors, "detector_auto": auto, "out": out}
+            "scenarios": scenarios, "reducers": reducers, "detectors": detectors, "detector_auto": auto,
+            "detector_precisions": detector_precisions, "out": out}
+
+
+def _detectors(text: str | list[str], precisions: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """--detector NAME[:PREC+PREC],... -> (names, name -> its precisions where it names them)."""
+    if isinstance(text, list):
+        return text, {}
+    names: list[str] = []
+    own: dict[str, list[str]] = {}
+    for item in (d.strip() for d in text.split(",")):
+        if not item:
+            continue
+        name, _, precs = item.partition(":")
+        name = name.strip()
+        if not name or "/" in name or name.startswith(".") or name in names:
+            raise UsageError(f"--detector: expected folder names inside --weights, comma-separated, each once, "
+                             f"got '{text}'")
+        names.append(name)
+        if precs:
+            chosen = list(dict.fromkeys(p.strip() for p in precs.split("+") if p.strip()))
+            outside = [p for p in chosen if p not in precisions]
+            if not chosen or outside:
+                raise UsageError(f"--detector {item}: precisions after the colon must be '+'-separated, out of "
+                                 f"--precision ({','.join(precisions)}); got '{precs}'")
+            own[name] = chosen
+    if not names:
+        raise UsageError(f"--detector: expected folder names inside --weights, comma-separated, got '{text}'")
+    if names == ["auto"] and own:
+        raise UsageError("--detector auto takes no precisions: name the detectors (e.g. detector:fp32,detector-prune)")
+    reference = own.get(names[0])
+    if reference is not None and "fp32" in precisions and "fp32" not in reference:
+        raise UsageError(f"--detector {names[0]}:{'+'.join(reference)}: the reference detector needs fp32, its dense "
+                         "fp32 cells are every row's reference")
+    return names, own
 
 
 # -- subprocesses ---------------------------------------------------------------------------------
@@ -617,6 +656,8 @@ def run(argv: list[str] | None = None) -> int:
                 raise UsageError(f"--detector {d}: its config differs from {plan['detectors'][0]}'s "
                                  f"({'; '.join(differs)})")
         size = model_info["size"]
+        same_network = set() if args.time_every_detector or det_dir is None else {
+            d for d, (_, other) in zip(plan["detectors"][1:], resolved[1:]) if _network(other) == _network(det_dir)}
     except UsageError as err:
         print(f"bench.run: error: {err}", file=sys.stderr)
         return 2
@@ -649,7 +690,7 @@ def run(argv: list[str] | None = None) -> int:
                          "foreground vs background needs no classes)")
     calib = _calibration(args, len(dataset))
     cells = enumerate_cells(plan["targets"], plan["precisions"], [r.label for r in plan["reducers"]], plan["keeps"],
-                            plan["batches"], plan["scenarios"], plan["detectors"])
+                            plan["batches"], plan["scenarios"], plan["detectors"], plan["detector_precisions"])
     done = finished_cells(out) if args.resume and not args.force else set()
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     (out / "run.json").write_text(json.dumps({"argv": sys.argv if argv is None else argv, "model": label,
@@ -659,7 +700,7 @@ def run(argv: list[str] | None = None) -> int:
     if len(todo) < len(cells):
         print(f"resuming: {len(cells) - len(todo)} of {len(cells)} cells already recorded", file=sys.stderr)
     job = Job(args, settings, run_id, label, size, cache, out, calib, cat_ids, accuracy_note, fingerprint(),
-              plan["reducers"], dataset.categories, model_info["box_frame"], unfit)
+              plan["reducers"], dataset.categories, model_info["box_frame"], unfit, same_network)
     failed = job.run(todo)
     (out / "timing.json").write_text(json.dumps(job.timing, indent=1))
     print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in job.timing.items()), file=sys.stderr)
@@ -675,7 +716,8 @@ class Job:
     def __init__(self, args, settings: RunSettings, run_id: str, label: str, size: tuple[int, int], cache: Path,
                  out: Path,
                  calib: dict, cat_ids, accuracy_note: str | None, system: dict, reducers: list,
-                 classes: list[str], box_frame: str, unfit: dict[tuple[str, str, float], str] | None = None) -> None:
+                 classes: list[str], box_frame: str, unfit: dict[tuple[str, str, float], str] | None = None,
+                 same_network: set[str] | None = None) -> None:
         from bavit.reducers import dense
 
         self.args, self.settings, self.run_id, self.label, self.size = args, settings, run_id, label, size
@@ -686,6 +728,7 @@ class Job:
         self.timing: dict[str, float] = {}
         self.failed = 0
         self.unfit = unfit or {}
+        self.same_network = same_network or set()   # detectors timed by the reference's cells (timing_from)
 
     def _row(self, cell: Cell, status: str, **fields) -> dict:
         m = cell.model
@@ -758,25 +801,53 @@ class Job:
                                           error=f"cold start: {colds[c.cell_id].error}"))
             if not live:
                 continue
+            twins = self._timing_twins(live, built)
+            timed = [c for c in live if c.cell_id not in twins]
             spec = ServeSpec(target, a.threads, a.warmup, a.ov_int8_float,
                              [ServeCell(c.cell_id, built[c.model.model_id].artifact, c.scenario, c.model.batch,
-                                        str(self.work / f"inputs-b{c.model.batch}.npy")) for c in live])
+                                        str(self.work / f"inputs-b{c.model.batch}.npy")) for c in timed])
             t0 = time.monotonic()
-            with tqdm(total=len(schedule([c.cell_id for c in live], a.rounds, a.round_seconds, True)),
+            with tqdm(total=len(schedule([c.cell_id for c in timed], a.rounds, a.round_seconds, True)),
                       desc=f"rounds {target}", unit="slice", dynamic_ncols=True) as bar:
                 slices, loads, failed, load_s = _time_target(spec, a, self.work, self.logs, bar)
             total = time.monotonic() - t0
             self._add("serving processes: start, load + warm-up", load_s)
             self._add("timed rounds", total - load_s)
             self._add("accuracy (of cold start)", sum(r.accuracy_s or 0.0 for r in colds.values()))
-            profiles = self._profile_phase(live, built) if a.profile else {}
+            profiles = self._profile_phase(timed, built) if a.profile else {}
             for c in live:
-                row = self._final_row(c, built, colds, scorers, slices[c.cell_id], loads[c.cell_id],
-                                      failed.get(c.cell_id))
+                source = twins.get(c.cell_id, c.cell_id)
+                error = failed.get(source)
+                if error is not None and source != c.cell_id:
+                    error = f"timing of {source}, whose speed figures this cell takes: {error}"
+                row = self._final_row(c, built, colds, scorers, slices[source], loads[source], error)
+                if source != c.cell_id:
+                    row["timing_from"] = source
                 if c.cell_id in profiles:
                     row.update(self._profile_fields(profiles[c.cell_id], row))
                 self._write(row)
         return self.failed
+
+    def _timing_twins(self, live: list[Cell], built: dict[str, Built]) -> dict[str, str]:
+        """cell_id -> the reference detector's cell whose rounds it takes: a detector with the
+        reference's network (`same_network`), in the same target, precision, reducer, keep,
+        batch and scenario, whose artifact does the same work on as many tokens. Timing it again
+        would measure the same graph twice and add only noise (and minutes) to the comparison."""
+        reference = self.settings.reference_detector
+        by_key = {(c.model.precision, c.model.reducer, c.model.keep, c.model.batch, c.scenario): c
+                  for c in live if c.model.detector == reference}
+        twins = {}
+        for c in live:
+            if c.model.detector not in self.same_network:
+                continue
+            twin = by_key.get((c.model.precision, c.model.reducer, c.model.keep, c.model.batch, c.scenario))
+            if twin is None:
+                continue
+            mine, theirs = built[c.model.model_id], built[twin.model.model_id]
+            if (mine.flops, mine.tokens_kept, mine.tokens_total) == (theirs.flops, theirs.tokens_kept,
+                                                                     theirs.tokens_total):
+                twins[c.cell_id] = twin.cell_id
+        return twins
 
     def _profile_phase(self, cells: list[Cell], built: dict[str, Built]) -> dict[str, ProfileResult]:
         """Each cell profiled in its own process once its target's rounds are over, so no
@@ -983,6 +1054,17 @@ def _write_inputs(dataset, size: tuple[int, int], batches: list[int], work: Path
     for b in batches:
         pixels, _ = preprocess_batch(dataset, [i % len(dataset) for i in range(b)], size)
         np.save(work / f"inputs-b{b}.npy", pixels)
+
+
+def _network(det_dir: Path) -> dict:
+    """A detector's architecture: its full config (defaults filled in) less what names its
+    classes or records the library version. Two detectors that agree here run the same graph
+    on the same shapes, whatever their weights."""
+    from bavit.checkpoint import load_config
+    cfg = load_config(det_dir).to_dict()
+    for key in ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "id2label", "label2id"):
+        cfg.pop(key, None)
+    return json.loads(json.dumps(cfg, sort_keys=True, default=str))
 
 
 def _model_info(label: str, det_dir: Path | None, image_size: tuple[int, int] | None) -> dict:

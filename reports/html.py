@@ -326,12 +326,13 @@ def _failed_html(df: pd.DataFrame) -> str:
 
 
 def _notes_html(df: pd.DataFrame) -> str:
-    """Where each cell's accuracy came from, when it is not simply "scored here, now".
+    """Where each cell's accuracy and speed came from, when not simply "measured here, now".
 
     Lists cells that ran but have no accuracy figures and why (class mismatch, a failed
     pass), cells whose mAP is another model's outputs scored (``mAP from <model_id>``:
     the same artifact serves several scenarios) and cells whose mAP was reused from the
-    cache (unchanged artifact, unchanged data), so no figure's origin is hidden."""
+    cache (unchanged artifact, unchanged data), and cells whose speed figures are another
+    detector's cell with the same network (``timing_from``), so no figure's origin is hidden."""
     items: list[str] = []
     for row in df[df["status"].astype(str) == "ok"].to_dict("records"):
         notes: list[str] = []
@@ -342,6 +343,9 @@ def _notes_html(df: pd.DataFrame) -> str:
             notes.append(f"mAP from {source}")
         if truthy(row.get("accuracy_reused")):
             notes.append("reused from cache (unchanged artifact, unchanged data)")
+        timing = row.get("timing_from")
+        if isinstance(timing, str) and timing:
+            notes.append(f"speed figures from {timing} (the same network with other weights, timed once)")
         if notes:
             items.append(f"<li><code>{html.escape(_text(row.get('cell_id')))}</code>: "
                          f"{html.escape('; '.join(notes))}</li>")
@@ -581,7 +585,7 @@ def render_html(df: pd.DataFrame, title: str = "bavit-bench report",
         "<h2>Profiles</h2>", _profiles_html(data, profiles or {}),
         "<h2>Noisy cells</h2>", _noisy_html(data),
         "<h2>Failed or unavailable cells</h2>", _failed_html(data),
-        "<h2>Accuracy notes</h2>", _notes_html(data),
+        "<h2>Where accuracy and speed figures came from</h2>", _notes_html(data),
     ]
     if comparison is not None:
         name = html.escape(baseline_name or "baseline")

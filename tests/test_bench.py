@@ -211,6 +211,13 @@ def test_a_line_cut_by_a_crash_is_dropped_not_glued(tmp_path):
     (["--weights", "weights/tiny", "--reducer", "bavit:layers=7", "--keep", "0.5"], "no bavit7/ token classifier"),
     (["--weights", "weights/tiny", "--detector", "detector,nope"], "--weights weights/tiny: no nope/config.json"),
     (["--detector", "../detector"], "--detector: expected folder names inside --weights"),
+    (["--detector", "detector,detector"], "--detector: expected folder names inside --weights"),
+    (["--detector", "detector:int8,detector-prune", "--precision", "fp32,int8"],
+     "the reference detector needs fp32"),
+    (["--detector", "detector:fp16"], "precisions after the colon must be '+'-separated, out of --precision"),
+    (["--detector", "detector,detector-prune:bf16", "--precision", "fp32,int8"],
+     "--detector detector-prune:bf16: precisions after the colon"),
+    (["--detector", "auto:fp32"], "--detector auto takes no precisions"),
     (["--weights", "random:tiny", "--detector", "detector,detector-prune"], "an untrained model has one detector"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, needle):
@@ -449,10 +456,11 @@ def test_map_equals_pycocotools_on_the_dumped_detections(tmp_path, monkeypatch):
 def test_detectors_are_a_sweep_axis(tmp_path):
     """--detector A,B: every cell per detector, built from its own weights; every row names
     its detector and the run's reference (the first), whose dense fp32 cell the report
-    measures both against."""
+    measures both against. Timed each (--time-every-detector): here the two are compared."""
     out = tmp_path / "run"
     bench(out, "--weights", "weights/tiny", "--detector", "detector,detector-sparse-keep0.5", "--target", "fake",
-          "--keep", "1.0,0.5", "--batch", "2", "--precision", "fp32", "--scenario", OFF, check=True)
+          "--keep", "1.0,0.5", "--batch", "2", "--precision", "fp32", "--scenario", OFF, "--time-every-detector",
+          check=True)
     by_id = {r["cell_id"]: r for r in rows(out)}
     assert sorted(by_id) == sorted(f"fake/fp32/{d}/{r}/keep{k}/b2/{OFF}" for d in ("detector", "detector-sparse-keep0.5")
                                    for r, k in (("none", "1"), ("bavit", "0.5")))
@@ -468,6 +476,40 @@ def test_detectors_are_a_sweep_axis(tmp_path):
     other = dense["detector-sparse-keep0.5"]["speedup_vs_target_dense_fp32"]
     assert math.isfinite(other) and other != 1.0                         # paired with the reference, not itself
     assert (out / "detectors.csv").is_file()
+    assert all(r["timing_from"] is None for r in by_id.values())
+
+
+def test_a_detector_with_the_reference_network_takes_its_timing(tmp_path):
+    """By default a second detector with the reference's config is not timed again: each of
+    its cells takes the rounds of the reference's cell of the same target, precision, reducer,
+    keep, batch and scenario, and says so; its own build, cold start and accuracy stay its own.
+    `detector:fp32` narrows the reference to the fp32 baseline, so the other detector's int8
+    cells have no twin and are timed themselves."""
+    out = tmp_path / "run"
+    bench(out, "--weights", "weights/tiny", "--detector", "detector:fp32,detector-sparse-keep0.5", "--target", "fake",
+          "--keep", "1.0,0.5", "--batch", "2", "--precision", "fp32,int8", "--scenario", OFF, check=True)
+    by_id = {r["cell_id"]: r for r in rows(out)}
+    cells = [f"fake/{p}/{d}/{r}/keep{k}/b2/{OFF}" for d, ps in (("detector", ("fp32",)),
+                                                                ("detector-sparse-keep0.5", ("fp32", "int8")))
+             for p in ps for r, k in (("none", "1"), ("bavit", "0.5"))]
+    assert sorted(by_id) == sorted(cells)                  # no int8 cells of the reference detector
+    assert all(r["status"] == "ok" for r in by_id.values())
+    for r, k in (("none", "1"), ("bavit", "0.5")):
+        ref = by_id[f"fake/fp32/detector/{r}/keep{k}/b2/{OFF}"]
+        twin = by_id[f"fake/fp32/detector-sparse-keep0.5/{r}/keep{k}/b2/{OFF}"]
+        assert ref["timing_from"] is None and twin["timing_from"] == ref["cell_id"]
+        assert twin["round_throughput_ips"] == ref["round_throughput_ips"]
+        assert twin["throughput_ips"] == ref["throughput_ips"]
+        assert twin["artifact"] != ref["artifact"] and twin["load_s"] is not None   # its own model, cold start
+        assert twin["map"] is not None and twin["accuracy_from"] == twin["model_id"]
+        int8 = by_id[f"fake/int8/detector-sparse-keep0.5/{r}/keep{k}/b2/{OFF}"]
+        assert int8["timing_from"] is None and len(int8["round_throughput_ips"]) == 2
+    from reports.html import _notes_html
+    from reports.table import add_derived, load_results
+    df = add_derived(load_results(out))
+    twin = df[df["cell_id"] == f"fake/fp32/detector-sparse-keep0.5/none/keep1/b2/{OFF}"].iloc[0]
+    assert twin["speedup_vs_target_dense_fp32"] == 1.0     # the same rounds as its reference
+    assert f"speed figures from fake/fp32/detector/none/keep1/b2/{OFF}" in _notes_html(df)
 
 
 def test_token_figures_without_the_data_sets_classes(tmp_path):

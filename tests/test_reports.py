@@ -495,7 +495,7 @@ def test_html_is_self_contained_and_complete(built: dict[str, Path]) -> None:
     noisy_section = page[page.index("<h2>Noisy cells</h2>"):page.index("<h2>Failed")]
     assert OV_INT8_K1 in noisy_section and reason in noisy_section and OV_INT8_K05 not in noisy_section
     assert FAILED_REASON in page and UNAVAILABLE_REASON in page
-    accuracy = page[page.index("<h2>Accuracy notes</h2>"):]
+    accuracy = page[page.index("<h2>Where accuracy and speed figures came from</h2>"):]
     assert f"{SS_OV_INT8_K05}</code>: mAP from openvino/int8/keep0.5/b8" in accuracy
     assert "reused from cache" in accuracy and accuracy.count("reused from cache") == 1
     assert "http://" not in page and "https://" not in page
