@@ -87,6 +87,7 @@ class RunSettings:
     warmup: int
     interleave: bool
     ov_int8_float: str
+    shared_timing: bool = True           # same-network detectors take the reference's rounds (timing_from)
 
     @property
     def key(self) -> str:

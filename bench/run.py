@@ -157,8 +157,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--time-every-detector", action="store_true",
                    help="time every detector's cells. By default a detector whose network is the reference "
                         "detector's (same config, other weights) takes the speed figures of the reference's cell "
-                        "of the same target, precision, reducer, keep and batch (row field timing_from): the same "
-                        "graph and shapes run the same work, and its own cold start, memory and accuracy are "
+                        "of the same target, precision, reducer, keep, batch and scenario (row field timing_from): "
+                        "the same "
+                        "graph and shapes run the same work; its own cold start, memory and accuracy are "
                         "still measured")
     p.add_argument("--images", type=int, default=500, help="images in the accuracy pass (0: speed only)")
     p.add_argument("--labels", choices=["masks", "boxes"], default=None,
@@ -264,7 +265,7 @@ def check(args: argparse.Namespace) -> dict:
 def _detectors(text: str | list[str], precisions: list[str]) -> tuple[list[str], dict[str, list[str]]]:
     """--detector NAME[:PREC+PREC],... -> (names, name -> its precisions where it names them)."""
     if isinstance(text, list):
-        return text, {}
+        text = ",".join(text)
     names: list[str] = []
     own: dict[str, list[str]] = {}
     for item in (d.strip() for d in text.split(",")):
@@ -276,7 +277,7 @@ def _detectors(text: str | list[str], precisions: list[str]) -> tuple[list[str],
             raise UsageError(f"--detector: expected folder names inside --weights, comma-separated, each once, "
                              f"got '{text}'")
         names.append(name)
-        if precs:
+        if ":" in item:
             chosen = list(dict.fromkeys(p.strip() for p in precs.split("+") if p.strip()))
             outside = [p for p in chosen if p not in precisions]
             if not chosen or outside:
@@ -594,7 +595,8 @@ def settings_of(args, label: str) -> RunSettings:
                        data=args.data,
                        split=args.split, labels=args.labels, images=args.images, calib_images=args.calib_images,
                        rounds=args.rounds, round_seconds=args.round_seconds, warmup=args.warmup,
-                       interleave=not args.no_interleave, ov_int8_float=args.ov_int8_float)
+                       interleave=not args.no_interleave, ov_int8_float=args.ov_int8_float,
+                       shared_timing=not args.time_every_detector)
 
 
 def _check_resumable(out: Path, settings: RunSettings) -> None:
@@ -814,15 +816,30 @@ class Job:
             self._add("serving processes: start, load + warm-up", load_s)
             self._add("timed rounds", total - load_s)
             self._add("accuracy (of cold start)", sum(r.accuracy_s or 0.0 for r in colds.values()))
+            orphans = [c for c in live if twins.get(c.cell_id) in failed]
+            if orphans:   # their reference's timing failed: they are timed themselves
+                for c in orphans:
+                    del twins[c.cell_id]
+                spec = ServeSpec(target, a.threads, a.warmup, a.ov_int8_float,
+                                 [ServeCell(c.cell_id, built[c.model.model_id].artifact, c.scenario, c.model.batch,
+                                            str(self.work / f"inputs-b{c.model.batch}.npy")) for c in orphans])
+                t0 = time.monotonic()
+                with tqdm(total=len(schedule([c.cell_id for c in orphans], a.rounds, a.round_seconds, True)),
+                          desc=f"rounds {target} (cells whose reference failed)", unit="slice",
+                          dynamic_ncols=True) as bar:
+                    more = _time_target(spec, a, self.work, self.logs, bar)
+                self._add("serving processes: start, load + warm-up", more[3])
+                self._add("timed rounds", time.monotonic() - t0 - more[3])
+                slices, loads, failed = {**slices, **more[0]}, {**loads, **more[1]}, {**failed, **more[2]}
+                timed += orphans
             profiles = self._profile_phase(timed, built) if a.profile else {}
             for c in live:
                 source = twins.get(c.cell_id, c.cell_id)
-                error = failed.get(source)
-                if error is not None and source != c.cell_id:
-                    error = f"timing of {source}, whose speed figures this cell takes: {error}"
-                row = self._final_row(c, built, colds, scorers, slices[source], loads[source], error)
+                row = self._final_row(c, built, colds, scorers, slices[source], loads[source], failed.get(source))
                 if source != c.cell_id:
                     row["timing_from"] = source
+                    if a.profile:
+                        row["profile_note"] = f"not profiled: its speed figures are {source}'s (the same network)"
                 if c.cell_id in profiles:
                     row.update(self._profile_fields(profiles[c.cell_id], row))
                 self._write(row)
