@@ -559,7 +559,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             s.add_argument("--classifier", required=True, help="BAViT folder that prunes in the loop")
             s.add_argument("--keep", default="0.5", metavar="K|LO:HI",
                            help="keep ratio pruned to in the loop, or a range LO:HI: one detector for every "
-                                f"keep in it ({FINETUNE_TOP_SHARE:.0%} of the steps at HI, the rest uniform)")
+                                f"keep in it ({FINETUNE_TOP_SHARE:.0%}% of the steps at HI, the rest uniform)")
             s.add_argument("--val-keep", default=None, metavar="K,K",
                            help="keep ratios validated (default: LO, the middle and HI of --keep, or K)")
     args = p.parse_args(argv)
