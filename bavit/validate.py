@@ -1,57 +1,52 @@
-"""Scores any runner (eager model, OpenVINO, TFLite...) on a data split: mAP through
-faster-coco-eval and BAViT token accuracy, from the runner's own outputs."""
+"""Scores any runner (eager model, OpenVINO, TFLite...) on a data split: the split encoded into
+a scoring set (bavit.scoring), then scored from the runner's own outputs."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from bavit.data import DetectionDataset
+from bavit.data.preprocess import hw, resize
 from bavit.encode import LabelMode, encode, label_mode_for
-from bavit.evaluate import coco_map, detections_from_outputs
-from bavit.labels import token_metrics
-
-# (B, 3, S, S) float32 -> (logits (B, D, C+1), boxes (B, D, 4), token_logits (B, N))
-Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+from bavit.scoring import SHARD_IMAGES, Runner, ScoringSet, Shard
+from bavit.scoring import score as score_set
 
 
-def score(run: Runner, dataset: DetectionDataset, size: int, patch: int, indices: Sequence[int],
+def encode_split(dataset: DetectionDataset, indices: Sequence[int], size: int | tuple[int, int], patch: int,
+                 label_mode: LabelMode | None = None, shard_images: int = SHARD_IMAGES) -> ScoringSet:
+    """The samples at `indices` as a scoring set: resized uint8 images, token targets, and
+    the ground truth of exactly these images. Masks when the set has them (unless
+    `label_mode` says boxes); an image without masks then gets box targets, which are not
+    counted (`labelled` False)."""
+    mode = label_mode_for(dataset, label_mode)
+    h, w = hw(size)
+    ids, scales, origs, labelled, shards = [], [], [], [], []
+    for start in range(0, len(indices), shard_images):
+        part = indices[start:start + shard_images]
+        images = np.zeros((len(part), h, w, 3), dtype=np.uint8)
+        extents = np.zeros((len(part), 2), dtype=np.int32)
+        fgs = []
+        for j, i in enumerate(part):
+            sample = dataset[i]
+            ok = mode != "masks" or sample.masks is not None
+            enc = encode(sample, size, patch, mode if ok else "boxes")
+            resized, _ = resize(sample.image, size)
+            images[j, :resized.shape[0], :resized.shape[1]] = resized
+            extents[j] = resized.shape[:2]
+            fgs.append(enc.token_fg)
+            ids.append(int(enc.image_id))
+            scales.append(float(enc.scale))
+            origs.append(tuple(int(v) for v in enc.orig_size))
+            labelled.append(bool(ok))
+        shards.append(Shard(images, extents, np.stack(fgs) if fgs else np.zeros((0, 0), dtype=bool)))
+    return ScoringSet((h, w), patch, mode, ids, scales, origs, labelled, list(dataset.cat_ids),
+                      dataset.coco_gt(list(indices)), shards)
+
+
+def score(run: Runner, dataset: DetectionDataset, size: int | tuple[int, int], patch: int, indices: Sequence[int],
           batch: int = 8, label_mode: LabelMode | None = None, pad_batches: bool = True,
           with_map: bool = True, cat_ids: Sequence[int | None] | None = None, box_frame: str = "input") -> dict:
-    """Runs `run` over the samples in fixed-size batches. Static-shape models need every
-    batch full: the last one is padded with copies and the copies' outputs are dropped.
-    `cat_ids`: the data-set category of each model class (`evaluate.category_map`);
-    default the data set's own contiguous labels. With mask labels, images without masks
-    (most of VOC's Main lists) count for mAP but not for token figures: `token_images`
-    says how many did."""
-    mode = label_mode_for(dataset, label_mode)
-    dets: list[dict] = []
-    counts = np.zeros(4, dtype=np.int64)  # tp fp fn tn
-    token_images = 0
-    for start in range(0, len(indices), batch):
-        samples = [dataset[i] for i in indices[start:start + batch]]
-        labelled = np.array([mode != "masks" or s.masks is not None for s in samples])
-        chunk = [encode(s, size, patch, mode if ok else "boxes") for s, ok in zip(samples, labelled)]
-        pixels = np.stack([e.pixels for e in chunk])
-        n = len(chunk)
-        if pad_batches and n < batch:
-            pixels = np.concatenate([pixels, np.repeat(pixels[-1:], batch - n, axis=0)])
-        logits, boxes, token_logits = (np.asarray(a)[:n] for a in run(pixels))
-        if with_map:
-            dets += detections_from_outputs(logits, boxes, [e.scale for e in chunk], [e.image_id for e in chunk],
-                                            cat_ids or dataset.cat_ids, size, [e.orig_size for e in chunk],
-                                            box_frame=box_frame)
-        if labelled.any():
-            m = token_metrics((token_logits >= 0)[labelled], np.stack([e.token_fg for e in chunk])[labelled])
-            counts += [m["tp"], m["fp"], m["fn"], m["tn"]]
-            token_images += int(labelled.sum())
-    tp, fp, fn, tn = counts.tolist()
-    result = coco_map(dataset.coco_gt(list(indices)), dets) if with_map else {}
-    if token_images:
-        result.update(token_acc=(tp + tn) / counts.sum(), fg_recall=tp / max(tp + fn, 1),
-                      fg_precision=tp / max(tp + fp, 1))
-    else:
-        result.update(token_acc=None, fg_recall=None, fg_precision=None)
-    result.update(images=len(indices), token_images=token_images, label_mode=mode)
-    result["detections"] = dets
-    return result
+    """`run` scored on the samples at `indices` (bavit.scoring.score)."""
+    return score_set(run, encode_split(dataset, indices, size, patch, label_mode), batch, pad_batches, with_map,
+                     cat_ids, box_frame)

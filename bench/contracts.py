@@ -146,12 +146,8 @@ class Built:
 
 @dataclass(frozen=True)
 class AccuracySpec:
-    data: str
-    split: str
-    images: int
-    labels: str | None
+    scoring_set: str              # folder of the encoded images, token targets and ground truth (bavit.scoring)
     cat_ids: list[int | None] | None   # None: the model's classes are not the data set's (token figures only)
-    patch: int
     scores_tokens: bool           # token figures are measured (a reducer with a foreground classifier)
     box_frame: str                # what predicted boxes are fractions of (bavit.yolos.box_frame)
     detections: str               # where the detections JSON goes
@@ -169,7 +165,6 @@ class ColdSpec:
     batch: int
     threads: int
     pixels: str
-    input_size: tuple[int, int]   # (H, W)
     ov_int8_float: str
     accuracy: AccuracySpec | None = None
 

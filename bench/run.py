@@ -702,7 +702,7 @@ def run(argv: list[str] | None = None) -> int:
     if len(todo) < len(cells):
         print(f"resuming: {len(cells) - len(todo)} of {len(cells)} cells already recorded", file=sys.stderr)
     job = Job(args, settings, run_id, label, size, cache, out, calib, cat_ids, accuracy_note, fingerprint(),
-              plan["reducers"], dataset.categories, model_info["box_frame"], unfit, same_network)
+              plan["reducers"], dataset.categories, model_info["box_frame"], dataset, unfit, same_network)
     failed = job.run(todo)
     (out / "timing.json").write_text(json.dumps(job.timing, indent=1))
     print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in job.timing.items()), file=sys.stderr)
@@ -718,7 +718,7 @@ class Job:
     def __init__(self, args, settings: RunSettings, run_id: str, label: str, size: tuple[int, int], cache: Path,
                  out: Path,
                  calib: dict, cat_ids, accuracy_note: str | None, system: dict, reducers: list,
-                 classes: list[str], box_frame: str, unfit: dict[tuple[str, str, float], str] | None = None,
+                 classes: list[str], box_frame: str, dataset, unfit: dict[tuple[str, str, float], str] | None = None,
                  same_network: set[str] | None = None) -> None:
         from bavit.reducers import dense
 
@@ -726,6 +726,7 @@ class Job:
         self.reducers = {r.label: r for r in [dense(), *reducers]}   # label -> ReducerSpec
         self.cache, self.out, self.calib, self.cat_ids, self.accuracy_note = cache, out, calib, cat_ids, accuracy_note
         self.system, self.classes, self.box_frame = system, ",".join(classes), box_frame
+        self.dataset = dataset        # the split scored (bavit.data), encoded once into a scoring set
         self.work, self.logs = out / "work", out / "logs"
         self.timing: dict[str, float] = {}
         self.failed = 0
@@ -960,17 +961,40 @@ class Job:
                 # (foreground vs background): scored without mAP
                 wanted = self.cat_ids is not None or b.scores_tokens
                 if a.images > 0 and wanted and scoring.get(c.model.model_id) == c.cell_id:
-                    acc = AccuracySpec(a.data, a.split, a.images, a.labels, self.cat_ids, b.patch, b.scores_tokens,
-                                       self.box_frame, str(self.out / "detections" / f"{c.model.slug}.json"),
+                    acc = AccuracySpec(self._scoring_set(b.patch), self.cat_ids, b.scores_tokens, self.box_frame,
+                                       str(self.out / "detections" / f"{c.model.slug}.json"),
                                        self._accuracy_cache(c, b))
                     bar.set_description(f"cold start + accuracy {c.cell_id}")
                 else:
                     bar.set_description(f"cold start {c.cell_id}")
                 spec = ColdSpec(c.cell_id, c.model.target, b.artifact, c.scenario, c.model.batch, a.threads,
-                                str(self.work / f"inputs-b{c.model.batch}.npy"), self.size, a.ov_int8_float, acc)
+                                str(self.work / f"inputs-b{c.model.batch}.npy"), a.ov_int8_float, acc)
                 results[c.cell_id] = _run_cold(spec, self.work, self.logs, c.slug, a.timeout, a.threads)
         self._tick("cold start + accuracy", t0)
         return results
+
+    def _scoring_set(self, patch: int) -> str:
+        """The accuracy pass's images, token targets and ground truth, encoded once per data,
+        split, image count, labels, input size and patch into the cache; every scoring process
+        reads them from there with numpy alone (bavit.scoring)."""
+        from bavit.scoring import META, SCORING_FORMAT
+        from bavit.validate import encode_split
+        from bench.system import data_fingerprint
+
+        a = self.args
+        key = digest({"format": SCORING_FORMAT, "data": data_fingerprint(a.data, a.split), "images": a.images,
+                      "labels": a.labels, "size": self.size, "patch": patch})[:24]
+        folder = self.cache / "scoring" / key
+        if not (folder / META).is_file():
+            t0 = time.monotonic()
+            indices = list(range(min(a.images, len(self.dataset))))
+            tmp = folder.with_name(f"{key}.tmp{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            encode_split(self.dataset, indices, self.size, patch, a.labels).save(tmp)
+            shutil.rmtree(folder, ignore_errors=True)
+            tmp.rename(folder)
+            self._tick("cold start + accuracy: of it, encoding the scored images", t0)
+        return str(folder)
 
     def _accuracy_cache(self, cell: Cell, built: Built) -> str:
         """Keyed on everything the scored outputs depend on: the artifact (its folder name is

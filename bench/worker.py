@@ -157,14 +157,14 @@ def cold(spec: ColdSpec) -> ColdResult:
     start = time.perf_counter()
     fields = {k: getattr(result, k) for k in asdict(result)}
     try:  # the figures above stay recorded whatever the accuracy pass meets
-        fields["accuracy"] = accuracy(runner, spec.accuracy, spec.input_size, spec.batch)
+        fields["accuracy"] = accuracy(runner, spec.accuracy, spec.batch)
     except Exception as err:
         traceback.print_exc()
         fields["accuracy_note"] = f"accuracy pass failed: {one_line(err)}"
     return ColdResult(**{**fields, "accuracy_s": round(time.perf_counter() - start, 3)})
 
 
-def accuracy(runner, spec: AccuracySpec, size: tuple[int, int], batch: int) -> Accuracy:
+def accuracy(runner, spec: AccuracySpec, batch: int) -> Accuracy:
     """mAP and token figures of this runner's outputs; an unchanged artifact on unchanged
     data reads them (and its detections) back from the cache instead of scoring again."""
     det_path = Path(spec.detections)
@@ -175,13 +175,10 @@ def accuracy(runner, spec: AccuracySpec, size: tuple[int, int], batch: int) -> A
         if spec.cat_ids is not None:
             det_path.write_text(json.dumps(saved["detections"]))
         return from_dict(Accuracy, {**saved["accuracy"], "reused": True})
-    from bavit.data import load_dataset
-    from bavit.validate import score
+    from bavit.scoring import ScoringSet, score
 
-    dataset = load_dataset(spec.data, spec.split, size=size)
-    indices = list(range(min(spec.images, len(dataset))))
-    acc = score(runner, dataset, size, spec.patch, indices, batch=batch, label_mode=spec.labels,
-                with_map=spec.cat_ids is not None, cat_ids=spec.cat_ids, box_frame=spec.box_frame)
+    acc = score(runner, ScoringSet.load(spec.scoring_set), batch=batch, with_map=spec.cat_ids is not None,
+                cat_ids=spec.cat_ids, box_frame=spec.box_frame)
     detections = acc.pop("detections")
     if spec.cat_ids is not None:   # token figures only: no detections were scored
         det_path.write_text(json.dumps(detections))

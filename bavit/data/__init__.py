@@ -11,14 +11,23 @@
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from .base import DataError, DetectionDataset, Sample
-from .coco import CocoDataset, coco_paths
-from .synthetic import make_synthetic, synthetic_dataset
-from .voc import VocDataset
-from .yolo import YoloDataset
+
+# The loaders (PIL, pycocotools, yaml) are imported on first use: the measuring side scores
+# preprocessed arrays with bavit.data.preprocess and bavit.evaluate alone, on a device where
+# none of them is installed.
+_LOADERS = {"CocoDataset": ".coco", "coco_paths": ".coco", "make_synthetic": ".synthetic",
+            "synthetic_dataset": ".synthetic", "VocDataset": ".voc", "YoloDataset": ".yolo"}
+
+
+def __getattr__(name: str):
+    if name in _LOADERS:
+        return getattr(importlib.import_module(_LOADERS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "CocoDataset",
@@ -95,6 +104,7 @@ def has_split(spec: str, split: str) -> bool:
             return bool(image_files(read_yaml(data.path), data.path, split))
         except DataError:   # a split the yaml names but whose folder is missing: not a split
             return False
+    from .coco import coco_paths
     image_dir, ann_file = coco_paths(data.path, split)
     return image_dir.is_dir() and ann_file.is_file()
 
@@ -136,6 +146,11 @@ def load_dataset(spec: str, split: str = "val", size: int | tuple[int, int] = 64
     images are generated at the input's longer side. For real sets `n_images` keeps the
     first images, for quick runs.
     """
+    from .coco import CocoDataset, coco_paths
+    from .synthetic import synthetic_dataset
+    from .voc import VocDataset
+    from .yolo import YoloDataset
+
     data = parse_data(spec)
     if data.kind == "synthetic":
         side = size if isinstance(size, int) else max(size)

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 
 class DataError(ValueError):
@@ -76,6 +75,8 @@ class DetectionDataset(ABC):
 
 def read_rgb(path: Path) -> np.ndarray:
     """Decode an image file to (H, W, 3) uint8, turning IO/decoder failures into DataError."""
+    from PIL import Image
+
     if not path.is_file():
         raise DataError(f"image file not found: {path}")
     try:

@@ -10,11 +10,12 @@ pixels a pure scale.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
 
-from .base import DetectionDataset
+if TYPE_CHECKING:
+    from .base import DetectionDataset
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -44,19 +45,36 @@ def resized_shape(height: int, width: int, size: Size) -> tuple[int, int, float]
 
 
 def preprocess(image: np.ndarray, size: Size) -> tuple[np.ndarray, float]:
-    """(H, W, 3) uint8 RGB -> ((3, H_in, W_in) float32, scale).
+    """(H, W, 3) uint8 RGB -> ((3, H_in, W_in) float32, scale): `resize`, then `normalise`."""
+    resized, scale = resize(image, size)
+    return normalise(resized, size), scale
 
-    Normalisation happens before padding so padded pixels are exactly 0 in
-    model space (the "mean colour"), matching what HF YOLOS padding produces.
-    """
+
+def resize(image: np.ndarray, size: Size) -> tuple[np.ndarray, float]:
+    """(H, W, 3) uint8 RGB -> ((new_h, new_w, 3) uint8, scale), fitted inside the input.
+
+    Apart from `normalise` so that what a device is sent to score is the resized image in
+    uint8 (a quarter of the float input), and normalising it there gives the very floats."""
+    from PIL import Image
+
     h, w = image.shape[:2]
     new_h, new_w, scale = resized_shape(h, w, size)
     if (new_h, new_w) != (h, w):
         image = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
-    normalised = (image.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    return image, scale
+
+
+def normalise(resized: np.ndarray, size: Size) -> np.ndarray:
+    """(h, w, 3) uint8 resized image -> (3, H_in, W_in) float32 model input.
+
+    Normalisation happens before padding so padded pixels are exactly 0 in
+    model space (the "mean colour"), matching what HF YOLOS padding produces.
+    """
+    new_h, new_w = resized.shape[:2]
+    normalised = (resized.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
     out = np.zeros((3, *hw(size)), dtype=np.float32)
     out[:, :new_h, :new_w] = normalised.transpose(2, 0, 1)
-    return out, scale
+    return out
 
 
 def preprocess_masks(masks: np.ndarray, scale: float, size: Size) -> np.ndarray:
