@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,3 +115,12 @@ def finished_cells(run_dir: Path) -> set[str]:
 def has_rows(run_dir: Path) -> bool:
     path = run_dir / RESULTS
     return path.is_file() and path.stat().st_size > 0
+
+
+def start_over(out: Path) -> None:
+    """--force: a used run folder emptied of what a run writes."""
+    for name in ("results.jsonl", "run.json", "report.csv", "report.html", "decision.csv", "reducers.csv",
+                 "detectors.csv", "comparison.csv", "timing.json"):
+        (out / name).unlink(missing_ok=True)
+    for name in ("work", "logs", "detections", "profiles"):
+        shutil.rmtree(out / name, ignore_errors=True)

@@ -256,6 +256,8 @@ class Row:
     reducer_options: str = ""     # JSON: every option of the reducer, defaults included
     image_size: str = ""          # the model input, "HxW"
     started_at: str = ""
+    built_on: str = ""            # the machine that built the artifacts, where it is not this one (a bundle's)
+    bundle: str = ""              # the bundle measured (bench.measure), if any
     # -- build -------------------------------------------------------------------------------
     recipe: str | None = None
     recipe_settings: str | None = None

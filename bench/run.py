@@ -24,41 +24,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import select
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from bavit.reducers import NAMES as REDUCER_NAMES
-from bench.cells import Cell, Model, append_row, enumerate_cells, finished_cells, has_rows, models_of
-from bench.contracts import (
-    PROFILE_PARTS,
-    SCENARIOS,
-    AccuracySpec,
-    BuildSpec,
-    Built,
-    ColdResult,
-    ColdSpec,
-    Command,
-    ProfileResult,
-    ProfileSpec,
-    ReductionSpec,
-    Reply,
-    Row,
-    RunSettings,
-    ServeCell,
-    ServeSpec,
-    Slice,
-    digest,
-    from_json,
-    to_json,
-)
+from bench.build import BuildPlan, build_phase
+from bench.cells import Cell, enumerate_cells, finished_cells, has_rows, start_over
+from bench.contracts import SCENARIOS, RunSettings, digest
+from bench.measure import Measure, MeasureOptions, MeasurePlan
+from bench.procs import Children
 from bench.system import fingerprint
 
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -102,8 +82,9 @@ def _names(option: str, text: str, known: tuple[str, ...]) -> list[str]:
     return names
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+def parse_args(argv: list[str] | None, prog: str = "python -m bench.run", description: str | None = None
+               ) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=prog, description=description or __doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", default="all", help="torch | openvino | tflite | inductor | all (torch, openvino, tflite), or a "
                                                   "comma-separated list")
@@ -295,286 +276,6 @@ def _detectors(text: str | list[str], precisions: list[str]) -> tuple[list[str],
     return names, own
 
 
-# -- subprocesses ---------------------------------------------------------------------------------
-def _env(threads: int) -> dict:
-    return dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-                OPENBLAS_NUM_THREADS=str(threads), TF_NUM_INTRAOP_THREADS=str(threads),
-                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-
-
-def _spawn(args: list[str], log: Path, threads: int, **kw) -> subprocess.Popen:
-    """A worker in a new session, so a timeout or Ctrl-C kills it with its children."""
-    with open(log, "a") as f:
-        return subprocess.Popen([sys.executable, "-m", "bench.worker", *args], stdout=f, stderr=subprocess.STDOUT,
-                                env=_env(threads), start_new_session=True, **kw)
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
-
-
-class _Children:
-    """Every live worker, so Ctrl-C / SIGTERM takes them all down with the harness."""
-    live: set[subprocess.Popen] = set()
-
-    @classmethod
-    def kill_all(cls) -> None:
-        for proc in list(cls.live):
-            _kill(proc)
-        cls.live.clear()
-
-
-# rough seconds per artifact on a 2-core machine, only to share the builds out evenly
-_BUILD_COST = {("tflite", "int8"): 85, ("tflite", "fp32"): 40, ("openvino", "int8"): 30}
-
-
-def _share_out(specs: list[BuildSpec], jobs: int, artifact_of, group_of) -> list[list[BuildSpec]]:
-    """Specs split into `jobs` lists of about equal estimated cost (longest first). The specs of
-    one group always go to the same list: every batch of a dynamic-batch IR (two processes never
-    build the same artifact) and the per-batch artifacts of one calibrated model (the process
-    calibrates once for all of them). A group costs one estimate per distinct artifact."""
-    groups: dict = {}
-    for s in specs:
-        groups.setdefault(group_of(s), []).append(s)
-
-    def cost(group: list[BuildSpec]) -> float:
-        return _BUILD_COST.get((group[0].target, group[0].precision), 8) * len({artifact_of(s) for s in group})
-
-    loads = [[0.0, []] for _ in range(max(1, jobs))]
-    for group in sorted(groups.values(), key=lambda g: -cost(g)):
-        lightest = min(loads, key=lambda x: x[0])
-        lightest[0] += cost(group)
-        lightest[1].extend(group)
-    order = {s.model_id: i for i, s in enumerate(specs)}
-    return [sorted(lst, key=lambda s: order[s.model_id]) for _, lst in loads if lst]
-
-
-class _BuildProcess:
-    """One build process over a list of specs, restarted for the rest when it dies or hangs."""
-
-    def __init__(self, specs: list[BuildSpec], name: str, work: Path, logs: Path, threads: int) -> None:
-        self.remaining, self.name, self.work, self.logs, self.threads = list(specs), name, work, logs, threads
-        self.attempt = 0
-        self.proc: subprocess.Popen | None = None
-        self._start()
-
-    def _start(self) -> None:
-        self.attempt += 1
-        stem = f"build-{self.name}-{self.attempt}"
-        self.spec_file, self.out_file = self.work / f"{stem}.specs.json", self.work / f"{stem}.out.jsonl"
-        self.current = self.out_file.with_name(self.out_file.name + ".current")
-        self.spec_file.write_text(json.dumps([asdict(s) for s in self.remaining]))
-        self.out_file.unlink(missing_ok=True)
-        self.proc = _spawn(["build", str(self.spec_file), str(self.out_file)], self.logs / f"build-{self.name}.log",
-                           self.threads)
-        _Children.live.add(self.proc)
-        self.seen, self.building, self.since = 0, None, time.monotonic()
-
-    def poll(self, results: dict[str, Built], timeout: float, bar) -> bool:
-        """Collects finished artifacts; False once every spec has a result."""
-        finished = self.proc.poll() is not None
-        if self.out_file.is_file():
-            for line in self.out_file.read_text().splitlines()[self.seen:]:
-                try:
-                    built = from_json(Built, line)
-                except ValueError:
-                    break  # a line being written: read it next time
-                results[built.model_id] = built
-                self.seen += 1
-                bar.update(1)
-        building = self.current.read_text().strip() if self.current.is_file() else None
-        if building != self.building:
-            self.building, self.since = building, time.monotonic()
-            if building:
-                bar.set_description(f"build {building}")
-        verdict = None
-        if not finished and self.building and time.monotonic() - self.since > timeout:
-            _kill(self.proc)
-            finished, verdict = True, f"timeout: build did not finish in {timeout:g} s"
-        if not finished:
-            return True
-        _Children.live.discard(self.proc)
-        self.remaining = [s for s in self.remaining if s.model_id not in results]
-        if not self.remaining:
-            return False
-        if self.building and self.building.startswith(PROFILE_PARTS):
-            # it died building a profile's stage artifacts: that artifact is recorded, the
-            # profile will say what is missing; the rest start again
-            self._start()
-            return True
-        ids = {s.model_id for s in self.remaining}
-        stuck = self.building if self.building in ids else self.remaining[0].model_id
-        results[stuck] = Built(stuck, False, error=verdict or f"build process died (exit code "
-                                                              f"{self.proc.returncode}); see logs/build-{self.name}.log")
-        bar.update(1)
-        self.remaining = [s for s in self.remaining if s.model_id not in results]
-        if not self.remaining:
-            return False
-        self._start()
-        return True
-
-
-def _run_build(specs: list[BuildSpec], jobs: int, artifact_of, group_of, work: Path, logs: Path, timeout: float,
-               threads: int, bar) -> dict[str, Built]:
-    """`jobs` build processes side by side (conversion is mostly one core's work; nothing is
-    timed while they run), each importing torch once."""
-    results: dict[str, Built] = {}
-    workers = [_BuildProcess(lst, str(i), work, logs, threads)
-               for i, lst in enumerate(_share_out(specs, jobs, artifact_of, group_of))]
-    while workers:
-        workers = [w for w in workers if w.poll(results, timeout, bar)]
-        time.sleep(0.2)
-    return results
-
-
-def _run_one(mode: str, spec, result_cls: type, work: Path, logs: Path, slug: str, timeout: float, threads: int):
-    """A cell's own `bench.worker MODE` process; its result, or one saying why there is none."""
-    spec_file, out_file = work / f"{slug}.{mode}.json", work / f"{slug}.{mode}.out.json"
-    spec_file.write_text(to_json(spec))
-    out_file.unlink(missing_ok=True)
-    proc = _spawn([mode, str(spec_file), str(out_file)], logs / f"{slug}.{mode}.log", threads)
-    _Children.live.add(proc)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _kill(proc)
-        return result_cls(spec.cell_id, False, error=f"timeout: the cell's process did not finish in {timeout:g} s")
-    finally:
-        _Children.live.discard(proc)
-    if out_file.is_file():
-        try:
-            return from_json(result_cls, out_file.read_text())
-        except (ValueError, TypeError) as err:   # a result cut short (disk full, killed mid-write)
-            return result_cls(spec.cell_id, False, error=f"unreadable result of the cell's process: {err}")
-    return result_cls(spec.cell_id, False, error=f"the cell's process died (exit code {proc.returncode}); "
-                                                 f"see logs/{slug}.{mode}.log")
-
-
-def _run_cold(spec: ColdSpec, work: Path, logs: Path, slug: str, timeout: float, threads: int) -> ColdResult:
-    return _run_one("cold", spec, ColdResult, work, logs, slug, timeout, threads)
-
-
-def _runnable_others() -> float:
-    """Runnable tasks on the machine now, this sampling process excluded (/proc/loadavg's
-    4th field counts the reader)."""
-    try:
-        with open("/proc/loadavg") as f:
-            return max(0, int(f.read().split()[3].split("/")[0]) - 1)
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-class Server:
-    """The parent's end of one serving process."""
-
-    def __init__(self, spec: ServeSpec, work: Path, logs: Path, timeout: float) -> None:
-        cmd_r, self._cmd_w = os.pipe()
-        self._reply_r, reply_w = os.pipe()
-        spec_file = work / f"serve-{spec.target}.json"
-        spec_file.write_text(to_json(spec))
-        self.proc = _spawn(["serve", str(spec_file), str(cmd_r), str(reply_w)], logs / f"serve-{spec.target}.log",
-                           spec.threads, pass_fds=(cmd_r, reply_w))
-        _Children.live.add(self.proc)
-        os.close(cmd_r)
-        os.close(reply_w)
-        self._buf = b""
-        self.timeout = timeout
-        self.log = f"logs/serve-{spec.target}.log"
-
-    def _reply(self, timeout: float, loads: list[int] | None = None) -> Reply:
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise RuntimeError(f"timeout: the serving process did not answer in {timeout:g} s")
-            ready, _, _ = select.select([self._reply_r], [], [], min(left, 0.05))
-            if not ready:
-                if loads is not None:
-                    loads.append(_runnable_others())
-                continue
-            chunk = os.read(self._reply_r, 1 << 20)
-            if not chunk:
-                code = self.proc.wait()
-                raise RuntimeError(f"the serving process died (exit code {code}); see {self.log}")
-            self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
-        return from_json(Reply, line.decode())
-
-    def ready(self) -> dict[str, str]:
-        return self._reply(self.timeout).failed_cells
-
-    def measure(self, cell_id: str, seconds: float) -> tuple[Reply, float]:
-        os.write(self._cmd_w, (to_json(Command(cell_id, seconds)) + "\n").encode())
-        loads: list[int] = []
-        reply = self._reply(seconds * 4 + 60, loads)
-        return reply, (sum(loads) / len(loads) if loads else 0.0)
-
-    def close(self) -> None:
-        try:
-            os.write(self._cmd_w, (to_json(Command(None)) + "\n").encode())
-            self.proc.wait(timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-        _kill(self.proc)
-        _Children.live.discard(self.proc)
-        for fd in (self._cmd_w, self._reply_r):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-
-def schedule(cell_ids: list[str], rounds: int, seconds: float, interleave: bool) -> list[tuple[int, str, float]]:
-    """(round, cell, seconds) in timing order. Interleaved: each round runs every cell twice,
-    forwards then backwards, half the time each: all cells' timed windows share one centre
-    per round, so a linear drift of the machine's speed cancels out of every ratio. Not
-    interleaved: each cell's rounds back to back (what a one-pass sweep does)."""
-    half = seconds / 2
-    if interleave:
-        return [(r, c, half) for r in range(rounds) for c in cell_ids + cell_ids[::-1]]
-    return [(r, c, half) for c in cell_ids for r in range(rounds) for _ in range(2)]
-
-
-def _time_target(spec: ServeSpec, args, work: Path, logs: Path, bar
-                 ) -> tuple[dict[str, list[list[Slice]]], dict[str, list[float]], dict[str, str], float]:
-    """All timed rounds of one target's cells: slices per cell per round, the load figure of
-    each slice, the cells that failed (why), and the seconds loading + warm-up took."""
-    ids = [c.cell_id for c in spec.cells]
-    slices: dict[str, list[list[Slice]]] = {c: [[] for _ in range(args.rounds)] for c in ids}
-    loads: dict[str, list[float]] = {c: [] for c in ids}
-    failed: dict[str, str] = {}
-    plan = schedule(ids, args.rounds, args.round_seconds, not args.no_interleave)
-    start = time.monotonic()
-    bar.set_description(f"rounds {spec.target} [load + warm-up]")
-    server = Server(spec, work, logs, args.timeout)
-    load_s = 0.0
-    try:
-        failed.update(server.ready())
-        load_s = time.monotonic() - start
-        for rnd, cell_id, seconds in plan:
-            bar.update(1)
-            if cell_id in failed:
-                continue
-            bar.set_description(f"rounds {spec.target} r{rnd + 1}/{args.rounds} {cell_id}")
-            reply, load = server.measure(cell_id, seconds)
-            if not reply.ok:
-                failed[cell_id] = f"timing: {reply.error}"
-                continue
-            slices[cell_id][rnd].append(reply.slice)
-            loads[cell_id].append(load)
-    except RuntimeError as err:  # the process died or hung: its unfinished cells fail
-        for c in ids:
-            if c not in failed and any(len(r) < 2 for r in slices[c]):
-                failed[c] = f"timing: {err}"
-    finally:
-        server.close()
-    return slices, loads, failed, load_s
-
-
 # -- the run --------------------------------------------------------------------------------------
 def _quiet_import_noise() -> None:
     """Importing transformers imports torchao, which logs that its CUDA-only kernels do not
@@ -612,18 +313,27 @@ def _check_resumable(out: Path, settings: RunSettings) -> None:
                          "choose another --out, or pass --force to start over")
 
 
-def _start_over(out: Path) -> None:
-    for name in ("results.jsonl", "run.json", "report.csv", "report.html", "decision.csv", "reducers.csv",
-                 "detectors.csv", "comparison.csv"):
-        (out / name).unlink(missing_ok=True)
-    for name in ("work", "logs", "detections"):
-        shutil.rmtree(out / name, ignore_errors=True)
+@dataclass
+class Prepared:
+    """A command line resolved and checked, with what every phase reads written to disk."""
+    args: argparse.Namespace
+    out: Path
+    work: Path
+    logs: Path
+    cache: Path
+    cells: list[Cell]
+    todo: list[Cell]                     # cells not yet recorded (--resume)
+    build: BuildPlan
+    measure: MeasurePlan
+    run_id: str
+    timing: dict[str, float]
 
 
-def run(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
-    _quiet_import_noise()
+def prepare(args: argparse.Namespace, argv: list[str] | None, inputs: Path | None = None,
+            record: bool = True) -> Prepared:
+    """Everything up to the build: the options checked, weights and data resolved, the timed
+    batches (into `inputs`, default the run's work folder) and the scored images encoded. Any
+    bad input raises UsageError (one line) before work starts."""
     from bavit.data import DataError, load_dataset
     try:
         plan = check(args)
@@ -660,15 +370,11 @@ def run(argv: list[str] | None = None) -> int:
         size = model_info["size"]
         same_network = set() if args.time_every_detector or det_dir is None else {
             d for d, (_, other) in zip(plan["detectors"][1:], resolved[1:]) if _network(other) == _network(det_dir)}
-    except UsageError as err:
-        print(f"bench.run: error: {err}", file=sys.stderr)
-        return 2
     except (FileNotFoundError, ValueError) as err:
-        print(f"bench.run: error: {str(err).splitlines()[0]}", file=sys.stderr)
-        return 2
+        raise UsageError(str(err).splitlines()[0]) from None
     out: Path = plan["out"]
     if args.force:
-        _start_over(out)
+        start_over(out)
     work, logs = out / "work", out / "logs"
     work.mkdir(exist_ok=True)
     logs.mkdir(exist_ok=True)
@@ -678,11 +384,9 @@ def run(argv: list[str] | None = None) -> int:
         dataset = load_dataset(args.data, args.split, size=size)
         if len(dataset) == 0:
             raise DataError(f"the {args.split} split has no images")
-        batches = sorted({1} | set(plan["batches"]))
-        _write_inputs(dataset, size, batches, work)
+        _write_inputs(dataset, size, sorted({1} | set(plan["batches"])), inputs or work)
     except DataError as err:
-        print(f"bench.run: error: --data {args.data}: {err}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--data {args.data}: {err}") from None
     from bavit.evaluate import category_map
     cat_ids = category_map(model_info["id2label"], model_info["num_labels"], dataset.categories, dataset.cat_ids)
     accuracy_note = None
@@ -695,393 +399,86 @@ def run(argv: list[str] | None = None) -> int:
                             plan["batches"], plan["scenarios"], plan["detectors"], plan["detector_precisions"])
     done = finished_cells(out) if args.resume and not args.force else set()
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    (out / "run.json").write_text(json.dumps({"argv": sys.argv if argv is None else argv, "model": label,
-                                              "settings": asdict(settings), "settings_key": settings.key,
-                                              "cells": [c.cell_id for c in cells]}, indent=1))
+    if record:
+        (out / "run.json").write_text(json.dumps({"argv": sys.argv if argv is None else argv, "model": label,
+                                                  "settings": asdict(settings), "settings_key": settings.key,
+                                                  "cells": [c.cell_id for c in cells]}, indent=1))
     todo = [c for c in cells if c.cell_id not in done]
     if len(todo) < len(cells):
         print(f"resuming: {len(cells) - len(todo)} of {len(cells)} cells already recorded", file=sys.stderr)
-    job = Job(args, settings, run_id, label, size, cache, out, calib, cat_ids, accuracy_note, fingerprint(),
-              plan["reducers"], dataset.categories, model_info["box_frame"], dataset, unfit, same_network)
-    failed = job.run(todo)
-    (out / "timing.json").write_text(json.dumps(job.timing, indent=1))
-    print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in job.timing.items()), file=sys.stderr)
+    timing: dict[str, float] = {}
+    build_plan, measure_plan = plans(args, settings, label, size, model_info, dataset, cat_ids, accuracy_note, calib,
+                                     plan["reducers"], cache, inputs or work, unfit, same_network, timing)
+    return Prepared(args, out, work, logs, cache, cells, todo, build_plan, measure_plan, run_id, timing)
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    _quiet_import_noise()
+    try:
+        p = prepare(args, argv)
+    except UsageError as err:
+        print(f"bench.run: error: {err}", file=sys.stderr)
+        return 2
+    measure = Measure(p.measure, MeasureOptions(args.profile, args.profile_seconds, args.timeout,
+                                                str(p.cache / "accuracy")), p.out, p.run_id, fingerprint())
+    measure.timing.update(p.timing)
+    built, ok_cells, not_built = build_phase(p.todo, p.build, p.work, p.logs, measure.timing)
+    for nb in not_built:
+        measure.write(measure.row(nb.cell, nb.status, error=nb.error))
+    failed = measure.run(ok_cells, built)
+    (p.out / "timing.json").write_text(json.dumps(measure.timing, indent=1))
+    print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in measure.timing.items()), file=sys.stderr)
     if not args.no_report:
-        _report(out, args)
+        _report(p.out, args)
     return 1 if failed else 0
 
 
-class Job:
-    """One run's cells through build, cold start + accuracy, and timed rounds; rows are
-    appended as each target finishes (unavailable and failed cells at once)."""
+def plans(args, settings: RunSettings, label: str, size: tuple[int, int], model_info: dict, dataset, cat_ids,
+          accuracy_note: str | None, calib: dict, reducers: list, cache: Path, work: Path,
+          unfit: dict[tuple[str, str, float], str], same_network: set[str], timing: dict[str, float] | None = None
+          ) -> tuple[BuildPlan, MeasurePlan]:
+    """The command line, resolved, as the two typed plans the build and the measuring side
+    take (the measuring one is what a bundle's manifest carries)."""
+    from bavit.reducers import dense
 
-    def __init__(self, args, settings: RunSettings, run_id: str, label: str, size: tuple[int, int], cache: Path,
-                 out: Path,
-                 calib: dict, cat_ids, accuracy_note: str | None, system: dict, reducers: list,
-                 classes: list[str], box_frame: str, dataset, unfit: dict[tuple[str, str, float], str] | None = None,
-                 same_network: set[str] | None = None) -> None:
-        from bavit.reducers import dense
+    specs = [dense(), *reducers]
+    build = BuildPlan(label, args.image_size, size, {r.label: r.text for r in specs}, args.data, calib["split"],
+                      calib["skip"], args.calib_images, str(cache), args.profile, args.build_jobs, args.timeout,
+                      args.threads, {BuildPlan.unfit_key(*k): v for k, v in unfit.items()})
+    scoring = None
+    if args.images > 0:
+        scoring = encode_scoring_set(dataset, args, size, model_info["patch"], cache, timing)
+    measure = MeasurePlan(settings, size, list(dataset.categories), model_info["box_frame"], cat_ids, accuracy_note,
+                          calib["note"], {r.label: json.dumps(r.as_dict(), sort_keys=True) for r in specs},
+                          sorted(same_network), str(work), scoring)
+    return build, measure
 
-        self.args, self.settings, self.run_id, self.label, self.size = args, settings, run_id, label, size
-        self.reducers = {r.label: r for r in [dense(), *reducers]}   # label -> ReducerSpec
-        self.cache, self.out, self.calib, self.cat_ids, self.accuracy_note = cache, out, calib, cat_ids, accuracy_note
-        self.system, self.classes, self.box_frame = system, ",".join(classes), box_frame
-        self.dataset = dataset        # the split scored (bavit.data), encoded once into a scoring set
-        self.work, self.logs = out / "work", out / "logs"
-        self.timing: dict[str, float] = {}
-        self.failed = 0
-        self.unfit = unfit or {}
-        self.same_network = same_network or set()   # detectors timed by the reference's cells (timing_from)
 
-    def _row(self, cell: Cell, status: str, **fields) -> dict:
-        m = cell.model
-        a = self.args
-        row = Row(cell_id=cell.cell_id, model_id=m.model_id, target=m.target, precision=m.precision,
-                  reducer=m.reducer, keep=m.keep, batch=m.batch, scenario=cell.scenario, status=status,
-                  settings_key=self.settings.key, run_id=self.run_id, model=self.label, detector=m.detector,
-                  reference_detector=self.settings.reference_detector,
-                  data=f"{a.data}:{a.split}", data_classes=self.classes, box_frame=self.box_frame, threads=a.threads,
-                  reducer_options=json.dumps(self.reducers[m.reducer].as_dict(), sort_keys=True),
-                  image_size=f"{self.size[0]}x{self.size[1]}", started_at=datetime.now(timezone.utc).isoformat(),
-                  **self.system)
-        row = Row(**{**asdict(row), **fields})
-        return asdict(row)
+def encode_scoring_set(dataset, args, size: tuple[int, int], patch: int, cache: Path,
+                       timing: dict[str, float] | None = None) -> str:
+    """The accuracy pass's images, token targets and ground truth, encoded once per data,
+    split, image count, labels, input size and patch into the cache; every scoring process
+    (here, or on a device from a bundle) reads them from there with numpy alone (bavit.scoring)."""
+    from bavit.scoring import META, SCORING_FORMAT
+    from bavit.validate import encode_split
+    from bench.system import data_fingerprint
 
-    def _write(self, row: dict) -> None:
-        self.failed += row["status"] == "failed"
-        append_row(self.out, row)
-
-    def _add(self, name: str, seconds: float) -> None:
-        self.timing[name] = self.timing.get(name, 0.0) + seconds
-
-    def _tick(self, name: str, since: float) -> None:
-        self._add(name, time.monotonic() - since)
-
-    def run(self, todo: list[Cell]) -> int:
-        from tqdm import tqdm
-
-        from targets import get_target
-
-        a = self.args
-        runnable: list[Cell] = []
-        for cell in todo:
-            target = get_target(cell.model.target)
-            m = cell.model
-            reason = (self.unfit.get((m.detector, m.reducer, m.keep)) or target.available()
-                      or target.supports(m.precision))
-            if reason:
-                self._write(self._row(cell, "unavailable", error=reason))
-            else:
-                runnable.append(cell)
-        # 1. build every artifact (torch imported once per build process)
-        specs = [self._build_spec(m) for m in models_of(runnable)]
+    key = digest({"format": SCORING_FORMAT, "data": data_fingerprint(args.data, args.split), "images": args.images,
+                  "labels": args.labels, "size": size, "patch": patch})[:24]
+    folder = cache / "scoring" / key
+    if not (folder / META).is_file():
         t0 = time.monotonic()
-        self._calibration_data(specs)
-        with tqdm(total=len(specs), desc="build", unit="artifact", dynamic_ncols=True) as bar:
-            built = _run_build(specs, a.build_jobs, self._artifact_of, self._build_group, self.work, self.logs,
-                               a.timeout, a.threads, bar)
-        self._tick("build", t0)
-        ok_cells = []
-        for cell in runnable:
-            b = built[cell.model.model_id]
-            if b.ok:
-                ok_cells.append(cell)
-                continue
-            missing = get_target(cell.model.target).build_unavailable()  # a cached artifact needs no converter
-            self._write(self._row(cell, "unavailable", error=f"cannot build: {missing}") if missing
-                        else self._row(cell, "failed", error=f"build: {b.error}"))
-        self.timing["build: of it, converting uncached artifacts"] = sum(
-            _artifact(b.artifact).convert_s for b in built.values() if b.ok and not b.cached)
-        scorers = self._scorers(ok_cells)
-        # 2 + 3, target by target: cold start (+ accuracy), then the timed rounds
-        for target in dict.fromkeys(c.model.target for c in ok_cells):
-            cells = [c for c in ok_cells if c.model.target == target]
-            colds = self._cold_phase(cells, built, scorers)
-            live = [c for c in cells if colds[c.cell_id].ok]
-            for c in cells:
-                if not colds[c.cell_id].ok:
-                    self._write(self._row(c, "failed", **self._build_fields(c, built),
-                                          error=f"cold start: {colds[c.cell_id].error}"))
-            if not live:
-                continue
-            twins = self._timing_twins(live, built)
-            timed = [c for c in live if c.cell_id not in twins]
-            spec = ServeSpec(target, a.threads, a.warmup, a.ov_int8_float,
-                             [ServeCell(c.cell_id, built[c.model.model_id].artifact, c.scenario, c.model.batch,
-                                        str(self.work / f"inputs-b{c.model.batch}.npy")) for c in timed])
-            t0 = time.monotonic()
-            with tqdm(total=len(schedule([c.cell_id for c in timed], a.rounds, a.round_seconds, True)),
-                      desc=f"rounds {target}", unit="slice", dynamic_ncols=True) as bar:
-                slices, loads, failed, load_s = _time_target(spec, a, self.work, self.logs, bar)
-            total = time.monotonic() - t0
-            self._add("serving processes: start, load + warm-up", load_s)
-            self._add("timed rounds", total - load_s)
-            self._add("accuracy (of cold start)", sum(r.accuracy_s or 0.0 for r in colds.values()))
-            orphans = [c for c in live if twins.get(c.cell_id) in failed]
-            if orphans:   # their reference's timing failed: they are timed themselves
-                for c in orphans:
-                    del twins[c.cell_id]
-                spec = ServeSpec(target, a.threads, a.warmup, a.ov_int8_float,
-                                 [ServeCell(c.cell_id, built[c.model.model_id].artifact, c.scenario, c.model.batch,
-                                            str(self.work / f"inputs-b{c.model.batch}.npy")) for c in orphans])
-                t0 = time.monotonic()
-                with tqdm(total=len(schedule([c.cell_id for c in orphans], a.rounds, a.round_seconds, True)),
-                          desc=f"rounds {target} (cells whose reference failed)", unit="slice",
-                          dynamic_ncols=True) as bar:
-                    more = _time_target(spec, a, self.work, self.logs, bar)
-                self._add("serving processes: start, load + warm-up", more[3])
-                self._add("timed rounds", time.monotonic() - t0 - more[3])
-                slices, loads, failed = {**slices, **more[0]}, {**loads, **more[1]}, {**failed, **more[2]}
-                timed += orphans
-            profiles = self._profile_phase(timed, built) if a.profile else {}
-            for c in live:
-                source = twins.get(c.cell_id, c.cell_id)
-                row = self._final_row(c, built, colds, scorers, slices[source], loads[source], failed.get(source))
-                if source != c.cell_id:
-                    row["timing_from"] = source
-                    if a.profile:
-                        row["profile_note"] = f"not profiled: its speed figures are {source}'s (the same network)"
-                if c.cell_id in profiles:
-                    row.update(self._profile_fields(profiles[c.cell_id], row))
-                self._write(row)
-        return self.failed
-
-    def _timing_twins(self, live: list[Cell], built: dict[str, Built]) -> dict[str, str]:
-        """cell_id -> the reference detector's cell whose rounds it takes: a detector with the
-        reference's network (`same_network`), in the same target, precision, reducer, keep,
-        batch and scenario, whose artifact does the same work on as many tokens. Timing it again
-        would measure the same graph twice and add only noise (and minutes) to the comparison."""
-        reference = self.settings.reference_detector
-        by_key = {(c.model.precision, c.model.reducer, c.model.keep, c.model.batch, c.scenario): c
-                  for c in live if c.model.detector == reference}
-        twins = {}
-        for c in live:
-            if c.model.detector not in self.same_network:
-                continue
-            twin = by_key.get((c.model.precision, c.model.reducer, c.model.keep, c.model.batch, c.scenario))
-            if twin is None:
-                continue
-            mine, theirs = built[c.model.model_id], built[twin.model.model_id]
-            if (mine.flops, mine.tokens_kept, mine.tokens_total) == (theirs.flops, theirs.tokens_kept,
-                                                                     theirs.tokens_total):
-                twins[c.cell_id] = twin.cell_id
-        return twins
-
-    def _profile_phase(self, cells: list[Cell], built: dict[str, Built]) -> dict[str, ProfileResult]:
-        """Each cell profiled in its own process once its target's rounds are over, so no
-        profiler runs beside a timed window."""
-        from tqdm import tqdm
-
-        a = self.args
-        t0 = time.monotonic()
-        out = {}
-        for c in tqdm(cells, desc="profile", unit="cell", dynamic_ncols=True):
-            slug = c.cell_id.replace("/", "_")
-            spec = ProfileSpec(c.cell_id, c.model.target, built[c.model.model_id].artifact, c.model.batch, a.threads,
-                               str(self.work / f"inputs-b{c.model.batch}.npy"), a.ov_int8_float, a.profile_seconds,
-                               str(self.out / "profiles" / f"{slug}.csv"))
-            try:   # a profile that cannot run costs its own fields, never the measured row
-                out[c.cell_id] = _run_one("profile", spec, ProfileResult, self.work, self.logs, slug, a.timeout,
-                                          a.threads)
-            except Exception as err:  # noqa: BLE001
-                out[c.cell_id] = ProfileResult(c.cell_id, False, error=f"{type(err).__name__}: {err}")
-        self._tick("profiles (after the rounds)", t0)
-        return out
-
-    @staticmethod
-    def _profile_fields(p: ProfileResult, row: dict) -> dict:
-        if not p.ok:
-            return {"profile_note": ("unavailable: " if p.unavailable else "profile failed: ") + (p.error or "")}
-        p50 = row.get("latency_p50_ms")
-        single = row.get("scenario") == "single-stream"
-        return dict(profile_method=p.method, profile_calls=p.calls, profile_wall_ms=p.wall_ms,
-                    profile_nodes_ms=p.nodes_ms, profile_stages=json.dumps(p.stages),
-                    profile_vs_p50=round(p.nodes_ms / p50, 4) if single and p50 and p.nodes_ms else None,
-                    profile_plain_ms=p.plain_ms,
-                    profile_vs_plain=round(p.nodes_ms / p.plain_ms, 4) if p.plain_ms and p.nodes_ms else None,
-                    profile_file=str(Path("profiles") / Path(p.cell_id.replace("/", "_") + ".csv")))
-
-    # -- pieces ------------------------------------------------------------------------------------
-    @staticmethod
-    def _artifact_of(spec: BuildSpec) -> tuple:
-        from targets import get_target
-        batch = None if get_target(spec.target).batch_at_load else spec.batch
-        return (spec.target, spec.precision, spec.detector, spec.reduction, batch)
-
-    @staticmethod
-    def _build_group(spec: BuildSpec) -> tuple:
-        """Specs one build process takes together: one artifact's, and a calibrated model's
-        at every batch (its recipe calibrates once and reuses the ranges)."""
-        from targets import get_target
-        target = get_target(spec.target)
-        together = target.batch_at_load or target.needs_calibration(spec.precision)
-        return (spec.target, spec.precision, spec.detector, spec.reduction, None if together else spec.batch)
-
-    def _calibration_data(self, specs: list[BuildSpec]) -> None:
-        """The synthetic calibration split is generated on first use: here, once, rather than
-        by each build process at the same time."""
-        from targets import get_target
-
-        if self.args.data == "synthetic" and any(get_target(s.target).needs_calibration(s.precision) for s in specs):
-            from bavit.data import load_dataset
-            # as bench.worker.build_all draws from it
-            load_dataset("synthetic", self.calib["split"], size=self.size, n_images=max(512, self.args.calib_images))
-    def _build_spec(self, m: Model) -> BuildSpec:
-        a = self.args
-        return BuildSpec(m.model_id, m.target, m.precision, m.batch, self.label, m.detector, a.image_size,
-                         ReductionSpec(self.reducers[m.reducer].text, m.keep), a.data, self.calib["split"],
-                         self.calib["skip"], a.calib_images, str(self.cache), a.profile)
-
-    def _scorers(self, cells: list[Cell]) -> dict[str, str]:
-        """model_id -> the model_id whose outputs are scored for it. Artifacts that differ only
-        in batch size compute the same outputs: float ones, dynamic int8, one artifact reshaped
-        at load (OpenVINO's), and calibrated ones, whose recipes calibrate at a fixed batch of
-        their own (targets.openvino_backend and quant.litert_recipe CALIB_BATCH: the same scales at every artifact
-        batch). The largest batch (fastest to score) scores for all."""
-        groups: dict[tuple, list[Model]] = {}
-        for m in models_of(cells):
-            groups.setdefault((m.target, m.precision, m.detector, m.reducer, m.keep), []).append(m)
-        return {m.model_id: max(ms, key=lambda x: x.batch).model_id for ms in groups.values() for m in ms}
-
-    def _cold_phase(self, cells: list[Cell], built: dict[str, Built], scorers: dict[str, str]) -> dict[str, ColdResult]:
-        from tqdm import tqdm
-
-        a = self.args
-        scoring: dict[str, str] = {}  # model_id -> the cell that scores it
-        for c in cells:
-            if scorers[c.model.model_id] == c.model.model_id:
-                scoring.setdefault(c.model.model_id, c.cell_id)
-        results = {}
-        t0 = time.monotonic()
-        with tqdm(cells, desc=f"cold start {cells[0].model.target}", unit="cell", dynamic_ncols=True) as bar:
-            for c in bar:
-                b = built[c.model.model_id]
-                acc = None
-                # a model whose classes are not the data set's still has BAViT's token figures
-                # (foreground vs background): scored without mAP
-                wanted = self.cat_ids is not None or b.scores_tokens
-                if a.images > 0 and wanted and scoring.get(c.model.model_id) == c.cell_id:
-                    acc = AccuracySpec(self._scoring_set(b.patch), self.cat_ids, b.scores_tokens, self.box_frame,
-                                       str(self.out / "detections" / f"{c.model.slug}.json"),
-                                       self._accuracy_cache(c, b))
-                    bar.set_description(f"cold start + accuracy {c.cell_id}")
-                else:
-                    bar.set_description(f"cold start {c.cell_id}")
-                spec = ColdSpec(c.cell_id, c.model.target, b.artifact, c.scenario, c.model.batch, a.threads,
-                                str(self.work / f"inputs-b{c.model.batch}.npy"), a.ov_int8_float, acc)
-                results[c.cell_id] = _run_cold(spec, self.work, self.logs, c.slug, a.timeout, a.threads)
-        self._tick("cold start + accuracy", t0)
-        return results
-
-    def _scoring_set(self, patch: int) -> str:
-        """The accuracy pass's images, token targets and ground truth, encoded once per data,
-        split, image count, labels, input size and patch into the cache; every scoring process
-        reads them from there with numpy alone (bavit.scoring)."""
-        from bavit.scoring import META, SCORING_FORMAT
-        from bavit.validate import encode_split
-        from bench.system import data_fingerprint
-
-        a = self.args
-        key = digest({"format": SCORING_FORMAT, "data": data_fingerprint(a.data, a.split), "images": a.images,
-                      "labels": a.labels, "size": self.size, "patch": patch})[:24]
-        folder = self.cache / "scoring" / key
-        if not (folder / META).is_file():
-            t0 = time.monotonic()
-            indices = list(range(min(a.images, len(self.dataset))))
-            tmp = folder.with_name(f"{key}.tmp{os.getpid()}")
-            shutil.rmtree(tmp, ignore_errors=True)
-            encode_split(self.dataset, indices, self.size, patch, a.labels).save(tmp)
-            shutil.rmtree(folder, ignore_errors=True)
-            tmp.rename(folder)
-            self._tick("cold start + accuracy: of it, encoding the scored images", t0)
-        return str(folder)
-
-    def _accuracy_cache(self, cell: Cell, built: Built) -> str:
-        """Keyed on everything the scored outputs depend on: the artifact (its folder name is
-        its content key), how it runs (float precision of OpenVINO int8), the data and the
-        scoring options."""
-        from bench.system import data_fingerprint
-        from bench.worker import ACCURACY_FORMAT
-
-        a = self.args
-        key = digest({"format": ACCURACY_FORMAT, "artifact": Path(built.artifact).name, "ov_int8_float": a.ov_int8_float,
-                      "data": data_fingerprint(a.data, a.split), "images": a.images, "labels": a.labels,
-                      "cat_ids": self.cat_ids, "box_frame": self.box_frame, "batch": cell.model.batch})
-        return str(self.cache / "accuracy" / f"{key[:24]}.json")
-
-    def _build_fields(self, cell: Cell, built: dict[str, Built]) -> dict:
-        from targets import get_target
-
-        b = built[cell.model.model_id]
-        art = _artifact(b.artifact)
-        needs = get_target(cell.model.target).needs_calibration(cell.model.precision)
-        return dict(recipe=art.recipe, recipe_settings=json.dumps(art.recipe_settings, sort_keys=True),
-                    fp32_kept=art.fp32_kept, calibration=self.calib["note"] if needs else None,
-                    ov_int8_float=self.args.ov_int8_float if (cell.model.target, cell.model.precision) == (
-                        "openvino", "int8") else None,
-                    convert_s=art.convert_s, artifact_bytes=art.size_bytes, artifact_cached=b.cached,
-                    artifact=b.artifact, tokens_kept=b.tokens_kept, tokens_total=b.tokens_total,
-                    reducer_mapping=b.mapping, ideal_speedup=b.ideal_speedup)
-
-    def _final_row(self, cell: Cell, built: dict[str, Built], colds: dict[str, ColdResult], scorers: dict[str, str],
-                   slices: list[list[Slice]], loads: list[float], error: str | None) -> dict:
-        from bench.stats import summarise
-
-        cold = colds[cell.cell_id]
-        fields = self._build_fields(cell, built)
-        fields.update(load_s=cold.load_s, first_inference_ms=cold.first_inference_ms, peak_rss_mib=cold.peak_rss_mib,
-                      baseline_rss_mib=cold.baseline_rss_mib,
-                      rss_increase_mib=cold.peak_rss_mib - cold.baseline_rss_mib, torch_imported=cold.torch_imported,
-                      executed_precision=cold.executed_precision, runtime_details=cold.runtime_details, mode=cold.mode,
-                      streams=cold.streams, requests=cold.requests, accuracy_note=self.accuracy_note)
-        fields.update(self._accuracy_fields(cell, built, colds, scorers))
-        if error is None and all(slices):
-            s = summarise(slices, loads, self.args.threads)
-            fields.update({k: v for k, v in asdict(s).items()})
-            fields.update(self._work_fields(cell, built, s.throughput_ips))
-            return self._row(cell, "ok", **fields)
-        return self._row(cell, "failed", error=error or "timing: no slices recorded", **fields)
-
-    def _work_fields(self, cell: Cell, built: dict[str, Built], throughput_ips: float | None) -> dict:
-        """Achieved ops/s from the model's analytic work and the measured throughput (not
-        FLOPs / p50 latency: with requests in flight a request's latency spans others' work),
-        against this precision's peak on this machine."""
-        from bench.system import peak
-
-        flops = built[cell.model.model_id].flops
-        if not flops:
-            return {}
-        p = peak(cell.model.precision, self.args.threads)
-        out = dict(gflop_per_image=round(flops / 1e9, 4), peak_gops=p.gops, peak_basis=p.basis)
-        if throughput_ips:
-            achieved = flops / 1e9 * throughput_ips
-            out.update(achieved_gops=round(achieved, 2),
-                       peak_pct=round(100 * achieved / p.gops, 2) if p.gops else None)
-        return out
-
-    def _accuracy_fields(self, cell: Cell, built: dict[str, Built], colds: dict[str, ColdResult],
-                         scorers: dict[str, str]) -> dict:
-        if self.args.images == 0:
-            return {}
-        scorer = scorers[cell.model.model_id]
-        result = next((r for cid, r in colds.items() if cid.startswith(scorer + "/") and
-                       (r.accuracy is not None or r.accuracy_note)), None)
-        if result is None and self.accuracy_note and not built[scorer].scores_tokens:
-            return {}   # no mAP, and no token figures to score: the row's note says why
-        if result is None:
-            return {"accuracy_note": f"not scored: the cell scoring {scorer} did not run"}
-        if result.accuracy is None:
-            return {"accuracy_note": result.accuracy_note, "accuracy_from": scorer}
-        acc = asdict(result.accuracy)
-        reused = acc.pop("reused")
-        slug = scorer.replace("/", "_")
-        return {**acc, "accuracy_from": scorer, "accuracy_reused": reused,   # detections only where mAP was scored
-                "detections_file": str(self.out / "detections" / f"{slug}.json") if self.cat_ids is not None else None}
-
-
-def _artifact(path: str):
-    from targets.base import Artifact
-    return Artifact.load(path)
+        indices = list(range(min(args.images, len(dataset))))
+        tmp = folder.with_name(f"{key}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        encode_split(dataset, indices, size, patch, args.labels).save(tmp)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+        if timing is not None:
+            timing["encoding the scored images"] = time.monotonic() - t0
+    return str(folder)
 
 
 def _write_inputs(dataset, size: tuple[int, int], batches: list[int], work: Path) -> None:
@@ -1130,7 +527,8 @@ def _model_info(label: str, det_dir: Path | None, image_size: tuple[int, int] | 
             raise UsageError(f"--weights {label}: detector image_size {h}x{w} is not a multiple of its patch size "
                              f"({patch}): pass --image-size N or HxW")
     from bavit.yolos import box_frame
-    return {"size": (h, w), "num_labels": cfg.num_labels, "id2label": cfg.id2label, "box_frame": box_frame(cfg)}
+    return {"size": (h, w), "patch": patch, "num_labels": cfg.num_labels, "id2label": cfg.id2label,
+            "box_frame": box_frame(cfg)}
 
 
 def _calibration(args, scored_images: int) -> dict:
@@ -1163,7 +561,7 @@ def main() -> None:
     try:
         sys.exit(run())
     except KeyboardInterrupt:
-        _Children.kill_all()
+        Children.kill_all()
         print("bench.run: interrupted; finished cells are in results.jsonl (rerun with --resume)", file=sys.stderr)
         sys.exit(130)
 

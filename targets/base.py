@@ -186,10 +186,18 @@ class Target(ABC):
                 return f"{module} is not installed (needed for {self.name} {precision})"
         return None
 
+    def runnable(self, precision: str) -> str | None:
+        """None when this machine can run `precision` artifacts of this backend, else why not
+        (subclasses add what the runtime and the CPU must have): the gate of a cell measured
+        from a bundle, where nothing is built."""
+        if precision not in self.recipes:
+            return f"{self.name} has no {precision} precision"
+        return None
+
     def supports(self, precision: str) -> str | None:
-        """None when this machine can run `precision` on this backend, else why not
-        (subclasses add what the CPU must have); the harness's gate for a cell."""
-        return self.buildable(precision)
+        """None when this machine can build and run `precision` on this backend, else why
+        not; the gate of a cell bench.run builds and measures."""
+        return self.buildable(precision) or self.runnable(precision)
 
     def needs_calibration(self, precision: str) -> bool:
         """Whether `build` uses calibration images: the harness loads none otherwise (on

@@ -72,8 +72,8 @@ class InductorTarget(Target):
             return "no C++ compiler (g++, c++, clang++ or $CXX) on PATH: AOTInductor compiles the model to C++"
         return None
 
-    def supports(self, precision: str) -> str | None:
-        reason = super().supports(precision)
+    def runnable(self, precision: str) -> str | None:
+        reason = super().runnable(precision)
         if reason is None and precision == "bf16":
             reason = autocast_recipe.unavailable()
         return reason

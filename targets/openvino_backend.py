@@ -96,8 +96,8 @@ class OpenVinoTarget(Target):
             return f"openvino is not importable ({type(err).__name__}: {err})"
         return None
 
-    def supports(self, precision: str) -> str | None:
-        reason = super().supports(precision)
+    def runnable(self, precision: str) -> str | None:
+        reason = super().runnable(precision)
         if reason is not None:
             return reason
         if precision == "bf16":

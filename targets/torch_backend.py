@@ -43,8 +43,8 @@ class TorchTarget(Target):
                               requires=("torchao",))}
     runtime_modules = ("torch",)
 
-    def supports(self, precision: str) -> str | None:
-        reason = super().supports(precision)
+    def runnable(self, precision: str) -> str | None:
+        reason = super().runnable(precision)
         if reason is None and precision == "int8":
             reason = int8_matmul_unavailable()
         if reason is None and precision == "bf16":

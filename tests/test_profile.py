@@ -66,7 +66,7 @@ def test_a_crash_building_profile_stages_blames_no_artifact(tmp_path, monkeypatc
     `Built` line) costs no cell: that artifact stands, the rest are built by a new process."""
     import json as _json
 
-    import bench.run as run
+    import bench.build as build
     from bench.contracts import PROFILE_PARTS, BuildSpec, Built, ReductionSpec, to_json
 
     specs = [BuildSpec(m, "tflite", "fp32", 1, "random:tiny", "detector", None, ReductionSpec("bavit", 0.5),
@@ -91,8 +91,8 @@ def test_a_crash_building_profile_stages_blames_no_artifact(tmp_path, monkeypatc
     def spawn(args, log, threads, **kw):
         return Exited(Path(args[1]), Path(args[2]))
 
-    monkeypatch.setattr(run, "_spawn", spawn)
-    proc = run._BuildProcess(specs, "0", tmp_path, tmp_path, 1)
+    monkeypatch.setattr(build, "spawn", spawn)
+    proc = build.BuildProcess(specs, "0", tmp_path, tmp_path, 1)
     results: dict = {}
 
     class Bar:
