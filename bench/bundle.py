@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cells import Cell
-from bench.contracts import Built, from_dict
-from bench.measure import MeasurePlan
+from bench.contracts import Built, MeasurePlan, from_dict
 
 BUNDLE_FORMAT = 1
 MANIFEST = "manifest.json"

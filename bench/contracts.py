@@ -15,6 +15,7 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -226,6 +227,37 @@ class Slice:
     elapsed_s: float
     latencies_ms: list[float]
     cpu_s: float                  # CPU time the serving process used in the window
+
+
+@dataclass(frozen=True)
+class MeasurePlan:
+    """What measuring a run's cells needs besides the cells and their artifacts, parsed once:
+    by bench.run from its command line, by bench.measure from a bundle's manifest."""
+    settings: RunSettings
+    size: tuple[int, int]                # the model input (H, W)
+    data_classes: list[str]              # the data set's class names, in label order
+    box_frame: str                       # what predicted boxes are fractions of (bavit.yolos.box_frame)
+    cat_ids: list[int | None] | None     # data-set category of each model class; None: mAP not measurable
+    accuracy_note: str | None            # why mAP is not measured, where it is not
+    calibration_note: str                # what int8 calibrated on
+    reducer_options: dict[str, str]      # reducer label -> every option, as JSON (row field)
+    same_network: list[str]              # detectors with the reference's network: timed by its cells
+    inputs: str                          # folder of inputs-b{B}.npy: the timed batch of each size
+    scoring_set: str | None              # folder of the encoded scored images (bavit.scoring); None: speed only
+    built_on: str = ""                   # the building machine, where it is not this one (bundles)
+    bundle: str = ""                     # the bundle measured, if any
+
+    def pixels(self, batch: int) -> str:
+        return str(Path(self.inputs) / f"inputs-b{batch}.npy")
+
+
+@dataclass(frozen=True)
+class MeasureOptions:
+    """How this machine measures, not what: none of it changes a figure's meaning."""
+    profile: bool = False
+    profile_seconds: float = 3.0
+    timeout: float = 1800.0
+    accuracy_cache: str | None = None    # folder of scored results of unchanged artifacts on unchanged data
 
 
 @dataclass

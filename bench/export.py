@@ -12,13 +12,15 @@ import hashlib
 import shutil
 import signal
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.build import build_phase
 from bench.bundle import MANIFEST, BundleCell, write_bundle
+from bench.options import UsageError, parse_args
+from bench.plan import prepare
 from bench.procs import Children
-from bench.run import UsageError, _quiet_import_noise, _terminate, parse_args, prepare
+from bench.run import _quiet_import_noise, _terminate
 from bench.system import fingerprint
 
 
@@ -65,7 +67,7 @@ def export(argv: list[str] | None = None) -> int:
     order = {c.cell_id: i for i, c in enumerate(p.cells)}
     cells.sort(key=lambda bc: order[bc.cell.cell_id])
     manifest = write_bundle(bundle, p.measure, cells, built,
-                            created=datetime.now(timezone.utc).isoformat(), argv=sys.argv if argv is None else argv,
+                            created=datetime.now(UTC).isoformat(), argv=sys.argv if argv is None else argv,
                             builder=fingerprint(), model=_model_identity(p.build.weights, list(args.detector)),
                             calibration={"data": p.build.calib_data, "split": p.build.calib_split,
                                          "skip": p.build.calib_skip, "images": p.build.calib_images,

@@ -16,57 +16,28 @@ import json
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.bundle import BundleError, read_bundle, resolved
 from bench.cells import Cell, append_row, finished_cells, has_rows, models_of, start_over
 from bench.contracts import (
     AccuracySpec,
     Built,
     ColdResult,
     ColdSpec,
+    MeasureOptions,
+    MeasurePlan,
     ProfileResult,
     ProfileSpec,
     Row,
-    RunSettings,
     ServeCell,
     ServeSpec,
     Slice,
     digest,
 )
 from bench.procs import Children, run_cold, run_one, schedule, time_target
-
-
-@dataclass(frozen=True)
-class MeasurePlan:
-    """What measuring a run's cells needs besides the cells and their artifacts, parsed once:
-    by bench.run from its command line, by bench.measure from a bundle's manifest."""
-    settings: RunSettings
-    size: tuple[int, int]                # the model input (H, W)
-    data_classes: list[str]              # the data set's class names, in label order
-    box_frame: str                       # what predicted boxes are fractions of (bavit.yolos.box_frame)
-    cat_ids: list[int | None] | None     # data-set category of each model class; None: mAP not measurable
-    accuracy_note: str | None            # why mAP is not measured, where it is not
-    calibration_note: str                # what int8 calibrated on
-    reducer_options: dict[str, str]      # reducer label -> every option, as JSON (row field)
-    same_network: list[str]              # detectors with the reference's network: timed by its cells
-    inputs: str                          # folder of inputs-b{B}.npy: the timed batch of each size
-    scoring_set: str | None              # folder of the encoded scored images (bavit.scoring); None: speed only
-    built_on: str = ""                   # the building machine, where it is not this one (bundles)
-    bundle: str = ""                     # the bundle measured, if any
-
-    def pixels(self, batch: int) -> str:
-        return str(Path(self.inputs) / f"inputs-b{batch}.npy")
-
-
-@dataclass(frozen=True)
-class MeasureOptions:
-    """How this machine measures, not what: none of it changes a figure's meaning."""
-    profile: bool = False
-    profile_seconds: float = 3.0
-    timeout: float = 1800.0
-    accuracy_cache: str | None = None    # folder of scored results of unchanged artifacts on unchanged data
 
 
 class Measure:
@@ -91,7 +62,7 @@ class Measure:
                   reference_detector=s.reference_detector, data=f"{s.data}:{s.split}",
                   data_classes=",".join(p.data_classes), box_frame=p.box_frame, threads=s.threads,
                   reducer_options=p.reducer_options[m.reducer], image_size=f"{p.size[0]}x{p.size[1]}",
-                  started_at=datetime.now(timezone.utc).isoformat(), built_on=p.built_on, bundle=p.bundle,
+                  started_at=datetime.now(UTC).isoformat(), built_on=p.built_on, bundle=p.bundle,
                   **self.system)
         return asdict(Row(**{**asdict(row), **fields}))
 
@@ -365,7 +336,6 @@ def _terminate(signum, frame):
 def measure(argv: list[str] | None = None) -> int:
     """A bundle measured on this machine. Every check (the options, the bundle's manifest
     and the checksum of every file in it, the run folder) comes before any cell runs."""
-    from bench.bundle import BundleError, read_bundle, resolved
     from bench.system import fingerprint
     from targets import get_target
 
@@ -412,7 +382,7 @@ def measure(argv: list[str] | None = None) -> int:
                                   "cells": [c.cell_id for c in cells], "bundle": str(bundle.resolve()),
                                   "bundle_id": manifest.bundle_id, "built_on": plan.built_on}, indent=1))
     done = finished_cells(out) if args.resume and not args.force else set()
-    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     m = Measure(plan, MeasureOptions(args.profile, args.profile_seconds, args.timeout, str(out / "cache" / "accuracy")),
                 out, run_id, fingerprint())
     ok_cells = []

@@ -368,7 +368,7 @@ def test_stock_folders_decode_boxes_in_the_image_frame(tmp_path):
     """A detector config without `box_frame` is a stock HF one: its boxes are fractions of
     the unpadded image; this project's detectors say `input`."""
     from bavit.yolos import PrunedYolos, tiny_config
-    from bench.run import _model_info
+    from bench.plan import _model_info
 
     det = PrunedYolos(tiny_config())
     det.save_pretrained(tmp_path / "ours")
