@@ -131,7 +131,7 @@ class PrunedDetr(TokenGrid, nn.Module):
         run on the k, its query and output projections and the self-attention on the q
         queries) and its MLP at q. The CNN backbone, the same at every k, is not counted, so
         DETR's ideal speed-up is further above what can be measured than YOLOS's."""
-        from bavit.pipeline import LayerTokens
+        from bavit.tokens import LayerTokens
 
         cfg = self.config
         q = cfg.num_queries

@@ -11,22 +11,8 @@ import torch
 from torch import nn
 
 from bavit.pruning import keep_count
+from bavit.tokens import LayerTokens
 from bavit.yolos import PrunedYolos
-
-
-@dataclass(frozen=True)
-class LayerTokens:
-    """Tokens one transformer layer processes: attention and MLP can differ (ToMe and EViT
-    reduce between them); `weight` is its width squared over the detector's, so a narrow
-    BAViT layer counts for what its linear layers cost."""
-    where: str
-    attention: int
-    mlp: int
-    weight: float = 1.0
-
-    @property
-    def cost(self) -> float:
-        return self.weight * (self.attention + self.mlp) / 2
 
 
 class Pipeline(nn.Module):
@@ -67,14 +53,10 @@ class Pipeline(nn.Module):
 
     # -- what the model is ------------------------------------------------------------------
     @property
-    def spec(self):
-        from bavit.reducers import ReducerSpec
-        return ReducerSpec(self.name, tuple(sorted(asdict(self.options).items())))
-
-    @property
     def reduction(self) -> dict[str, Any]:
-        """What changes the computed function besides the weights (part of the cache key)."""
-        return {"reducer": self.spec.as_dict(), "keep": self.keep}
+        """What changes the computed function besides the weights (part of the cache key):
+        the method and every option (bavit.reducers.ReducerSpec.as_dict), and the keep ratio."""
+        return {"reducer": {"name": self.name, **dict(sorted(asdict(self.options).items()))}, "keep": self.keep}
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -133,86 +115,3 @@ def weights_key(pipeline: Pipeline) -> str:
         h.update(name.encode())
         h.update(t.detach().contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-DEFAULT_WEIGHTS_ROOT = Path(__file__).resolve().parents[1] / "weights"
-
-
-def resolve_weights(spec: str | None, detector: str = "detector") -> tuple[str, Path | None]:
-    """-> (label, detector dir); the dir is None for a random model.
-
-    `spec` is a folder holding `detector/` (or the `detector` variant named, e.g.
-    `detector-sparse-keep0.5`) and the reducers' own parts (`bavit{N}/`), or `random:tiny` /
-    `random:ti` for an untrained model of that scale (speed figures only). None means the
-    project's demo weights: `weights/ti`, else `weights/tiny`, else random tiny."""
-    if spec is None:
-        for scale in ("ti", "tiny"):
-            root = DEFAULT_WEIGHTS_ROOT / scale
-            if (root / detector / "config.json").is_file():
-                spec = str(root)
-                break
-        else:
-            spec = "random:tiny"
-    if spec.startswith("random:"):
-        scale = spec.split(":", 1)[1]
-        if scale not in random_scales():
-            raise ValueError(f"--weights {spec}: unknown scale '{scale}' (choose from {', '.join(random_scales())})")
-        return spec, None
-    det_dir = Path(spec) / detector
-    if not (det_dir / "config.json").is_file():
-        raise FileNotFoundError(f"--weights {spec}: no {detector}/config.json in this folder")
-    return str(Path(spec)), det_dir
-
-
-def random_scales() -> dict[str, Any]:
-    """`random:SCALE` -> the config of that untrained detector: YOLOS `tiny` / `ti`, DETR
-    `detr-tiny` / `detr` (bavit.detr)."""
-    from bavit.detr import detr_config, tiny_detr_config
-    from bavit.yolos import CONFIGS
-    return {**CONFIGS, "detr-tiny": tiny_detr_config, "detr": detr_config}
-
-
-def patch_of(config: Any) -> int:
-    """Pixels per token side: YOLOS's patch, DETR's feature stride."""
-    from bavit.detr import STRIDE
-    return STRIDE if getattr(config, "model_type", None) == "detr" else config.patch_size
-
-
-def detector_class(config: Any) -> type:
-    """The detector family of a config: its HF model_type (yolos, detr)."""
-    from bavit.detr import PrunedDetr
-    families = {"yolos": PrunedYolos, "detr": PrunedDetr}
-    kind = getattr(config, "model_type", None)
-    if kind not in families:
-        raise ValueError(f"detector model_type '{kind}' is not supported (choose from {', '.join(families)})")
-    return families[kind]
-
-
-def load_detector(spec: str | None, detector: str = "detector", image_size: int | tuple[int, int] | None = None,
-                  seed: int = 0) -> tuple[nn.Module, WeightsSource]:
-    """The detector (`PrunedYolos` or `PrunedDetr`, by the config's model_type) of `spec`."""
-    label, det_dir = resolve_weights(spec, detector)
-    if det_dir is None:
-        from bavit.yolos import init_embeddings
-
-        scale = label.split(":", 1)[1]
-        config = random_scales()[scale]()
-        torch.manual_seed(seed)
-        model = detector_class(config)(config).eval()
-        if model.family == "yolos":
-            init_embeddings(model, seed=seed)
-        return model, WeightsSource(None, seed, scale)
-    from bavit import checkpoint
-    cls = detector_class(checkpoint.load_config(det_dir))
-    return cls.from_pretrained(det_dir, image_size), WeightsSource(Path(label), seed)
-
-
-def build_pipeline(weights: str | None, reducer: Any = None, keep: float = 1.0, seed: int = 0,
-                   detector: str = "detector", image_size: int | tuple[int, int] | None = None) -> Pipeline:
-    """The pipeline a benchmark cell runs: the detector of `weights` (see `resolve_weights`)
-    reduced by `reducer` (a bavit.reducers.ReducerSpec; None: dense) to `keep`."""
-    from bavit.reducers import dense, reducer_class
-
-    reducer = reducer or dense()
-    model, source = load_detector(weights, detector, image_size, seed)
-    return reducer_class(reducer.name).create(model, keep, reducer.typed_options(), source).eval()

@@ -28,9 +28,9 @@ from tqdm import tqdm
 from bavit.classifier import DEFAULT_WIDTH, TokenClassifier
 from bavit.data import DataError, load_dataset, parse_data
 from bavit.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from bavit.detectors import patch_of
 from bavit.encode import encode, label_mode_for
 from bavit.losses import SetLoss
-from bavit.pipeline import patch_of
 from bavit.pruning import TokenSelector, dilate, keep_count
 from bavit.reducers.bavit import BavitPipeline
 from bavit.validate import score
@@ -299,7 +299,7 @@ def _fresh_detector(args):
 def _load_detector(path: str, image_size: int | None):
     """A detector folder of either family, by its config's model_type."""
     from bavit.checkpoint import load_config
-    from bavit.pipeline import detector_class
+    from bavit.detectors import detector_class
     return detector_class(load_config(path)).from_pretrained(path, image_size)
 
 

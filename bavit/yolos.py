@@ -154,7 +154,7 @@ class PrunedYolos(TokenGrid, nn.Module):
 
     def layer_tokens(self, k: int) -> list:
         """Token-layers at k patch tokens: every layer sees [CLS], the k and the detection tokens."""
-        from bavit.pipeline import LayerTokens
+        from bavit.tokens import LayerTokens
 
         n = k + 1 + self.config.num_detection_tokens
         return [LayerTokens(f"detector.{i}", n, n) for i in range(self.config.num_hidden_layers)]

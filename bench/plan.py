@@ -66,7 +66,7 @@ def prepare(args: argparse.Namespace, argv: list[str] | None, inputs: Path | Non
     from bavit.data import DataError, load_dataset
     try:
         plan = check(args)
-        from bavit.pipeline import resolve_weights
+        from bavit.detectors import resolve_weights
         from bavit.reducers import reducer_class
         label, det_dir = resolve_weights(args.weights, plan["detectors"][0])
         if plan["detector_auto"] and (det_dir is None or not (Path(label) / PRUNE_AWARE / "config.json").is_file()):
@@ -212,7 +212,7 @@ def _network(det_dir: Path) -> dict:
 
 
 def _model_info(label: str, det_dir: Path | None, image_size: tuple[int, int] | None) -> dict:
-    from bavit.pipeline import patch_of, random_scales
+    from bavit.detectors import patch_of, random_scales
     if det_dir is None:
         cfg = random_scales()[label.split(":", 1)[1]]()
     else:

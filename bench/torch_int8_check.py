@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from bavit.pipeline import build_pipeline
+    from bavit.reducers import build_pipeline
     from bench.loop import back_to_back
     from quant import torchao_recipe
     from targets.base import Runner

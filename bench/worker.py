@@ -72,8 +72,8 @@ def one_line(err: BaseException) -> str:
 def build_all(specs: list[BuildSpec], out: Path) -> None:
     from bavit.data import load_dataset
     from bavit.flops import image_flops
-    from bavit.pipeline import build_pipeline, weights_key
-    from bavit.reducers import parse
+    from bavit.pipeline import weights_key
+    from bavit.reducers import build_pipeline, parse
     from quant.calibration import calibration_images
     from targets import get_target
 

@@ -114,7 +114,7 @@ def calibrated_states(pipeline: Any, calibration: np.ndarray,
     import torch
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
-    from targets.tflite_backend import export_for_litert
+    from targets.litert_export import export_for_litert
 
     key = (id(pipeline), hashlib.sha256(np.ascontiguousarray(calibration).tobytes()).hexdigest(), float_modules)
     if key not in _CALIBRATED:
@@ -149,7 +149,7 @@ def quantized_module(pipeline: Any, calibration: np.ndarray, batch: int,
     import torch
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    from targets.tflite_backend import export_for_litert
+    from targets.litert_export import export_for_litert
 
     float_modules = tuple(float_modules)
     states, n_batches = calibrated_states(pipeline, calibration, float_modules)
@@ -167,7 +167,7 @@ def quantize_and_convert(pipeline: Any, calibration: np.ndarray, batch: int, pat
     import torch
     from litert_torch.quantize.quant_config import QuantConfig
 
-    from targets.tflite_backend import mark_eval
+    from targets.litert_export import mark_eval
 
     float_modules = tuple(float_modules)
     module, quantizer, n_batches, rewrites = quantized_module(pipeline, calibration, batch, float_modules)

@@ -324,7 +324,7 @@ def test_a_cache_folder_without_manifest_is_rebuilt(tmp_path):
     last) must not wedge the cell: the next prepare rebuilds in place."""
     from fake_targets import FAKE
 
-    from bavit.pipeline import build_pipeline
+    from bavit.reducers import build_pipeline
     from targets.base import MANIFEST
 
     pipe = build_pipeline("random:tiny")

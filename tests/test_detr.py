@@ -76,7 +76,7 @@ def test_pruning_runs_stock_encoder_and_decoder_on_the_kept_tokens():
 
 
 def test_timm_backbone_config_is_refused_in_one_line(tmp_path):
-    from bavit.pipeline import load_detector
+    from bavit.detectors import load_detector
 
     config = DetrConfig(use_timm_backbone=True, backbone="resnet50", num_labels=3)
     (tmp_path / "detector").mkdir()
@@ -88,8 +88,8 @@ def test_timm_backbone_config_is_refused_in_one_line(tmp_path):
 
 
 def test_saved_detr_loads_by_its_model_type_and_takes_prefilter_reducers(tmp_path):
-    from bavit.pipeline import build_pipeline, load_detector
-    from bavit.reducers import parse
+    from bavit.detectors import load_detector
+    from bavit.reducers import build_pipeline, parse
 
     _, ours = _stock_pair(tiny_detr_config(), seed=2)
     ours.save_pretrained(tmp_path / "detector")
@@ -170,7 +170,7 @@ def test_detr_int8_artifact_close_to_fp32(target, reducer, keep, tmp_path):
 def test_detr_trains_a_few_steps_and_saves_a_folder_bench_loads(tmp_path):
     """`bavit.train detector --family detr`: DETR's auxiliary set loss plus the dense head
     runs, the saved folder says box_frame input and loads as a DETR."""
-    from bavit.pipeline import load_detector
+    from bavit.detectors import load_detector
     from bavit.train import main
 
     out = tmp_path / "detr"

@@ -202,7 +202,7 @@ def test_shared_head_is_trained_on_the_frozen_trunk_and_loads_only_onto_it(tmp_p
     assert "frozen first 2 layers" in (out / "CARD.md").read_text()
     with pytest.raises(ValueError, match="trained on another detector"):
         SharedHead.from_pretrained(out, _detector(seed=1))
-    from bavit.pipeline import build_pipeline
+    from bavit.reducers import build_pipeline
     pipe = build_pipeline(str(tmp_path), parse("bavit-shared"), 0.5)
     assert pipe.prunes and pipe.classifier.trunk == head.trunk
     with torch.no_grad():

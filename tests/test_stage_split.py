@@ -59,8 +59,7 @@ def test_dense_pipeline_has_no_reducer_stage(tiny_pipeline):
 
 
 def test_detr_stages():
-    from bavit.pipeline import build_pipeline
-    from bavit.reducers import parse
+    from bavit.reducers import build_pipeline, parse
 
     _check(build_pipeline("random:detr-tiny", parse("bavit"), 0.5), ["reducer", "embed", "encoder", "decoder",
                                                                        "heads"])

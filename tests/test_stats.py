@@ -57,8 +57,8 @@ def test_interleaved_schedule_is_a_palindrome_per_round():
 
 
 def test_builds_are_shared_out_evenly_and_an_artifact_never_twice():
-    from bench.contracts import BuildSpec, ReductionSpec
     from bench.build import share_out as _share_out
+    from bench.contracts import BuildSpec, ReductionSpec
 
     def spec(target: str, precision: str, keep: float, batch: int) -> BuildSpec:
         return BuildSpec(f"{target}/{precision}/bavit/keep{keep:g}/b{batch}", target, precision, batch, "w", "detector",

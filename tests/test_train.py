@@ -9,8 +9,7 @@ import torch
 
 from bavit.data import load_dataset
 from bavit.losses import SetLoss
-from bavit.train import (DROP_MIN_KEEP, FINETUNE_TOP_SHARE, TensorSet, detector_loss, main, step_keep,
-                         token_drop)
+from bavit.train import DROP_MIN_KEEP, FINETUNE_TOP_SHARE, TensorSet, detector_loss, main, step_keep, token_drop
 from bavit.yolos import PrunedYolos, init_embeddings, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]

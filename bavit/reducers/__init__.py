@@ -126,3 +126,14 @@ def parse_list(text: str) -> list[ReducerSpec]:
 
 def dense() -> ReducerSpec:
     return parse(DENSE)
+
+
+def build_pipeline(weights: str | None, reducer: Any = None, keep: float = 1.0, seed: int = 0,
+                   detector: str = "detector", image_size: int | tuple[int, int] | None = None) -> Pipeline:
+    """The pipeline a benchmark cell runs: the detector of `weights` (see `resolve_weights`)
+    reduced by `reducer` (a bavit.reducers.ReducerSpec; None: dense) to `keep`."""
+    from bavit.detectors import load_detector
+
+    reducer = reducer or dense()
+    model, source = load_detector(weights, detector, image_size, seed)
+    return reducer_class(reducer.name).create(model, keep, reducer.typed_options(), source).eval()

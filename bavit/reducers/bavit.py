@@ -19,8 +19,9 @@ from typing import Any
 import torch
 
 from bavit.classifier import TokenClassifier
-from bavit.pipeline import LayerTokens, Pipeline, WeightsSource
+from bavit.pipeline import Pipeline, WeightsSource
 from bavit.pruning import TokenSelector
+from bavit.tokens import LayerTokens
 from bavit.yolos import PrunedYolos
 
 

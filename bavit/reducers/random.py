@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from bavit.pipeline import LayerTokens, Pipeline
+from bavit.pipeline import Pipeline
+from bavit.tokens import LayerTokens
 from bavit.yolos import PrunedYolos
 
 

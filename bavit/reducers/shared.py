@@ -25,10 +25,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from bavit.pipeline import LayerTokens, Pipeline, WeightsSource
+from bavit.pipeline import Pipeline, WeightsSource
 from bavit.pruning import TokenSelector
 from bavit.reducers._blocks import check_in_encoder, gather
 from bavit.reducers.bavit import BavitPipeline
+from bavit.tokens import LayerTokens
 from bavit.yolos import PrunedYolos
 
 CONFIG = "config.json"
@@ -174,7 +175,7 @@ class SharedPipeline(Pipeline):
             return (f"no bavit-shared{options.layers}/ head in {root} (train one: python -m bavit.train classifier "
                     f"--shared {root}/{detector} --layers {options.layers} ...)")
         from bavit.checkpoint import load_config
-        from bavit.pipeline import detector_class
+        from bavit.detectors import detector_class
 
         det = detector_class(load_config(Path(root) / detector)).from_pretrained(Path(root) / detector)
         if getattr(det, "family", "yolos") == "yolos" and trunk_hash(det, options.layers) != json.loads(

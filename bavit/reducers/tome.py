@@ -28,8 +28,9 @@ from typing import Any
 
 import torch
 
-from bavit.pipeline import LayerTokens, Pipeline
+from bavit.pipeline import Pipeline
 from bavit.reducers._blocks import attend, check_in_encoder, feed_forward, gather
+from bavit.tokens import LayerTokens
 from bavit.yolos import PrunedYolos
 
 
