@@ -34,7 +34,7 @@ def load_config(path: str | Path) -> PretrainedConfig:
 # HF checkpoints name the mid-layer position embeddings as the module did before it moved
 # into `interpolation`; transformers renames them on load (conversion_mapping.py, "yolos")
 # and back on save, so stock YOLOS-S/B folders carry the old key.
-_RENAMES = {"vit.encoder.mid_position_embeddings": "vit.encoder.interpolation.mid_position_embeddings"}
+RENAMES = {"vit.encoder.mid_position_embeddings": "vit.encoder.interpolation.mid_position_embeddings"}
 
 
 def load_state(path: str | Path) -> dict[str, torch.Tensor]:
@@ -46,7 +46,7 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
         state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
     else:
         raise FileNotFoundError(f"no {WEIGHTS_NAME} or pytorch_model.bin in weights folder: {path}")
-    return {_RENAMES.get(k, k): v for k, v in state.items()}
+    return {RENAMES.get(k, k): v for k, v in state.items()}
 
 
 def save(module: torch.nn.Module, config: PretrainedConfig, path: str | Path) -> Path:

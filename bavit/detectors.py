@@ -81,3 +81,39 @@ def load_detector(spec: str | None, detector: str = "detector", image_size: int 
     from bavit import checkpoint
     cls = detector_class(checkpoint.load_config(det_dir))
     return cls.from_pretrained(det_dir, image_size), WeightsSource(Path(label), seed)
+
+
+def check_weights(det_dir: Path) -> None:
+    """Raises ValueError naming the file and the first tensor that its config.json does not
+    make (missing, unexpected, or of another shape): otherwise a mismatch surfaces only as
+    every cell failing in its build process with a state_dict error naming neither. Reads
+    the safetensors header, not the tensors."""
+    from safetensors import safe_open
+
+    from bavit import checkpoint
+
+    file = det_dir / checkpoint.WEIGHTS_NAME
+    if not file.is_file():   # a legacy pytorch_model.bin: checked when it loads
+        return
+    config = checkpoint.load_config(det_dir)
+    try:
+        with torch.device("meta"):
+            model = detector_class(config)(config)
+    except RuntimeError:   # a family that computes buffers at init (DETR's sine positions): on the CPU
+        model = detector_class(config)(config)
+    want = {k: tuple(v.shape) for k, v in model.det.state_dict().items()}
+    try:
+        with safe_open(str(file), "pt") as f:
+            have = {checkpoint.RENAMES.get(k, k): tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+        raise ValueError(f"{file}: not a readable safetensors file ({type(err).__name__}: {err})") from None
+    for key, shape in have.items():
+        if key not in want:
+            raise ValueError(f"{file}: tensor {key} is not part of the model its config.json describes")
+        if shape != want[key]:
+            raise ValueError(f"{file}: tensor {key} has shape {list(shape)}, its config.json makes "
+                             f"{list(want[key])}")
+    missing = sorted(set(want) - set(have))
+    if missing:
+        raise ValueError(f"{file}: no tensor {missing[0]} (and {len(missing) - 1} more), which its config.json's "
+                         "model needs")

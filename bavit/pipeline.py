@@ -46,6 +46,12 @@ class Pipeline(nn.Module):
         return cls(detector, keep, options)
 
     @classmethod
+    def unfit(cls, config: Any) -> str | None:
+        """Why this method cannot run on a detector of `config` (its family, its embeddings),
+        or None: asked of every reducer and detector before any work."""
+        return None
+
+    @classmethod
     def missing_weights(cls, root: Path, keep: float, options: Any, detector: str = "detector") -> str | None:
         """Why `root` cannot serve this method at `keep` on its `detector` folder (checked
         before any work), or None."""

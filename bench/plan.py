@@ -77,6 +77,16 @@ def prepare(args: argparse.Namespace, argv: list[str] | None, inputs: Path | Non
         if det_dir is None and len(resolved) > 1:
             raise UsageError(f"--weights {label}: an untrained model has one detector; --detector names "
                              f"{len(resolved)}")
+        from bavit.detectors import check_weights, random_scales
+        for d, (_, folder) in zip(plan["detectors"], resolved):
+            if folder is not None:
+                check_weights(folder)   # a tensor its config does not make: one line naming file and tensor
+            config = random_scales()[label.split(":", 1)[1]]() if folder is None else _config(folder)
+            for spec in plan["reducers"]:
+                why = reducer_class(spec.name).unfit(config) if min(plan["keeps"]) < 1.0 else None
+                if why:
+                    raise UsageError(f"--reducer {spec.label} with --detector {d} "
+                                     f"({getattr(config, 'model_type', 'yolos')}): {why}")
         unfit: dict[tuple[str, str, float], str] = {}   # (detector, reducer, keep) -> why its weights do not fit
         for d in plan["detectors"] if det_dir is not None else ():
             for spec in plan["reducers"]:
@@ -209,6 +219,11 @@ def _network(det_dir: Path) -> dict:
     for key in ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "id2label", "label2id"):
         cfg.pop(key, None)
     return json.loads(json.dumps(cfg, sort_keys=True, default=str))
+
+
+def _config(det_dir: Path):
+    from bavit.checkpoint import load_config
+    return load_config(det_dir)
 
 
 def _model_info(label: str, det_dir: Path | None, image_size: tuple[int, int] | None) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -558,3 +559,37 @@ def test_a_shared_head_of_another_detector_makes_those_cells_unavailable(tmp_pat
     assert all(r["status"] == "ok" for k, r in by_id.items() if k != other["cell_id"])
     proc = bench(tmp_path / "run2", *cell, "--detector", "detector-sparse-keep0.5")
     assert proc.returncode == 2 and "trained on another detector's first 2 layers" in proc.stderr
+
+
+def test_a_coco_box_that_is_not_numbers_is_one_line(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    ann = tmp_path / "instances.json"
+    ann.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png", "width": 32, "height": 32}],
+                               "categories": [{"id": 1, "name": "thing"}],
+                               "annotations": [{"id": 7, "image_id": 1, "category_id": 1, "bbox": ["a", 1, 2, 3],
+                                                "area": 6, "iscrowd": 0}]}))
+    proc = bench(tmp_path / "run", "--data", f"coco:{ann},{images}", "--target", "fake")
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr[-2000:]
+    assert str(ann) in proc.stderr and "annotation 7 has bbox ['a', 1, 2, 3]" in proc.stderr
+
+
+def test_weights_that_do_not_fit_their_config_are_one_line_naming_file_and_tensor(tmp_path):
+    weights = tmp_path / "w"
+    shutil.copytree(ROOT / "weights" / "tiny", weights)
+    cfg = json.loads((weights / "detector" / "config.json").read_text())
+    (weights / "detector" / "config.json").write_text(json.dumps({**cfg, "intermediate_size": cfg["intermediate_size"] * 2}))
+    proc = bench(tmp_path / "run", "--weights", str(weights), "--target", "fake", "--keep", "1.0")
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr[-2000:]
+    assert str(weights / "detector" / "model.safetensors") in proc.stderr and "intermediate" in proc.stderr
+    assert "its config.json makes" in proc.stderr and not (tmp_path / "run" / "results.jsonl").exists()
+
+
+@pytest.mark.parametrize("reducer", ["attention", "tome", "bavit-shared"])
+def test_a_detr_with_a_reducer_inside_the_yolos_encoder_is_refused_before_work(tmp_path, reducer):
+    proc = bench(tmp_path / "run", "--weights", "random:detr-tiny", "--reducer", reducer, "--keep", "1.0,0.5",
+                 "--target", "fake")
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr[-2000:]
+    assert f"--reducer {reducer} with --detector detector (detr): this reducer acts inside a YOLOS encoder" \
+        in proc.stderr
+    assert not (tmp_path / "run" / "results.jsonl").exists()

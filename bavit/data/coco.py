@@ -71,7 +71,12 @@ class CocoDataset(DetectionDataset):
                     f"not a COCO instances file: {self.ann_file} "
                     f"(annotation {ann.get('id')} has unknown category_id {ann.get('category_id')})"
                 )
-            x, y, w, h = ann.get("bbox", (0, 0, 0, 0))
+            box = ann.get("bbox", (0, 0, 0, 0))
+            if (not isinstance(box, (list, tuple)) or len(box) != 4
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
+                raise DataError(f"not a COCO instances file: {self.ann_file} (annotation {ann.get('id')} has bbox "
+                                f"{box!r}: expected four numbers x, y, width, height)")
+            x, y, w, h = box
             if w > 0 and h > 0 and ann["image_id"] in self._anns:
                 self._anns[ann["image_id"]].append(ann)
 

@@ -34,13 +34,22 @@ def feed_forward(layer: YolosLayer, x: torch.Tensor) -> torch.Tensor:
     return layer.output(layer.intermediate(layer.layernorm_after(x)), x)
 
 
+def encoder_unfit(config) -> str | None:
+    """Why a reducer acting inside the encoder cannot run on a detector of this config, or
+    None. Such reducers change the token count between layers; mid-position embeddings (added
+    after every layer, one per input token) would no longer line up. They run YOLOS layers by
+    hand: another detector family is refused."""
+    family = getattr(config, "model_type", "yolos")
+    if family != "yolos":
+        return (f"this reducer acts inside a YOLOS encoder; a {family} detector takes reducers that prune before "
+                "the encoder (bavit, random)")
+    if getattr(config, "use_mid_position_embeddings", False):
+        return ("this reducer acts inside the encoder and needs a detector without mid-position embeddings "
+                "(use_mid_position_embeddings=False)")
+    return None
+
+
 def check_in_encoder(detector) -> None:
-    """Reducers inside the encoder change the token count between layers; mid-position
-    embeddings (added after every layer, one per input token) would no longer line up. They
-    run YOLOS layers by hand: another detector family is refused."""
-    if getattr(detector, "family", "yolos") != "yolos":
-        raise ValueError(f"this reducer acts inside a YOLOS encoder; a {detector.family} detector takes "
-                         "reducers that prune before the encoder (bavit, random)")
-    if detector.config.use_mid_position_embeddings:
-        raise ValueError("this reducer acts inside the encoder and needs a detector without mid-position "
-                         "embeddings (use_mid_position_embeddings=False)")
+    why = encoder_unfit(detector.config)
+    if why:
+        raise ValueError(why)

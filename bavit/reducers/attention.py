@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from bavit.pipeline import Pipeline
-from bavit.reducers._blocks import attend, check_in_encoder, feed_forward, gather
+from bavit.reducers._blocks import attend, check_in_encoder, encoder_unfit, feed_forward, gather
 from bavit.tokens import LayerTokens
 from bavit.yolos import PrunedYolos
 
@@ -45,6 +45,10 @@ class AttentionPipeline(Pipeline):
                 raise ValueError(f"layer must be >= 1, got {self.layer}")
 
     name = "attention"
+
+    @classmethod
+    def unfit(cls, config) -> str | None:
+        return encoder_unfit(config)
 
     def __init__(self, detector: PrunedYolos, keep: float = 1.0, options: Any = None) -> None:
         super().__init__(detector, keep, options)

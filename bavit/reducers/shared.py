@@ -27,7 +27,7 @@ from torch import nn
 
 from bavit.pipeline import Pipeline, WeightsSource
 from bavit.pruning import TokenSelector
-from bavit.reducers._blocks import check_in_encoder, gather
+from bavit.reducers._blocks import check_in_encoder, encoder_unfit, gather
 from bavit.reducers.bavit import BavitPipeline
 from bavit.tokens import LayerTokens
 from bavit.yolos import PrunedYolos
@@ -136,6 +136,10 @@ class SharedPipeline(Pipeline):
         (loads bavit-shared{layers}/)."""
 
     name = "bavit-shared"
+
+    @classmethod
+    def unfit(cls, config) -> str | None:
+        return encoder_unfit(config)
     scores_tokens = True
     needs_classifier = True
 

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from bavit.pipeline import Pipeline
-from bavit.reducers._blocks import attend, check_in_encoder, feed_forward, gather
+from bavit.reducers._blocks import attend, check_in_encoder, encoder_unfit, feed_forward, gather
 from bavit.tokens import LayerTokens
 from bavit.yolos import PrunedYolos
 
@@ -105,6 +105,10 @@ class TomePipeline(Pipeline):
                 raise ValueError(f"start must be >= 1 and r >= 0, got start={self.start}, r={self.r}")
 
     name = "tome"
+
+    @classmethod
+    def unfit(cls, config) -> str | None:
+        return encoder_unfit(config)
 
     def __init__(self, detector: PrunedYolos, keep: float = 1.0, options: Any = None) -> None:
         super().__init__(detector, keep, options)
