@@ -4,6 +4,7 @@ Usage::
 
     python -m reports.build RUN_DIR [--baseline OTHER_RUN] [--max-map-drop PTS]
                                     [--max-latency-ms MS] [--max-rss-mb MIB]
+    python -m reports.build RUN_A RUN_B ... --out DIR [limits]
 
 Writes ``RUN_DIR/report.csv`` (every cell, original columns plus derived
 ones), ``RUN_DIR/decision.csv`` (the pick per scenario and target under the limits),
@@ -11,6 +12,10 @@ ones), ``RUN_DIR/decision.csv`` (the pick per scenario and target under the limi
 × keep, only when the run swept several detectors), ``RUN_DIR/report.html`` (self-contained)
 and, with ``--baseline``, ``RUN_DIR/comparison.csv``; prints the decision, then the markdown
 summary, to stdout.
+With several run folders (one per device, e.g. ``bench.measure`` of one bundle on each), the
+report goes to ``--out``: ``report.csv`` and ``decision.csv`` with a ``device`` column (every
+figure derived within its own device's run, see ``reports.devices``), ``devices.csv`` (the same
+cell on each device) and ``report.html``.
 The limits only change the decision, which is recomputed from results.jsonl, so other
 limits never need a new benchmark run. Bad input (missing directory/results file,
 malformed rows, a negative limit) is reported as one line on stderr with exit code 2,
@@ -30,7 +35,8 @@ import numpy as np
 import pandas as pd
 
 from reports.decide import check_limits, decide, decision_markdown
-from reports.html import render_html
+from reports.devices import across_devices, device_runs
+from reports.html import render_devices_html, render_html
 from reports.table import (
     add_derived,
     best_reducers,
@@ -183,6 +189,36 @@ def build(run_dir: str | Path, baseline: str | Path | None = None, max_map_drop:
     return paths
 
 
+DEVICES_FILE = "devices.csv"
+
+
+def _build_devices(run_dirs: Sequence[Path], out: Path, max_map_drop: float, max_latency_ms: float | None,
+                   max_rss_mb: float | None) -> tuple[dict[str, Path], list]:
+    """The report of several runs (devices) into ``out``; also returns the device groups for the CLI."""
+    check_limits(max_map_drop, max_latency_ms, max_rss_mb)
+    groups = device_runs(run_dirs, max_map_drop, max_latency_ms, max_rss_mb)
+    across = across_devices(groups)
+    page = render_devices_html(groups, across, title=f"bavit-bench devices: {out.resolve().name}",
+                               max_map_drop=max_map_drop, max_latency_ms=max_latency_ms, max_rss_mb=max_rss_mb)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": out / "report.csv", "decision_csv": out / "decision.csv", "devices_csv": out / DEVICES_FILE,
+             "html": out / "report.html"}
+    pd.concat([g.cells for g in groups], ignore_index=True).to_csv(paths["csv"], index=False)
+    pd.concat([g.decisions for g in groups], ignore_index=True).to_csv(paths["decision_csv"], index=False)
+    across.to_csv(paths["devices_csv"], index=False)
+    paths["html"].write_text(page, encoding="utf-8")
+    return paths, groups
+
+
+def build_devices(run_dirs: Sequence[str | Path], out: str | Path, max_map_drop: float = 1.0,
+                  max_latency_ms: float | None = None, max_rss_mb: float | None = None) -> dict[str, Path]:
+    """Write the report of several runs (one per device) into ``out`` and return the paths
+    (``"csv"``, ``"decision_csv"``, ``"devices_csv"``, ``"html"``). Each figure is derived within
+    its own run and machine; see ``reports.devices``."""
+    paths, _ = _build_devices([Path(d) for d in run_dirs], Path(out), max_map_drop, max_latency_ms, max_rss_mb)
+    return paths
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr (and exit 2), like every other error here."""
 
@@ -205,8 +241,11 @@ def _limit(text: str) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the process exit code (0 ok, 2 bad input or unwritable output)."""
     parser = _Parser(prog="python -m reports.build", description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path, help="run directory containing results.jsonl")
+    parser.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR",
+                        help="run directory containing results.jsonl; several (one per device) need --out")
     parser.add_argument("--baseline", type=Path, default=None, help="another run directory to compare against")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where the report of several runs goes (default for one run: the run directory)")
     parser.add_argument("--max-map-drop", type=_limit, default=1.0, metavar="PTS",
                         help="largest mAP loss (points) vs the target's dense fp32 a pick may have (default 1.0)")
     parser.add_argument("--max-latency-ms", type=_limit, default=None, metavar="MS",
@@ -217,8 +256,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2, already printed)
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    if len(args.run_dirs) > 1:
+        return _main_devices(args)
+    if args.out is not None:
+        print("reports.build: error: --out is for several run directories; one run's report goes into its own "
+              "directory", file=sys.stderr)
+        return 2
     try:
-        paths, df, decisions = _build(args.run_dir, args.baseline, args.max_map_drop, args.max_latency_ms,
+        paths, df, decisions = _build(args.run_dirs[0], args.baseline, args.max_map_drop, args.max_latency_ms,
                                       args.max_rss_mb)
     except (OSError, ValueError) as exc:  # FileNotFoundError is an OSError
         print(f"reports.build: error: {exc}", file=sys.stderr)
@@ -227,6 +272,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(summary_markdown(df), end="")
     if detectors := detectors_markdown(df):
         print("\n" + detectors, end="")
+    for name, path in paths.items():
+        print(f"wrote {name}: {path}", file=sys.stderr)
+    return 0
+
+
+def _main_devices(args: argparse.Namespace) -> int:
+    """``reports.build RUN_A RUN_B ... --out DIR``: one decision per device, then the files written."""
+    if args.out is None:
+        print("reports.build: error: several run directories need --out DIR (where their joint report goes)",
+              file=sys.stderr)
+        return 2
+    if args.baseline is not None:
+        print("reports.build: error: --baseline compares one run with another; give one RUN_DIR with it",
+              file=sys.stderr)
+        return 2
+    try:
+        paths, groups = _build_devices(args.run_dirs, args.out, args.max_map_drop, args.max_latency_ms,
+                                       args.max_rss_mb)
+    except (OSError, ValueError) as exc:
+        print(f"reports.build: error: {exc}", file=sys.stderr)
+        return 2
+    for g in groups:
+        print(f"# {g.device} ({g.run_dir})\n")
+        print(decision_markdown(g.decisions, args.max_map_drop, args.max_latency_ms, args.max_rss_mb))
     for name, path in paths.items():
         print(f"wrote {name}: {path}", file=sys.stderr)
     return 0

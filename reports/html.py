@@ -13,12 +13,13 @@ import base64
 import html
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import pandas as pd
 
 from reports import plots
 from reports.decide import ANY_TARGET, constraints_text, decide, decision_line, decision_reference, figure_text
+from reports.devices import DeviceRun
 from reports.table import (
     PERCENTILE_FLOOR,
     column,
@@ -600,5 +601,53 @@ def render_html(df: pd.DataFrame, title: str = "bavit-bench report",
              "settings; each run's reference detector joins the other's (detector: reference).</p>"),
             format_table(comparison, spec, "comparison"),
         ]
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def render_devices_html(groups: Sequence[DeviceRun], across: pd.DataFrame, title: str = "bavit-bench devices",
+                        max_map_drop: float = 1.0, max_latency_ms: float | None = None,
+                        max_rss_mb: float | None = None) -> str:
+    """The page for runs of several devices (``reports.build RUN_A RUN_B ...``).
+
+    Each device keeps its own decision and cell table, derived within its own run (see
+    ``reports.devices``); one table then reads the same cell across devices. Plots and
+    per-node profiles stay in each run's own ``report.html``: drawn together they would put
+    figures of different machines on one axis as if comparable.
+    """
+    across_spec: dict[str, RowFormatter] = {
+        "scenario": _col("scenario", _text), "target": _col("target", _text),
+        "precision": _col("precision", _text), "detector": _col("detector", _text),
+        "reducer": _col("reducer", _text), "keep": _col("keep", format_keep), "batch": _col("batch", _num(".0f")),
+    }
+    formats = {"status": _text, "img/s": _num(".1f"), "p50 ms": _num(".2f"), "mAP": _num(".3f"),
+               "speed-up": _num(".2f", "×")}
+    for name in across.columns[len(across_spec):]:
+        stem = str(name).split(" @ ", 1)[0]
+        across_spec[str(name)] = _col(str(name), formats.get(stem, _text))
+    overview = pd.DataFrame([{
+        "device": g.device, "run": str(g.run_dir), "cells": len(g.cells),
+        "ok": int(g.cells["status"].astype(str).eq("ok").sum()),
+        "built on": ", ".join(_distinct(column(g.cells, "built_on"))) or "this machine",
+    } for g in groups])
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        ('<p class="note">Speed-ups and mAP drops are derived within each device\'s own run (its dense fp32 cell, '
+         "timed in the same interleaved rounds); figures of different devices are laid side by side, never "
+         "divided by one another. Plots and profiles: each run's own report.html.</p>"),
+        "<h2>Devices</h2>",
+        format_table(overview, {c: _col(c, _text) for c in overview.columns}, "fingerprint"),
+    ]
+    for g in groups:
+        parts += [f"<h2>Decision on {html.escape(g.device)}</h2>",
+                  _decision_html(g.decisions, max_map_drop, max_latency_ms, max_rss_mb)]
+    parts += ["<h2>The same cell on each device</h2>", format_table(across, across_spec, "summary")]
+    for g in groups:
+        parts += [f"<h2>Cells on {html.escape(g.device)}</h2>", _fingerprint_html(g.cells),
+                  format_table(g.cells, with_detector(SUMMARY_COLUMNS, several_detectors(g.cells)), "summary"),
+                  "<h3>Failed or unavailable cells</h3>", _failed_html(g.cells)]
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"

@@ -845,3 +845,81 @@ def test_compare_keeps_detectors_apart_and_meets_references() -> None:
     dense = cmp[(cmp["target"] == "openvino") & (cmp["precision"] == "fp32") & (cmp["keep"] == 1.0)]
     assert list(dense["detector"]) == ["", PRUNE]
     assert dense.iloc[0]["throughput_ratio"] == pytest.approx(2.0) and math.isnan(dense.iloc[1]["throughput_ratio"])
+
+
+# --- several devices, one report ---------------------------------------------
+
+BOARD = {"sys_cpu": "ARM Cortex-A76", "sys_cores": 4, "sys_host": "board-7", "sys_isa": "neon asimddp"}
+
+
+def board_rows() -> list[dict]:
+    """The same offline cells measured on a slower board: its own dense fp32 (50 img/s) and its
+    int8 keep-0.5 cell (150); no torch cells (torch is not installed there)."""
+    return [
+        make_row("openvino", "fp32", 1.0, rounds=[50.0, 52.0, 48.0], mean_ap=0.400, **BOARD),
+        make_row("openvino", "int8", 0.5, rounds=[150.0, 156.0, 120.0], mean_ap=0.394, **BOARD),
+        make_row("openvino", "int8", 1.0, rounds=[90.0, 91.0, 89.0], mean_ap=0.395, **BOARD),
+    ]
+
+
+def test_devices_pair_only_within_one_machine(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from reports.devices import device_runs
+
+    here = write_run(tmp_path / "xeon", sample_rows())
+    board = write_run(tmp_path / "board", board_rows())
+    # a board run without its dense fp32 cell must not borrow the Xeon's
+    orphan = write_run(tmp_path / "orphan", [make_row("openvino", "int8", 0.5, rounds=[150.0, 151.0, 149.0],
+                                                      mean_ap=0.388, sys_cpu="RISC-V", sys_cores=1, sys_host="r")])
+    groups = {g.device: g for g in device_runs([here, board, orphan])}
+    assert len(groups) == 3
+    xeon = by_cell(groups["Intel(R) Xeon(R) Platinum 8480+ (16 cores, host bench-box-01)"].cells)
+    arm = by_cell(groups["ARM Cortex-A76 (4 cores, host board-7)"].cells)
+    lone = by_cell(groups["RISC-V (1 cores, host r)"].cells)
+    # the board's speed-up is its own paired rounds: 150/50, 156/52, 120/48 -> median 3.0, min 2.5
+    assert triple(arm, OV_INT8_K05) == pytest.approx((3.0, 2.5, 3.0))
+    assert triple(xeon, OV_INT8_K05) == pytest.approx(triple(add_derived(load_results(here)).set_index("cell_id"),
+                                                             OV_INT8_K05))
+    assert math.isnan(float(lone.loc[OV_INT8_K05, "speedup_vs_target_dense_fp32"]))
+    assert math.isnan(float(lone.loc[OV_INT8_K05, "map_drop_pts"]))
+
+    out = tmp_path / "joint"
+    assert main([str(here), str(board), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("## Decision") == 2 and "# ARM Cortex-A76 (4 cores, host board-7)" in printed
+    decisions = pd.read_csv(out / "decision.csv")
+    board_pick = decisions[(decisions["device"].str.startswith("ARM")) & (decisions["target"] == ANY_TARGET)]
+    assert board_pick["cell_id"].tolist() == [OV_INT8_K05]      # fastest within 1 pt on the board
+    assert set(pd.read_csv(out / "report.csv")["device"]) == {
+        "Intel(R) Xeon(R) Platinum 8480+ (16 cores, host bench-box-01)", "ARM Cortex-A76 (4 cores, host board-7)"}
+    across = pd.read_csv(out / "devices.csv")
+    row = across[(across["target"] == "openvino") & (across["precision"] == "int8") & (across["keep"] == 0.5)
+                 & (across["scenario"] == OFF)]
+    assert len(row) == 1
+    assert float(row["img/s @ ARM Cortex-A76 (4 cores, host board-7)"].iloc[0]) == 150.0
+    assert float(row["img/s @ Intel(R) Xeon(R) Platinum 8480+ (16 cores, host bench-box-01)"].iloc[0]) == 600.0
+    assert "The same cell on each device" in (out / "report.html").read_text(encoding="utf-8")
+
+
+def test_devices_same_machine_twice_kept_apart(tmp_path: Path) -> None:
+    from reports.devices import device_runs
+
+    first = write_run(tmp_path / "monday", board_rows())
+    second = write_run(tmp_path / "tuesday", board_rows())
+    names = [g.device for g in device_runs([first, second])]
+    assert names == ["ARM Cortex-A76 (4 cores, host board-7) [monday]", "ARM Cortex-A76 (4 cores, host board-7) [tuesday]"]
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ([], "several run directories need --out"),
+    (["--out", "OUT", "--baseline", "B"], "--baseline compares one run"),
+])
+def test_devices_cli_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str],
+                                       message: str) -> None:
+    a = write_run(tmp_path / "a", board_rows())
+    b = write_run(tmp_path / "b", board_rows())
+    args = [str(tmp_path / x) if x in ("OUT", "B") else x for x in extra]
+    assert main([str(a), str(b), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert main([str(a), str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert "missing" in capsys.readouterr().err
