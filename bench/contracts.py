@@ -83,11 +83,12 @@ class RunSettings:
     labels: str | None
     images: int
     calib_images: int
-    rounds: int
+    rounds: int                          # in all, spread over `processes` serving processes per target
     round_seconds: float
     warmup: int
     interleave: bool
     ov_int8_float: str
+    processes: int = 2
     shared_timing: bool = True           # same-network detectors take the reference's rounds (timing_from)
 
     @property
@@ -264,8 +265,9 @@ class MeasureOptions:
 class Row:
     """One line of results.jsonl: one cell = target x precision x detector x reducer x keep x batch x scenario.
 
-    Speed figures are medians over `rounds` interleaved rounds; `round_*` lists hold each
-    round's figure, from which reports derive paired speed-up intervals. MiB = 2**20 bytes."""
+    Speed figures are medians over `rounds` interleaved rounds, spread over `processes` serving
+    processes; `round_*` lists hold each round's figure, from which reports derive paired
+    speed-up intervals. MiB = 2**20 bytes."""
     cell_id: str
     model_id: str                 # the artifact's identity (cell minus scenario)
     target: str
@@ -317,17 +319,23 @@ class Row:
     streams: int | None = None
     requests: int | None = None
     # -- steady state (interleaved rounds) -----------------------------------------------------
-    rounds: int | None = None
+    rounds: int | None = None                 # every serving process's rounds together
+    processes: int | None = None              # fresh serving processes the rounds were spread over
     throughput_ips: float | None = None       # median over rounds of images / elapsed
-    throughput_min: float | None = None
+    throughput_min: float | None = None       # slowest and fastest round
     throughput_max: float | None = None
+    throughput_lo: float | None = None        # 95 % interval over rounds (bench.stats.interval)
+    throughput_hi: float | None = None
     latency_p50_ms: float | None = None       # pooled over every round's samples
+    latency_p50_lo: float | None = None       # 95 % interval of the rounds' p50s, around latency_p50_ms
+    latency_p50_hi: float | None = None
     latency_p90_ms: float | None = None       # None below its sample floor
     latency_p99_ms: float | None = None
     latency_samples: int | None = None
     round_throughput_ips: list[float] = field(default_factory=list)
     round_p50_ms: list[float] = field(default_factory=list)
     spread_pct: float | None = None           # (max - min) / median of round throughputs
+    interval_pct: float | None = None         # how far the headline figure's interval reaches, % of it
     load_max: float | None = None             # highest 1-min load average seen in its slices
     noisy: bool | None = None
     noisy_reason: str | None = None
@@ -365,6 +373,7 @@ class Row:
     detections_file: str | None = None
     # -- machine ---------------------------------------------------------------------------------
     sys_cpu: str = ""
+    sys_arch: str = ""                 # the Python process's machine (platform.machine): x86_64, aarch64
     sys_cores: int = 0
     sys_isa: str = ""
     sys_ram_gb: float = 0.0
@@ -372,6 +381,7 @@ class Row:
     sys_python: str = ""
     sys_versions: str = ""
     sys_host: str = ""
+    sys_background_reclaim: str = ""   # kernel reclaim that drops idle pages mid-run (bench.system)
 
 
 @dataclass(frozen=True)

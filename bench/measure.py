@@ -38,6 +38,7 @@ from bench.contracts import (
     digest,
 )
 from bench.procs import Children, run_cold, run_one, schedule, time_target
+from targets.base import SINGLE_STREAM
 
 
 class Measure:
@@ -125,7 +126,8 @@ class Measure:
         with tqdm(total=len(schedule([c.cell_id for c in cells], s.rounds, s.round_seconds, True)),
                   desc=f"rounds {target}{what}", unit="slice", dynamic_ncols=True) as bar:
             slices, loads, failed, load_s = time_target(spec, s.rounds, s.round_seconds, s.interleave,
-                                                        self.options.timeout, self.work, self.logs, bar)
+                                                        self.options.timeout, self.work, self.logs, bar,
+                                                        processes=s.processes)
         self.add_time("serving processes: start, load + warm-up", load_s)
         self.add_time("timed rounds", time.monotonic() - t0 - load_s)
         return slices, loads, failed
@@ -268,7 +270,8 @@ class Measure:
                       streams=cold.streams, requests=cold.requests, accuracy_note=self.plan.accuracy_note)
         fields.update(self._accuracy_fields(cell, built, colds, scorers))
         if error is None and all(slices):
-            summary = summarise(slices, loads, self.s.threads)
+            summary = summarise(slices, loads, self.s.threads, processes=self.s.processes,
+                                single_stream=cell.scenario == SINGLE_STREAM)
             fields.update(asdict(summary))
             fields.update(self._work_fields(cell, built, summary.throughput_ips))
             return self.row(cell, "ok", **fields)

@@ -72,7 +72,13 @@ def parse_args(argv: list[str] | None, prog: str = "python -m bench.run", descri
     p.add_argument("--batch", default="8", help="batch sizes of the offline scenario (each its own static-shape "
                                                 "model; single-stream is always batch 1). Default 8")
     p.add_argument("--threads", type=int, default=2, help="threads for every runtime (default 2)")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (default 3)")
+    p.add_argument("--rounds", type=int, default=4,
+                   help="interleaved timing rounds in all, shared out over --processes (default 4)")
+    p.add_argument("--processes", type=int, default=None,
+                   help="fresh serving processes per target that the rounds are spread over, each loading and "
+                        "warming up every cell of the target: an interval over one process's rounds misses "
+                        "what a new process (memory layout, thread placement) changes (default 2, or 1 with "
+                        "--rounds 1)")
     p.add_argument("--profile", action="store_true",
                    help="after each target's rounds, profile every cell in its own process: per-node times from "
                         "the runtime's profiler (OpenVINO PERF_COUNT; torch: the exported graph's nodes timed; "
@@ -80,8 +86,8 @@ def parse_args(argv: list[str] | None, prog: str = "python -m bench.run", descri
                         "(reducer, embed, encoder, decoder, heads); profiles/*.csv and the "
                         "report's Profiles section. Speed figures stay those of the unprofiled rounds")
     p.add_argument("--profile-seconds", type=float, default=3.0, help="seconds of profiled calls per cell (default 3)")
-    p.add_argument("--round-seconds", type=float, default=2.0,
-                   help="timed seconds per cell per round, in two halves (default 2)")
+    p.add_argument("--round-seconds", type=float, default=1.5,
+                   help="timed seconds per cell per round, in two halves (default 1.5)")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of untimed calls per cell after loading")
     p.add_argument("--no-interleave", action="store_true",
                    help="time each cell's rounds back to back instead of interleaved (to see what drift does)")
@@ -184,6 +190,10 @@ def check(args: argparse.Namespace) -> dict:
                                ("--build-jobs", args.build_jobs, 1)):
         if value < low:
             raise UsageError(f"{option} must be >= {low}, got {value}")
+    if args.processes is None:
+        args.processes = min(2, args.rounds)
+    if not 1 <= args.processes <= args.rounds:
+        raise UsageError(f"--processes must be between 1 and --rounds ({args.rounds}), got {args.processes}")
     for option, value in (("--round-seconds", args.round_seconds), ("--timeout", args.timeout),
                           ("--profile-seconds", args.profile_seconds)):
         if value <= 0:

@@ -26,6 +26,7 @@ def settings_of(args, label: str) -> RunSettings:
                        split=args.split, labels=args.labels, images=args.images, calib_images=args.calib_images,
                        rounds=args.rounds, round_seconds=args.round_seconds, warmup=args.warmup,
                        interleave=not args.no_interleave, ov_int8_float=args.ov_int8_float,
+                       processes=args.processes,
                        shared_timing=not args.time_every_detector)
 
 

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from bench.contracts import ColdResult, ColdSpec, Command, Reply, ServeSpec, Slice, from_json, to_json
@@ -157,37 +158,59 @@ def schedule(cell_ids: list[str], rounds: int, seconds: float, interleave: bool)
     return [(r, c, half) for c in cell_ids for r in range(rounds) for _ in range(2)]
 
 
+def process_rounds(rounds: int, processes: int) -> list[range]:
+    """The rounds each serving process times, in order, as evenly as they divide: 5 rounds
+    over 2 processes are rounds 0-2 and 3-4."""
+    base, extra = divmod(rounds, processes)
+    out, first = [], 0
+    for p in range(processes):
+        n = base + (p < extra)
+        out.append(range(first, first + n))
+        first += n
+    return out
+
+
 def time_target(spec: ServeSpec, rounds: int, round_seconds: float, interleave: bool, timeout: float, work: Path,
-                logs: Path, bar) -> tuple[dict[str, list[list[Slice]]], dict[str, list[float]], dict[str, str], float]:
-    """All timed rounds of one target's cells: slices per cell per round, the load figure of
-    each slice, the cells that failed (why), and the seconds loading + warm-up took."""
+                logs: Path, bar, processes: int = 1
+                ) -> tuple[dict[str, list[list[Slice]]], dict[str, list[float]], dict[str, str], float]:
+    """All timed rounds of one target's cells, spread over `processes` fresh serving processes
+    one after another (each loads and warms up every cell, then times its share of the rounds,
+    interleaved): slices per cell per round, the load figure of each slice, the cells that
+    failed (why), and the seconds the processes' loading + warm-up took. A cell that fails in
+    one process is failed; the others go on in the next."""
     ids = [c.cell_id for c in spec.cells]
     slices: dict[str, list[list[Slice]]] = {c: [[] for _ in range(rounds)] for c in ids}
     loads: dict[str, list[float]] = {c: [] for c in ids}
     failed: dict[str, str] = {}
-    plan = schedule(ids, rounds, round_seconds, interleave)
-    start = time.monotonic()
-    bar.set_description(f"rounds {spec.target} [load + warm-up]")
-    server = Server(spec, work, logs, timeout)
     load_s = 0.0
-    try:
-        failed.update(server.ready())
-        load_s = time.monotonic() - start
-        for rnd, cell_id, seconds in plan:
-            bar.update(1)
-            if cell_id in failed:
-                continue
-            bar.set_description(f"rounds {spec.target} r{rnd + 1}/{rounds} {cell_id}")
-            reply, load = server.measure(cell_id, seconds)
-            if not reply.ok:
-                failed[cell_id] = f"timing: {reply.error}"
-                continue
-            slices[cell_id][rnd].append(reply.slice)
-            loads[cell_id].append(load)
-    except RuntimeError as err:  # the process died or hung: its unfinished cells fail
-        for c in ids:
-            if c not in failed and any(len(r) < 2 for r in slices[c]):
-                failed[c] = f"timing: {err}"
-    finally:
-        server.close()
+    shares = process_rounds(rounds, processes)
+    for p, share in enumerate(shares):
+        live = [c for c in ids if c not in failed]
+        if not live:
+            break
+        plan = [(share[r], c, sec) for r, c, sec in schedule(live, len(share), round_seconds, interleave)]
+        which = f" process {p + 1}/{len(shares)}" if len(shares) > 1 else ""
+        start = time.monotonic()
+        bar.set_description(f"rounds {spec.target}{which} [load + warm-up]")
+        server = Server(replace(spec, cells=[c for c in spec.cells if c.cell_id in live]), work, logs, timeout)
+        try:
+            failed.update(server.ready())
+            load_s += time.monotonic() - start
+            for rnd, cell_id, seconds in plan:
+                bar.update(1)
+                if cell_id in failed:
+                    continue
+                bar.set_description(f"rounds {spec.target}{which} r{rnd + 1}/{rounds} {cell_id}")
+                reply, load = server.measure(cell_id, seconds)
+                if not reply.ok:
+                    failed[cell_id] = f"timing: {reply.error}"
+                    continue
+                slices[cell_id][rnd].append(reply.slice)
+                loads[cell_id].append(load)
+        except RuntimeError as err:  # the process died or hung: its unfinished cells fail
+            for c in live:
+                if c not in failed and any(len(slices[c][r]) < 2 for r in share):
+                    failed[c] = f"timing: {err}"
+        finally:
+            server.close()
     return slices, loads, failed, load_s

@@ -14,11 +14,12 @@ the cell's own:
      first-inference latency and peak RSS, then scores mAP when the cell scores its model
      (once per distinct model, never inside a timed window; reused from the cache when the
      artifact and the data are unchanged);
-  3. rounds: one serving process per target loads all its cells and times --rounds rounds;
-     within a round every cell runs twice, in a palindrome order (A B C C B A), so a drift
-     of the machine's speed hits the cells that are compared alike. Figures are medians over
-     rounds, with their min-max; a cell is noisy when its rounds disagree by > 10 % or more
-     tasks than its threads were runnable while it ran."""
+  3. rounds: --processes fresh serving processes per target, one after another, each loading
+     all the target's cells and timing its share of the --rounds rounds; within a round every
+     cell runs twice, in a palindrome order (A B C C B A), so a drift of the machine's speed
+     hits the cells that are compared alike. Figures are medians over all rounds, with a 95 %
+     interval (bench.stats.interval); a cell is noisy when that interval reaches > 5 % from
+     its median or more tasks than its threads were runnable while it ran."""
 from __future__ import annotations
 
 import json

@@ -15,23 +15,32 @@ import psutil
 from targets.base import package_version
 
 BF16_UNITS = ("avx512_bf16", "amx_bf16")   # CPU flags of native bf16 arithmetic (else oneDNN emulates it)
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "avx_vnni")
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "avx_vnni",
+             "asimd", "asimddp", "asimdhp", "i8mm", "bf16", "sve")   # x86, then ARM (dot product, fp16, int8 mm)
+X86 = ("x86_64", "amd64", "i386", "i686")
 PACKAGES = ("torch", "transformers", "torchao", "openvino", "nncf", "litert-torch", "ai-edge-litert",
             "tflite-runtime", "numpy", "faster-coco-eval")
 
 
-def _cpuinfo() -> tuple[str, set[str]]:
-    model, flags = platform.processor() or "unknown", set()
+def _cpuinfo(path: str = "/proc/cpuinfo") -> tuple[str, set[str]]:
+    """The CPU's model and ISA flags from /proc/cpuinfo. An emulated process (qemu-user, e.g.
+    an aarch64 Python on an x86 machine) reads the host's file: its x86 model and flags are
+    not this process's CPU, so the model says so and no flags are taken."""
+    model, flags, x86_lines = platform.processor() or "unknown", set(), False
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(path) as f:
             for line in f:
                 key, _, value = line.partition(":")
-                if key.strip() == "model name" and model in ("unknown", "", "x86_64"):
-                    model = value.strip()
+                if key.strip() in ("model name", "Model") and model in ("unknown", "", "x86_64", "aarch64"):
+                    model = value.strip()          # x86; a Raspberry Pi's board line
                 elif key.strip() in ("flags", "Features") and not flags:   # x86, ARM
                     flags = set(value.split())
+                    x86_lines |= key.strip() == "flags"
     except OSError:
         pass
+    machine = platform.machine()
+    if x86_lines and machine.lower() not in X86:
+        return f"{machine} emulated on {model}", set()
     return model, flags
 
 
@@ -45,10 +54,32 @@ def versions() -> dict[str, str]:
     return {name: v for name in PACKAGES if (v := package_version(name))}
 
 
+DAMON = Path("/sys/kernel/mm/damon/admin/kdamonds")
+
+
+def background_reclaim(root: Path = DAMON) -> str:
+    """Kernel work that takes memory away from running processes on its own schedule: a DAMON
+    kdamond that is on with a `pageout` scheme drops pages it finds idle (the code, libraries
+    and mmapped models of cells that wait their turn between slices), and they are faulted back
+    in inside a timed window. Some VMs run one to hand memory back to the host. "" when none."""
+    found = []
+    for kdamond in sorted(root.glob("[0-9]*")):
+        try:
+            if (kdamond / "state").read_text().strip() != "on":
+                continue
+            actions = {a.read_text().strip() for a in kdamond.glob("contexts/*/schemes/*/action")}
+        except OSError:
+            continue
+        if "pageout" in actions:
+            found.append(f"DAMON pageout (kdamond {kdamond.name})")
+    return ", ".join(found)
+
+
 def fingerprint() -> dict:
     model, flags = _cpuinfo()
     return {
         "sys_cpu": model,
+        "sys_arch": platform.machine(),
         "sys_cores": os.cpu_count(),
         "sys_isa": " ".join(f for f in ISA_FLAGS if f in flags),
         "sys_ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
@@ -56,6 +87,7 @@ def fingerprint() -> dict:
         "sys_python": platform.python_version(),
         "sys_versions": json.dumps(versions(), sort_keys=True),
         "sys_host": socket.gethostname(),
+        "sys_background_reclaim": background_reclaim(),
     }
 
 

@@ -286,12 +286,19 @@ def serve(spec: ServeSpec, cmd_fd: int, reply_fd: int) -> None:
         try:
             options = RuntimeOptions(spec.threads, cell.scenario, spec.ov_int8_float, cell.batch)
             runner = target.load(Artifact.load(cell.artifact), options)
-            pixels = np.load(cell.pixels)
-            warm_up(cell.scenario, runner, pixels, spec.warmup)
-            cells[cell.cell_id] = (cell.scenario, runner, pixels)
+            cells[cell.cell_id] = (cell.scenario, runner, np.load(cell.pixels))
         except Exception as err:
             traceback.print_exc()
             failed[cell.cell_id] = one_line(err)
+    # warmed up once all are loaded, in timing order, so the last loads and compiles are not
+    # between a cell's warm-up and its first timed slice
+    for cell_id, (scenario, runner, pixels) in list(cells.items()):
+        try:
+            warm_up(scenario, runner, pixels, spec.warmup)
+        except Exception as err:
+            traceback.print_exc()
+            failed[cell_id] = one_line(err)
+            del cells[cell_id]
     send(Reply(True, failed_cells=failed))
     for line in commands:
         cmd = from_json(Command, line)

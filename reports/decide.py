@@ -169,7 +169,7 @@ def decide(df: pd.DataFrame, max_map_drop: float = 1.0, max_latency_ms: float | 
     detector's dense fp32 (see ``reports.table.add_derived``).
 
     Columns are :data:`DECISION_COLUMNS`: the picked cell, its headline ``figure``
-    (offline: throughput img/s; single-stream: p50 ms) with its min–max over rounds,
+    (offline: throughput img/s; single-stream: p50 ms) with its 95 % interval over rounds,
     its speed-up over the same target's dense fp32 with the paired interval, its mAP and
     drop, the latency that was checked (``latency_pct`` says which percentile), and a
     ``note``. When nothing qualifies the cell columns are empty and ``note`` says why.
@@ -240,7 +240,7 @@ def _pts_change(drop: object) -> str:
 
 def figure_text(row: Mapping) -> str:
     """``133.5 img/s [131.0–135.2]`` or ``p50 7.49 ms [7.40–7.60]``: the headline figure with
-    its min–max over rounds (left out when unknown)."""
+    its 95 % interval over rounds (left out when unknown)."""
     single = row.get("figure_unit") != "img/s"
     spec = ".2f" if single else ".1f"
     number = fmt(row.get("figure"), spec)

@@ -27,6 +27,7 @@ from reports.table import (
     format_interval,
     format_keep,
     reference_name,
+    round_bounds,
     several_detectors,
     short_reason,
     sort_cells,
@@ -52,7 +53,7 @@ td[title] { text-decoration: underline dotted; cursor: help; }
 """
 
 _SYS_LABELS: dict[str, str] = {
-    "sys_cpu": "CPU", "sys_cores": "cores", "sys_isa": "ISA extensions", "sys_ram_gb": "RAM (GB)",
+    "sys_cpu": "CPU", "sys_arch": "architecture", "sys_cores": "cores", "sys_isa": "ISA extensions", "sys_ram_gb": "RAM (GB)",
     "sys_os": "OS", "sys_python": "Python", "sys_host": "host",
 }
 
@@ -147,7 +148,8 @@ SUMMARY_COLUMNS: dict[str, RowFormatter] = {
     "batch": _col("batch", _num(".0f")),
     "status": _status,
     "rounds": _measured("rounds", _num(".0f")),
-    "img/s [min–max]": _interval("throughput_ips", "throughput_min", "throughput_max", ".1f"),
+    "img/s [95 %]": lambda r: (format_interval(r.get("throughput_ips"), *round_bounds(r, False), ".1f")
+                              if str(r.get("status")) == "ok" else "–"),
     "p50 ms": _measured("latency_p50_ms", _num(".2f")),
     "p90 ms": _percentile(90),
     "p99 ms": _percentile(99),
@@ -190,6 +192,12 @@ COMPARISON_COLUMNS: dict[str, RowFormatter] = {
     "mAP diff pts": _col("map_diff_pts", _num("+.2f")),
     "peak MiB": _col("peak_mib_this", _num(".0f")),
     "peak MiB (base)": _col("peak_mib_baseline", _num(".0f")),
+    "speed-up": lambda r: format_interval(r.get("speedup_this"), r.get("speedup_lo_this"), r.get("speedup_hi_this"),
+                                          ".2f", "×"),
+    "speed-up (base)": lambda r: format_interval(r.get("speedup_baseline"), r.get("speedup_lo_baseline"),
+                                                 r.get("speedup_hi_baseline"), ".2f", "×"),
+    "inside both intervals": _col("speedup_inside_both", lambda v: "–" if not isinstance(v, bool) else
+                                  ("yes" if v else "no")),
 }
 
 
@@ -204,7 +212,7 @@ DECISION_COLUMNS: dict[str, RowFormatter] = {
     "scenario": _col("scenario", _text),
     "target": _col("target", _text),
     "cell": _col("cell_id", _text),
-    "figure [min–max over rounds]": _decision_figure,
+    "figure [95 % over rounds]": _decision_figure,
     "× target fp32 dense": lambda r: format_interval(r.get("speedup"), r.get("speedup_lo"), r.get("speedup_hi"),
                                                      ".2f", "×"),
     "mAP": _col("map", _num(".3f")),
@@ -393,13 +401,16 @@ def _method_html(df: pd.DataFrame) -> str:
     of_reference = f" of the reference detector {html.escape(reference_name(df))}" if several_detectors(df) else ""
     return (
         '<p class="note">How the figures are computed. img/s and p50 are medians over '
-        f"{html.escape(n)} interleaved rounds (every cell measured once per round, in the same round order); "
-        "img/s [min–max] is the slowest and fastest round. A speed-up compares a cell with its reference "
+        f"{html.escape(n)} interleaved rounds (every cell measured once per round, in the same round order), "
+        "spread over fresh serving processes (a new process's memory layout and thread placement move a "
+        "figure as a rerun would); every interval is 95 %: a Student t interval of the mean log figure over "
+        "all rounds, placed around the figure (the median; for a p50, the pooled p50). "
+        "A speed-up compares a cell with its reference "
         f"(same target, or torch; fp32, keep 1.0, same batch, scenario and settings{of_reference}) round by "
-        "round: the figure is the median of the paired per-round ratios and the interval their min–max. "
+        "round: the figure is the median of the paired per-round ratios, the interval theirs. "
         "Offline ratios are of throughput (cell / reference), single-stream ratios of p50 latency "
         "(reference / cell), so &gt; 1 is faster either way. When the two cells' round lists differ, the "
-        "ratio of the medians is shown and its interval combines the min/max pessimistically and "
+        "ratio of the figures is shown and its interval combines the two cells' intervals pessimistically and "
         "optimistically. p50/p90/p99 are "
         "pooled over all samples of all rounds; p90 is reported only with at least "
         f"{PERCENTILE_FLOOR[90]} samples and p99 with at least {PERCENTILE_FLOOR[99]} (otherwise the cell "

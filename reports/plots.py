@@ -26,6 +26,7 @@ from reports.table import (
     column,
     ensure_derived,
     ok_mask,
+    round_bounds,
     several_detectors,
     sort_cells,
     text_column,
@@ -147,8 +148,8 @@ def throughput_vs_keep(df: pd.DataFrame) -> bytes:
 
     Shows how much of the theoretical token-pruning gain each backend actually
     realises (a flat line means the backend does not benefit from fewer tokens).
-    Error bars span the slowest to the fastest round, so a gap smaller than them is
-    not a difference.
+    Error bars are the 95 % interval over rounds (of every serving process), so a gap
+    smaller than them is not a difference.
     """
     title = "Throughput vs keep ratio"
     data = df[ok_mask(df) & column(df, "throughput_ips").notna()] if not df.empty else df
@@ -159,8 +160,9 @@ def throughput_vs_keep(df: pd.DataFrame) -> bytes:
         for label, color, marker, group in series:
             group = group.sort_values("keep")
             tp = group["throughput_ips"].to_numpy(dtype=float)
-            below = np.clip(np.nan_to_num(tp - column(group, "throughput_min").to_numpy(dtype=float)), 0, None)
-            above = np.clip(np.nan_to_num(column(group, "throughput_max").to_numpy(dtype=float) - tp), 0, None)
+            bounds = np.array([round_bounds(r, False) for r in group.to_dict("records")], dtype=float).reshape(-1, 2)
+            below = np.clip(np.nan_to_num(tp - bounds[:, 0]), 0, None)
+            above = np.clip(np.nan_to_num(bounds[:, 1] - tp), 0, None)
             ax.errorbar(group["keep"], tp, yerr=np.vstack([below, above]), marker=marker, color=color,
                         label=label, capsize=3)
         ax.set_xlabel("keep ratio (fraction of tokens kept)")

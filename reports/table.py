@@ -12,8 +12,9 @@ place that reads that file, so the rest of ``reports`` can rely on one cleaned-u
   of floats (empty when not recorded), since paired speed-ups need them round by round;
 * unknown extra keys are kept untouched so they reach ``report.csv``.
 
-It deliberately never imports ``bench/`` or ``targets/``: the report must be
-buildable on a machine that has none of the backends installed.
+It imports nothing of ``targets/`` and, of ``bench/``, only ``bench.stats`` (numpy alone):
+the one definition of an interval over rounds, shared with the harness's noisy flag. The
+report must be buildable on a machine that has none of the backends installed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from bench.stats import interval
 
 RESULTS_FILE = "results.jsonl"
 
@@ -237,40 +240,48 @@ def _positive(x: object) -> float:
     return number if math.isfinite(number) and number > 0 else math.nan
 
 
-def _round_bounds(row: Mapping, single: bool) -> tuple[float, float]:
-    """(min, max) of a row's per-round figure: the recorded min/max columns for throughput,
-    else the per-round list. Single-stream rows have no latency min/max columns, so only
-    their list can bound them."""
+def round_bounds(row: Mapping, single: bool) -> tuple[float, float]:
+    """The 95 % interval over rounds of a row's headline figure (:func:`bench.stats.interval`
+    of its per-round list, around the figure): throughput offline, p50 latency single-stream.
+    Rows without a round list (runs before lists were recorded) fall back to the recorded
+    throughput min/max."""
+    key, figure_col = ("round_p50_ms", "latency_p50_ms") if single else ("round_throughput_ips", "throughput_ips")
+    values = [v for v in _as_rounds(row.get(key)) if math.isfinite(v) and v > 0]
+    figure = _positive(row.get(figure_col))
+    if values:   # one round has no interval (NaN), whatever its min and max columns say
+        return interval(values, centre=None if math.isnan(figure) else figure)
     if not single:
         lo, hi = _positive(row.get("throughput_min")), _positive(row.get("throughput_max"))
         if not (math.isnan(lo) or math.isnan(hi)):
             return lo, hi
-    values = [v for v in _as_rounds(row.get("round_p50_ms" if single else "round_throughput_ips"))
-              if math.isfinite(v) and v > 0]
-    return (min(values), max(values)) if values else (math.nan, math.nan)
+    return math.nan, math.nan
 
 
 def paired_speedup(row: Mapping, ref: Mapping) -> tuple[float, float, float]:
     """Speed-up of ``row`` over ``ref`` as (median, lo, hi).
 
-    Rounds are interleaved, so round i of every cell saw the same machine state: pairing
-    round i with round i cancels drift that would widen an interval made of unpaired
-    min/max figures. Offline compares throughput (row / ref); single-stream compares p50
+    Rounds are interleaved, and a cell and its reference are timed in the same serving
+    processes, so round i of both saw the same machine and process state: pairing round i
+    with round i cancels drift that would widen an interval of unpaired figures. The figure
+    is the median of the paired ratios, [lo, hi] their 95 % interval
+    (:func:`bench.stats.interval`: a t interval on the log scale, over every round of every
+    serving process). Offline compares throughput (row / ref); single-stream compares p50
     latency (ref / row), so > 1 always means faster. When the two round lists differ in
-    length or one is empty, the ratio of the medians is returned with lo = row min / ref max
-    and hi = row max / ref min (pessimistic / optimistic), NaN when the bounds are unknown.
+    length or one is empty, the ratio of the figures is returned, with lo and hi the
+    pessimistic and optimistic ratios of their bounds, NaN when the bounds are unknown.
     """
     single = is_single_stream(row.get("scenario"))
     key = "round_p50_ms" if single else "round_throughput_ips"
     mine, theirs = np.array(_as_rounds(row.get(key))), np.array(_as_rounds(ref.get(key)))
     if len(mine) == len(theirs) > 0 and np.all(np.isfinite(mine) & (mine > 0) & np.isfinite(theirs) & (theirs > 0)):
         ratios = theirs / mine if single else mine / theirs
-        return float(np.median(ratios)), float(ratios.min()), float(ratios.max())
+        lo, hi = interval(list(ratios))
+        return float(np.median(ratios)), lo, hi
 
     figure_col = "latency_p50_ms" if single else "throughput_ips"
     mine_fig, their_fig = _positive(row.get(figure_col)), _positive(ref.get(figure_col))
     figure = their_fig / mine_fig if single else mine_fig / their_fig
-    (my_lo, my_hi), (their_lo, their_hi) = _round_bounds(row, single), _round_bounds(ref, single)
+    (my_lo, my_hi), (their_lo, their_hi) = round_bounds(row, single), round_bounds(ref, single)
     if single:  # lower latency is faster: worst case = their fastest round over my slowest
         lo, hi = their_lo / my_hi, their_hi / my_lo
     else:
@@ -561,9 +572,9 @@ def format_interval(value: object, lo: object, hi: object, spec: str, suffix: st
 
 
 def figure_bounds(row: Mapping) -> tuple[float, float]:
-    """(min, max) over rounds of a row's headline figure: throughput for offline cells,
-    p50 latency for single-stream ones."""
-    return _round_bounds(row, is_single_stream(row.get("scenario")))
+    """The 95 % interval over rounds of a row's headline figure: throughput for offline
+    cells, p50 latency for single-stream ones."""
+    return round_bounds(row, is_single_stream(row.get("scenario")))
 
 
 def detectors_markdown(df: pd.DataFrame) -> str:
@@ -592,8 +603,8 @@ def summary_markdown(df: pd.DataFrame) -> str:
     table (status plus a shortened reason) so a missing number is never
     mistaken for a cell that was not requested. ``speed-up`` is against the same
     target's dense fp32 cell at the same batch and scenario (the reference detector's, when
-    the run swept several: then a ``detector`` column follows ``precision``), with its min–max
-    over paired rounds; ``!`` marks a cell the harness flagged noisy.
+    the run swept several: then a ``detector`` column follows ``precision``), with its 95 %
+    interval over paired rounds; ``!`` marks a cell the harness flagged noisy.
     """
     named = not df.empty and several_detectors(df)
     headers = ["scenario", "target", "precision", *(["detector"] if named else []), "reducer", "keep", "batch",

@@ -204,6 +204,8 @@ def test_a_line_cut_by_a_crash_is_dropped_not_glued(tmp_path):
     (["--image-size", "64x"], "--image-size: expected N or HxW (e.g. 512x864), got '64x'"),
     (["--reducer", "none", "--keep", "0.5"], "--reducer none is the dense detector"),
     (["--rounds", "0"], "--rounds must be >= 1"),
+    (["--processes", "3"], "--processes must be between 1 and --rounds (2), got 3"),
+    (["--processes", "0"], "--processes must be between 1 and --rounds (2), got 0"),
     (["--scenario", "server"], "--scenario: unknown value 'server'"),
     (["--max-map-drop", "-1"], "--max-map-drop must be >= 0"),
     (["--calib-images", "0"], "--calib-images must be >= 1"),
@@ -318,6 +320,21 @@ def test_interleaving_recovers_the_true_ratio_under_drift(tmp_path, interleave):
         assert ratio == pytest.approx(2.0, rel=0.05)
     else:
         assert ratio < 2.0 * 0.85
+
+
+def test_rounds_are_spread_over_fresh_serving_processes(tmp_path):
+    """--processes 2: the later half of the rounds comes from a new serving process. The drift
+    fake slows down with the time since its model was loaded: within a process each round is
+    slower than the one before it, and the first round of the second process is fast again."""
+    out = tmp_path / "run"
+    bench(out, "--target", "fake-drift", "--keep", "1.0", "--batch", "1", "--precision", "fp32", "--scenario", OFF,
+          "--rounds", "4", "--processes", "2", "--round-seconds", "0.4", "--images", "0", "--no-report", check=True)
+    (row,) = rows(out)
+    tp = row["round_throughput_ips"]
+    assert (row["rounds"], row["processes"]) == (4, 2)
+    assert tp[1] < tp[0] and tp[3] < tp[2] and tp[2] > tp[1], tp
+    assert row["throughput_lo"] < row["throughput_ips"] < row["throughput_hi"]
+    assert row["interval_pct"] > 0
 
 
 def test_a_cache_folder_without_manifest_is_rebuilt(tmp_path):

@@ -1,7 +1,7 @@
 """Tests for the ``reports`` package: derived metrics, decisions, CSV/HTML output and the CLI.
 
 A synthetic ``results.jsonl`` with hand-picked per-round numbers stands in for a real
-run, so every derived value (paired ratio medians and min–max, fallbacks, decisions
+run, so every derived value (paired ratio medians and 95 % intervals, fallbacks, decisions
 under limits) can be checked against arithmetic done by hand. Rows are built through
 ``bench.contracts.Row`` so a renamed schema field breaks these tests, not the report.
 """
@@ -19,11 +19,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from bench.contracts import Row
-from reports.build import build, compare, main, markdown_report, summary_text
+from reports.build import build, compare, interval_check, main, markdown_report, summary_text
 from reports.decide import ANY_TARGET, check_limits, decide, decision_markdown
 from reports.table import (
     DERIVED_COLUMNS,
@@ -34,6 +35,7 @@ from reports.table import (
     load_results,
     paired_speedup,
     pareto_front,
+    round_bounds,
     sort_cells,
     summary_markdown,
 )
@@ -229,34 +231,62 @@ def test_load_missing_run_dir(tmp_path: Path) -> None:
 
 # --- derived metrics ---------------------------------------------------------
 
+def t95(ratios: list[float]) -> tuple[float, float, float]:
+    """(median, lo, hi): the median of paired per-round ratios with the 95 % t interval of their
+    mean log (scipy's), moved to sit around the median, as bench.stats.interval defines it."""
+    from scipy import stats as scipy_stats
+
+    logs = np.log(ratios)
+    median = float(np.median(ratios))
+    if np.ptp(logs) == 0:
+        return median, median, median
+    lo, hi = scipy_stats.t.interval(0.95, len(logs) - 1, loc=logs.mean(), scale=scipy_stats.sem(logs))
+    return median, median * math.exp(lo - logs.mean()), median * math.exp(hi - logs.mean())
+
+
+def approx_t95(ratios: list[float]):
+    """bench.stats's t table has 4 decimals: equal to scipy's interval within 1e-4."""
+    return pytest.approx(t95(list(ratios)), rel=1e-4)
+
+
+def figure_t95(figure: float, rounds: list[float]) -> tuple[float, float, float]:
+    """(figure, lo, hi): the rounds' 95 % interval (t95) placed around a headline figure that
+    need not be their median (a pooled p50), as reports.table.round_bounds does."""
+    median, lo, hi = t95(list(rounds))
+    return figure, figure * lo / median, figure * hi / median
+
+
+def interval_text(triple_: tuple[float, float, float], spec: str, suffix: str = "") -> str:
+    """``2.00× [1.54–2.60]``: a (figure, lo, hi) as reports.table.format_interval writes it."""
+    value, lo, hi = triple_
+    return f"{value:{spec}}{suffix} [{lo:{spec}}–{hi:{spec}}]"
+
+
 def test_paired_offline_speedups_match_hand_computed(derived: pd.DataFrame) -> None:
-    # ratio_i = tp_i / ref_i; figure = median, interval = min–max over the 3 rounds
+    # ratio_i = tp_i / ref_i; figure = median, interval = 95 % t interval over the 3 rounds
     expected = {
-        cell_id("torch", "fp32", 1.0, 8, OFF): ((1.0, 1.0, 1.0), (1.0, 1.0, 1.0)),
-        # [300/100, 330/110, 240/90] = [3, 3, 2.667]
-        cell_id("torch", "int8", 0.5, 8, OFF): ((3.0, 240 / 90, 3.0), (3.0, 240 / 90, 3.0)),
-        # vs torch: [200/100, 230/110, 180/90] = [2, 2.0909, 2]
-        cell_id("openvino", "fp32", 1.0, 8, OFF): ((1.0, 1.0, 1.0), (2.0, 2.0, 230 / 110)),
-        # [400/200, 414/230, 396/180] = [2, 1.8, 2.2]; vs torch [4, 3.7636, 4.4]
-        OV_INT8_K1: ((2.0, 1.8, 2.2), (4.0, 414 / 110, 4.4)),
-        # [3, 3, 3]; vs torch [6, 6.2727, 6]
-        OV_INT8_K05: ((3.0, 3.0, 3.0), (6.0, 6.0, 690 / 110)),
+        cell_id("torch", "fp32", 1.0, 8, OFF): ([1.0, 1.0, 1.0], [1.0, 1.0, 1.0]),
+        cell_id("torch", "int8", 0.5, 8, OFF): ([300 / 100, 330 / 110, 240 / 90], [300 / 100, 330 / 110, 240 / 90]),
+        cell_id("openvino", "fp32", 1.0, 8, OFF): ([1.0, 1.0, 1.0], [200 / 100, 230 / 110, 180 / 90]),
+        OV_INT8_K1: ([400 / 200, 414 / 230, 396 / 180], [400 / 100, 414 / 110, 396 / 90]),
+        OV_INT8_K05: ([3.0, 3.0, 3.0], [600 / 100, 690 / 110, 540 / 90]),
     }
     for cell, (vs_target, vs_torch) in expected.items():
-        assert triple(derived, cell) == pytest.approx(vs_target), cell
-        assert triple(derived, cell, "torch") == pytest.approx(vs_torch), cell
-    # the paired median differs from the ratio of the medians' bounds: 1.8 is no min/max ratio
-    assert derived.loc[OV_INT8_K1, "speedup_lo"] != pytest.approx(396 / 230)
+        assert triple(derived, cell) == approx_t95(vs_target), cell
+        assert triple(derived, cell, "torch") == approx_t95(vs_torch), cell
+    # the interval is of the paired ratios [2, 1.8, 2.2], not of the two cells' own spreads
+    lo, hi = triple(derived, OV_INT8_K1)[1:]
+    assert lo < 1.8 and hi > 2.2 and lo != pytest.approx(396 / 230)
 
 
 def test_paired_single_stream_speedups_are_latency_ratios(derived: pd.DataFrame) -> None:
-    # ratio_i = ref_p50_i / p50_i: ov fp32 [10, 10, 9] over ov int8 k1 [6, 5, 4.5] = [1.667, 2, 2]
-    assert triple(derived, SS_OV_INT8_K1) == pytest.approx((2.0, 10 / 6, 2.0))
-    # [10/5, 10/4, 9/6] = [2, 2.5, 1.5]; vs torch [20/5, 22/4, 18/6] = [4, 5.5, 3]
-    assert triple(derived, SS_OV_INT8_K05) == pytest.approx((2.0, 1.5, 2.5))
-    assert triple(derived, SS_OV_INT8_K05, "torch") == pytest.approx((4.0, 3.0, 5.5))
-    # single-stream cells never borrow the offline reference of the same target
-    assert triple(derived, cell_id("torch", "int8", 0.5, 1, SS)) == pytest.approx((2.5, 2.0, 3.0))
+    # ratio_i = ref_p50_i / p50_i: ov fp32 [10, 10, 9] over ov int8 k1 [6, 5, 4.5]
+    assert triple(derived, SS_OV_INT8_K1) == approx_t95([10 / 6, 10 / 5, 9 / 4.5])
+    # [10/5, 10/4, 9/6]; vs torch [20/5, 22/4, 18/6]
+    assert triple(derived, SS_OV_INT8_K05) == approx_t95([10 / 5, 10 / 4, 9 / 6])
+    assert triple(derived, SS_OV_INT8_K05, "torch") == approx_t95([20 / 5, 22 / 4, 18 / 6])
+    # single-stream cells never borrow the offline reference of the same target: [20/8, 22/11, 18/6]
+    assert triple(derived, cell_id("torch", "int8", 0.5, 1, SS)) == approx_t95([20 / 8, 22 / 11, 18 / 6])
 
 
 def test_map_drop_prefers_same_scenario_then_any(derived: pd.DataFrame) -> None:
@@ -282,8 +312,10 @@ def test_failed_cells_have_no_derived_values(derived: pd.DataFrame) -> None:
 
 
 @pytest.mark.parametrize(("scenario", "mine", "theirs", "expected"), [
-    # round lists of different length: ratio of medians, lo = my min / their max, hi = my max / their min
-    (OFF, {"rounds": [200.0, 210.0]}, {"rounds": [100.0, 110.0, 90.0]}, (205 / 100, 200 / 110, 210 / 90)),
+    # round lists of different length: ratio of medians, lo = my low bound / their high, hi = the other way
+    (OFF, {"rounds": [200.0, 210.0]}, {"rounds": [100.0, 110.0, 90.0]},
+     (205 / 100, t95([200.0, 210.0])[1] / t95([100.0, 110.0, 90.0])[2],
+      t95([200.0, 210.0])[2] / t95([100.0, 110.0, 90.0])[1])),
     # no rounds at all, min/max columns recorded
     (OFF, {"throughput": 300.0, "throughput_min": 280.0, "throughput_max": 310.0},
      {"throughput": 100.0, "throughput_min": 95.0, "throughput_max": 105.0}, (3.0, 280 / 105, 310 / 95)),
@@ -291,8 +323,10 @@ def test_failed_cells_have_no_derived_values(derived: pd.DataFrame) -> None:
     (OFF, {"throughput": 300.0}, {"throughput": 100.0}, (3.0, math.nan, math.nan)),
     # single-stream, no rounds: ref p50 / p50, no interval
     (SS, {"p50": 4.0}, {"p50": 10.0}, (2.5, math.nan, math.nan)),
-    # single-stream, lists of different length: bounds from the lists (fastest/slowest round)
-    (SS, {"rounds": [4.0, 5.0]}, {"rounds": [10.0, 12.0, 11.0]}, (11.0 / 4.5, 10 / 5, 12 / 4)),
+    # single-stream, lists of different length: bounds from the lists' intervals (around the pooled p50s)
+    (SS, {"rounds": [4.0, 5.0]}, {"rounds": [10.0, 12.0, 11.0]},
+     (11.0 / 4.5, t95([10.0, 12.0, 11.0])[1] / t95([4.0, 5.0])[2],
+      t95([10.0, 12.0, 11.0])[2] / t95([4.0, 5.0])[1])),
 ])
 def test_speedup_falls_back_to_ratio_of_medians(scenario: str, mine: dict, theirs: dict,
                                                  expected: tuple[float, float, float]) -> None:
@@ -301,8 +335,8 @@ def test_speedup_falls_back_to_ratio_of_medians(scenario: str, mine: dict, their
             make_row("openvino", "int8", 1.0, batch, scenario, **mine)]
     df = by_cell(add_derived(pd.DataFrame(rows)))
     got = triple(df, cell_id("openvino", "int8", 1.0, batch, scenario))
-    assert got == pytest.approx(expected, nan_ok=True)
-    assert paired_speedup(rows[1], rows[0]) == pytest.approx(expected, nan_ok=True)
+    assert got == pytest.approx(expected, nan_ok=True, rel=1e-4)
+    assert paired_speedup(rows[1], rows[0]) == pytest.approx(expected, nan_ok=True, rel=1e-4)
 
 
 def test_settings_key_mismatch_gives_nan() -> None:
@@ -377,12 +411,18 @@ def test_decide_default_limit(run_dir: Path) -> None:
     assert got[(OFF, "tflite")] is None
     assert list(decisions["scenario"]) == [SS] * 3 + [OFF] * 4   # "any" first, targets sorted
     row = decisions.set_index(["scenario", "target"]).loc[(OFF, ANY_TARGET)]
-    assert (row["figure"], row["figure_lo"], row["figure_hi"]) == (400.0, 396.0, 414.0)
-    assert (row["speedup"], row["speedup_lo"], row["speedup_hi"]) == pytest.approx((2.0, 1.8, 2.2))
+    # 95 % interval of its rounds [400, 414, 396] around its 400 img/s; paired ratios [2, 1.8, 2.2]
+    assert row["figure"] == 400.0
+    assert (row["figure"], row["figure_lo"], row["figure_hi"]) == pytest.approx(
+        figure_t95(400.0, [400.0, 414.0, 396.0]), rel=1e-4)
+    assert (row["speedup"], row["speedup_lo"], row["speedup_hi"]) == approx_t95([400 / 200, 414 / 230, 396 / 180])
     assert row["map_drop_pts"] == pytest.approx(0.5) and row["noisy"] and row["noisy_reason"] == NOISY_REASON
     assert (row["latency_ms"], row["latency_pct"]) == (30.0, "p99")
     ss = decisions.set_index(["scenario", "target"]).loc[(SS, ANY_TARGET)]
-    assert (ss["figure"], ss["figure_lo"], ss["figure_hi"], ss["figure_unit"]) == (5.2, 4.5, 6.0, "ms p50")
+    # rounds [6, 5, 4.5] (median 5): their interval moved around the pooled p50 5.2
+    assert (ss["figure"], ss["figure_unit"]) == (5.2, "ms p50")
+    assert (ss["figure"], ss["figure_lo"], ss["figure_hi"]) == pytest.approx(figure_t95(5.2, [6.0, 5.0, 4.5]),
+                                                                             rel=1e-4)
     notes = decisions.set_index(["scenario", "target"])["note"]
     assert notes[(SS, "torch")] == "no cell within 1 point"
     assert notes[(OFF, "tflite")] == "no successful cell"
@@ -447,11 +487,17 @@ def test_decision_markdown_reads_as_the_answer(run_dir: Path) -> None:
     md = decision_markdown(decide(load_results(run_dir)))
     lines = md.splitlines()
     assert lines[0].startswith("## Decision (mAP drop ≤ 1 pts")
-    assert lines[2] == ("single-stream: openvino int8 dense b1 — p50 5.20 ms [4.50–6.00], "
-                        "2.00× [1.67–2.00] over openvino dense fp32, mAP 0.395 (−0.5 pts)")
-    assert lines[3] == ("offline: openvino int8 dense b8 — 400.0 img/s [396.0–414.0], "
-                        "2.00× [1.80–2.20] over openvino dense fp32, mAP 0.395 (−0.5 pts) "
-                        f"! noisy: {NOISY_REASON}")
+    # p50 5.2 ms with the 95 % interval of rounds [6, 5, 4.5] around it; paired [10/6, 10/5, 9/4.5]
+    _, ss_lo, ss_hi = figure_t95(5.2, [6.0, 5.0, 4.5])
+    ss_figure = f"p50 5.20 ms [{ss_lo:.2f}–{ss_hi:.2f}]"
+    assert lines[2] == (f"single-stream: openvino int8 dense b1 — {ss_figure}, "
+                        f"{interval_text(t95([10 / 6, 10 / 5, 9 / 4.5]), '.2f', '×')} over openvino dense fp32, "
+                        "mAP 0.395 (−0.5 pts)")
+    _, off_lo, off_hi = figure_t95(400.0, [400.0, 414.0, 396.0])
+    off_figure = f"400.0 img/s [{off_lo:.1f}–{off_hi:.1f}]"
+    assert lines[3] == (f"offline: openvino int8 dense b8 — {off_figure}, "
+                        f"{interval_text(t95([400 / 200, 414 / 230, 396 / 180]), '.2f', '×')} over openvino "
+                        f"dense fp32, mAP 0.395 (−0.5 pts) ! noisy: {NOISY_REASON}")
     assert "| single-stream | torch | – | – | – | – | – | no cell within 1 point |" in md
     with_latency = decision_markdown(decide(load_results(run_dir), max_latency_ms=50.0), max_latency_ms=50.0)
     assert "p99 30.00 ms" in with_latency and "≤ 50 ms" in with_latency
@@ -486,10 +532,15 @@ def test_html_is_self_contained_and_complete(built: dict[str, Path]) -> None:
         < page.index("<h2>Summary</h2>")
     assert "Limits: mAP drop ≤ 1 pts" in page and "no latency limit" in page
     assert 'class="report-table summary"' in page and 'class="report-table decision"' in page
-    for value in ("400.0 [396.0–414.0]", "2.00× [1.80–2.20]", "4.00× [3.76–4.40]", "0.388",
+    # ov int8 keep 1.0: rounds [400, 414, 396]; paired [2, 1.8, 2.2] and vs torch [4, 3.76, 4.4]
+    for value in (interval_text(figure_t95(400.0, [400.0, 414.0, 396.0]), ".1f"),
+                  interval_text(t95([400 / 200, 414 / 230, 396 / 180]), ".2f", "×"),
+                  interval_text(t95([400 / 100, 414 / 110, 396 / 90]), ".2f", "×"), "0.388",
                   "bench-box-01", "avx512_vnni", "2026.4.1", "n=60&lt;100", "n=10&lt;20",
-                  "median", "min–max", "at least 20", "at least 100"):
+                  "median", "<th>img/s [95 %]</th>", "every interval is 95 %: a Student t interval",
+                  "at least 20", "at least 100"):
         assert value in page, value
+    assert "min–max" not in page   # no interval is a min–max over rounds any more
     reason = html.escape(NOISY_REASON)  # "3.1 > 2" must reach the page as "3.1 &gt; 2"
     assert f'<td title="{reason}">!</td>' in page
     noisy_section = page[page.index("<h2>Noisy cells</h2>"):page.index("<h2>Failed")]
@@ -526,9 +577,9 @@ def test_summary_markdown(run_dir: Path) -> None:
     assert lines[0].startswith("| scenario | target | precision | reducer | keep | batch | status | rounds | img/s")
     assert lines[2].startswith("| single-stream | openvino | fp32 | none | 1.0 | 1 |")   # scenario, batch, target
     assert ("| offline | openvino | int8 | none | 1.0 | 8 | ok | 3 | 400.0 | 20.00 | 0.395 | 0.50 | "
-            "2.00× [1.80–2.20] | – | 450 | ! |") in md
+            f"{interval_text(t95([400 / 200, 414 / 230, 396 / 180]), '.2f', '×')} | – | 450 | ! |") in md
     assert ("| offline | openvino | int8 | bavit | 0.5 | 8 | ok | 3 | 600.0 | 15.00 | 0.388 | 1.20 | "
-            "3.00× [3.00–3.00] | – | 440 |  |") in md
+            f"{interval_text(t95([600 / 200, 690 / 230, 540 / 180]), '.2f', '×')} | – | 440 |  |") in md
     failed = next(line for line in lines if line.startswith("| offline | tflite | int8"))
     assert "failed: converter crashed" in failed and "Traceback" not in failed
     assert lines[-1].startswith("! = noisy")
@@ -573,6 +624,40 @@ def test_cli_with_baseline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     page = (current / "report.html").read_text(encoding="utf-8")
     assert "Comparison with baseline" in page and "2.00×" in page
     assert page.count("data:image/png;base64") == 5
+
+
+def test_compare_says_whether_each_runs_speedups_lie_inside_the_others_interval(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The test of an interval: does it hold the next run's figure? Per speed-up both runs
+    measured (a reference against itself and a borrowed timing left out), and in one line."""
+    def run(int8: list[float], half: list[float], twin: list[float]) -> list[dict]:
+        ref = [100.0, 102.0, 98.0, 101.0]
+        return [make_row("openvino", "fp32", 1.0, rounds=ref, mean_ap=0.40),
+                make_row("openvino", "int8", 1.0, rounds=int8, mean_ap=0.39),
+                make_row("openvino", "fp32", 0.5, rounds=half, mean_ap=0.38),
+                make_row("openvino", "bf16", 1.0, rounds=twin, mean_ap=0.40,
+                         timing_from="openvino/fp32/keep1/b8/offline")]
+
+    this = run([200.0, 206.0, 195.0, 203.0], [150.0, 151.0, 149.0, 152.0], [300.0] * 4)
+    base = run([201.0, 205.0, 196.0, 204.0], [170.0, 171.0, 172.0, 169.0], [300.0] * 4)   # keep 0.5: +13 %
+    cmp = compare(pd.DataFrame(this), pd.DataFrame(base)).set_index(["precision", "keep"])
+    assert cmp.loc[("int8", 1.0), "speedup_inside_both"] is True
+    assert cmp.loc[("fp32", 0.5), "speedup_inside_both"] is False
+    assert cmp.loc[("fp32", 0.5), "speedup_ratio"] == pytest.approx(1.5 / 1.7, rel=0.01)
+    assert pd.isna(cmp.loc[("fp32", 1.0), "speedup_inside_both"])     # the reference itself
+    assert pd.isna(cmp.loc[("bf16", 1.0), "speedup_inside_both"])     # its rounds are another cell's
+    line = interval_check(cmp.reset_index())
+    assert line.startswith("Speed-ups of both runs (2): each inside the other's 95 % interval for 1 of 2 (50%); "
+                           "medians within 5 % for 1 of 2 (50%); largest change 11.")
+    assert main([str(write_run(tmp_path / "a", this)), "--baseline", str(write_run(tmp_path / "b", base))]) == 0
+    assert line in capsys.readouterr().out
+
+
+def test_one_round_has_no_interval() -> None:
+    row = make_row("torch", "fp32", 1.0, rounds=[10.0])
+    assert (row["throughput_min"], row["throughput_max"]) == (10.0, 10.0)
+    assert all(math.isnan(v) for v in round_bounds(row, False))
+    assert all(math.isnan(v) for v in paired_speedup(make_row("torch", "int8", 1.0, rounds=[20.0]), row)[1:])
 
 
 def test_cli_redecides_with_other_limits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -707,10 +792,10 @@ def test_references_are_the_reference_detectors_dense_fp32(prune_first: bool) ->
     df = by_cell(add_derived(pd.DataFrame(detector_rows(prune_first))))
     own_dense = det_cell(PRUNE, "openvino", "fp32", "none", 1.0)
     # vs the plain detector's dense fp32 round by round: [99/100, 101/100, 100/100]
-    assert triple(df, own_dense) == pytest.approx((1.0, 0.99, 1.01))
+    assert triple(df, own_dense) == approx_t95([99 / 100, 101 / 100, 100 / 100])
     assert df.loc[own_dense, "map_drop_pts"] == pytest.approx(0.4)  # what its training cost
     # vs torch: the reference's torch dense (50 img/s), not its own (25)
-    assert triple(df, own_dense, "torch") == pytest.approx((2.0, 1.98, 2.02))
+    assert triple(df, own_dense, "torch") == approx_t95([99 / 50, 101 / 50, 100 / 50])
     pruned = det_cell(PRUNE, "openvino", "fp32", "bavit", 0.5)
     assert triple(df, pruned) == pytest.approx((1.6, 1.6, 1.6))
     assert df.loc[pruned, "map_drop_pts"] == pytest.approx(0.8)
@@ -792,8 +877,9 @@ def test_detectors_table_and_csv(tmp_path: Path) -> None:
     assert (table["reference_detector"] == REF).all() and (table["scenario"] == OFF).all()
     own_dense = table.iloc[2]
     assert own_dense["map_drop_pts"] == pytest.approx(0.4)
+    own_ratios = [99 / 100, 101 / 100, 100 / 100]   # paired with the reference detector's dense rounds
     assert (own_dense["speedup_vs_target_dense_fp32"], own_dense["speedup_lo"], own_dense["speedup_hi"]) == \
-        pytest.approx((1.0, 0.99, 1.01))
+        approx_t95(own_ratios)
     pruned = table.iloc[3]   # bavit shown although tome has the higher mAP: the table compares detectors
     assert pruned["reducers_measured"] == 2 and pruned["map"] == pytest.approx(0.392)
     assert pruned["speedup_vs_target_dense_fp32"] == pytest.approx(1.6)
@@ -807,7 +893,8 @@ def test_detectors_table_and_csv(tmp_path: Path) -> None:
         < page.index("<h2>Best reducer per keep ratio</h2>")
     section = page[page.index("<h2>Detectors × keep ratio</h2>"):page.index("<h2>Best reducer per keep ratio</h2>")]
     assert "reference detector <strong>detector</strong>" in section and 'class="report-table detectors"' in section
-    assert "1.00× [0.99–1.01]" in section and "<th>precision</th><th>detector</th><th>ran as</th>" in page
+    own_text = interval_text(t95(own_ratios), ".2f", "×")
+    assert own_text in section and "<th>precision</th><th>detector</th><th>ran as</th>" in page
     assert "detector (reference), detector-prune" in page
     assert page.count("data:image/png;base64") == 5   # the plots draw one series per detector
     best = pd.read_csv(paths["reducers_csv"])
@@ -821,7 +908,7 @@ def test_detectors_table_and_csv(tmp_path: Path) -> None:
     assert md[0].startswith("Detectors × keep ratio (drop and speed-up against detector's dense fp32 cell")
     assert md[4] == f"| {OFF} | 8 | openvino | fp32 | detector | 1.0 | none | 0.400 | 0.00 | 1.00× [1.00–1.00] |"
     assert md[6].startswith(f"| {OFF} | 8 | openvino | fp32 | detector-prune | 1.0 | none | ")
-    assert "1.00× [0.99–1.01]" in md[6] and len(md) == 4 + len(table)
+    assert own_text in md[6] and len(md) == 4 + len(table)
     assert detectors_markdown(load_results(write_run(tmp_path / "one", [
         r for r in detector_rows() if r["detector"] == REF]))) == ""
 
@@ -875,8 +962,8 @@ def test_devices_pair_only_within_one_machine(tmp_path: Path, capsys: pytest.Cap
     xeon = by_cell(groups["Intel(R) Xeon(R) Platinum 8480+ (16 cores, host bench-box-01)"].cells)
     arm = by_cell(groups["ARM Cortex-A76 (4 cores, host board-7)"].cells)
     lone = by_cell(groups["RISC-V (1 cores, host r)"].cells)
-    # the board's speed-up is its own paired rounds: 150/50, 156/52, 120/48 -> median 3.0, min 2.5
-    assert triple(arm, OV_INT8_K05) == pytest.approx((3.0, 2.5, 3.0))
+    # the board's speed-up is its own paired rounds: 150/50, 156/52, 120/48 = [3, 3, 2.5] -> median 3.0
+    assert triple(arm, OV_INT8_K05) == approx_t95([150 / 50, 156 / 52, 120 / 48])
     assert triple(xeon, OV_INT8_K05) == pytest.approx(triple(add_derived(load_results(here)).set_index("cell_id"),
                                                              OV_INT8_K05))
     assert math.isnan(float(lone.loc[OV_INT8_K05, "speedup_vs_target_dense_fp32"]))
