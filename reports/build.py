@@ -43,6 +43,7 @@ from reports.table import (
     column,
     detector_keeps,
     detectors_markdown,
+    ensure_derived,
     load_profiles,
     load_results,
     ok_mask,
@@ -64,7 +65,13 @@ _COMPARED: dict[str, str] = {
     "p50": "latency_p50_ms",
     "map": "map",
     "peak_mib": "peak_rss_mib",
+    "speedup": "speedup_vs_target_dense_fp32",
+    "speedup_lo": "speedup_lo",
+    "speedup_hi": "speedup_hi",
 }
+
+#: two runs' speed-ups "agree" when their medians are within this many % of each other
+AGREE_PCT = 5.0
 
 COMPARISON_COLUMNS: list[str] = [
     *JOIN_KEYS, "status_this", "status_baseline",
@@ -72,6 +79,9 @@ COMPARISON_COLUMNS: list[str] = [
     "p50_this", "p50_baseline",
     "map_this", "map_baseline", "map_diff_pts",
     "peak_mib_this", "peak_mib_baseline",
+    "speedup_this", "speedup_lo_this", "speedup_hi_this",
+    "speedup_baseline", "speedup_lo_baseline", "speedup_hi_baseline",
+    "speedup_ratio", "speedup_inside_both",
 ]
 
 
@@ -95,9 +105,12 @@ def _comparable(df: pd.DataFrame, suffix: str) -> pd.DataFrame:
     out["batch"] = pd.to_numeric(out["batch"], errors="coerce")
     out["scenario"] = out["scenario"].map(lambda v: v if isinstance(v, str) else "")
     out["reducer"] = out["reducer"].map(lambda v: v if isinstance(v, str) else "")   # runs before reducers: ""
+    # a speed-up is compared where it is a figure of its own: not a reference against itself (the
+    # same rounds: a zero-width interval) nor a cell that takes another's rounds (timing_from)
+    own = (column(df, "speedup_hi") > column(df, "speedup_lo")) & ~text_column(df, "timing_from").astype(bool)
     for stem, source in _COMPARED.items():
         values = column(df, source)
-        out[f"{stem}_{suffix}"] = values if stem == "status" else values.where(ok)
+        out[f"{stem}_{suffix}"] = values if stem == "status" else values.where(ok & own if "speedup" in stem else ok)
     return out.drop_duplicates(JOIN_KEYS, keep="last")
 
 
@@ -106,16 +119,42 @@ def compare(df: pd.DataFrame, base_df: pd.DataFrame) -> pd.DataFrame:
     scenario), the detector by role (blank = each run's reference detector, see :func:`_comparable`).
 
     ``throughput_ratio`` = this / baseline (> 1 means faster now);
-    ``map_diff_pts`` = (this − baseline) × 100 (> 0 means more accurate now).
+    ``map_diff_pts`` = (this − baseline) × 100 (> 0 means more accurate now);
+    ``speedup_ratio`` = this run's speed-up over its dense fp32 / the baseline's, and
+    ``speedup_inside_both`` whether each run's speed-up lies inside the other's 95 % interval:
+    the test of an interval is that it holds the next run's figure (:func:`interval_check`).
     Cells found in only one run are kept with NaN for the other, so
     disappearing or new cells are visible rather than silently dropped.
     """
-    merged = pd.merge(_comparable(df, "this"), _comparable(base_df, "baseline"), on=JOIN_KEYS, how="outer")
+    merged = pd.merge(_comparable(ensure_derived(df), "this"), _comparable(ensure_derived(base_df), "baseline"),
+                      on=JOIN_KEYS, how="outer")
     base_tp = merged["throughput_baseline"].astype(float)
     merged["throughput_ratio"] = merged["throughput_this"].astype(float) / base_tp.where(base_tp > 0)
     merged["map_diff_pts"] = (merged["map_this"].astype(float) - merged["map_baseline"].astype(float)) * 100.0
+    this, base = merged["speedup_this"].astype(float), merged["speedup_baseline"].astype(float)
+    merged["speedup_ratio"] = this / base.where(base > 0)
+    inside = ((this >= merged["speedup_lo_baseline"]) & (this <= merged["speedup_hi_baseline"])
+              & (base >= merged["speedup_lo_this"]) & (base <= merged["speedup_hi_this"]))
+    merged["speedup_inside_both"] = inside.astype(object).where(this.notna() & base.notna())
     merged = merged.replace([np.inf, -np.inf], np.nan)
     return sort_cells(merged)[COMPARISON_COLUMNS]
+
+
+def interval_check(comparison: pd.DataFrame) -> str:
+    """One line on whether this run's intervals hold the baseline's figures: of the speed-ups
+    both runs measured (references and borrowed timings left out), how many lie inside the
+    other run's 95 % interval both ways, and how many agree within AGREE_PCT %. Empty when
+    the runs share no such speed-up."""
+    both = comparison[comparison["speedup_inside_both"].notna()]
+    if both.empty:
+        return ""
+    n = len(both)
+    inside = int(both["speedup_inside_both"].astype(bool).sum())
+    agree = int(((both["speedup_ratio"] - 1).abs() * 100 <= AGREE_PCT).sum())
+    worst = float((both["speedup_ratio"] - 1).abs().max() * 100)
+    return (f"Speed-ups of both runs ({n}): each inside the other's 95 % interval for {inside} of {n} "
+            f"({inside / n:.0%}); medians within {AGREE_PCT:g} % for {agree} of {n} ({agree / n:.0%}); "
+            f"largest change {worst:.1f} %")
 
 
 def markdown_report(df: pd.DataFrame, max_map_drop: float = 1.0, max_latency_ms: float | None = None,
@@ -139,8 +178,9 @@ DETECTORS_FILE = "detectors.csv"
 
 
 def _build(run_dir: Path, baseline: Path | None, max_map_drop: float, max_latency_ms: float | None,
-           max_rss_mb: float | None) -> tuple[dict[str, Path], pd.DataFrame, pd.DataFrame]:
-    """Do the work of :func:`build`, also returning the derived and decision frames for the CLI."""
+           max_rss_mb: float | None) -> tuple[dict[str, Path], pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
+    """Do the work of :func:`build`, also returning the derived, decision and comparison frames
+    for the CLI."""
     check_limits(max_map_drop, max_latency_ms, max_rss_mb)
     df = sort_cells(add_derived(load_results(run_dir)))
     decisions = decide(df, max_map_drop, max_latency_ms, max_rss_mb)
@@ -169,7 +209,7 @@ def _build(run_dir: Path, baseline: Path | None, max_map_drop: float, max_latenc
         paths["comparison_csv"] = run_dir / "comparison.csv"
         comparison.to_csv(paths["comparison_csv"], index=False)
     paths["html"].write_text(page, encoding="utf-8")
-    return paths, df, decisions
+    return paths, df, decisions, comparison
 
 
 def build(run_dir: str | Path, baseline: str | Path | None = None, max_map_drop: float = 1.0,
@@ -184,7 +224,7 @@ def build(run_dir: str | Path, baseline: str | Path | None = None, max_map_drop:
     Raises ``FileNotFoundError``/``ValueError`` (one-line messages) on bad input
     before anything is written, so a half-built report never replaces a good one.
     """
-    paths, _, _ = _build(Path(run_dir), Path(baseline) if baseline is not None else None,
+    paths, _, _, _ = _build(Path(run_dir), Path(baseline) if baseline is not None else None,
                          max_map_drop, max_latency_ms, max_rss_mb)
     return paths
 
@@ -263,8 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               "directory", file=sys.stderr)
         return 2
     try:
-        paths, df, decisions = _build(args.run_dirs[0], args.baseline, args.max_map_drop, args.max_latency_ms,
-                                      args.max_rss_mb)
+        paths, df, decisions, comparison = _build(args.run_dirs[0], args.baseline, args.max_map_drop,
+                                                  args.max_latency_ms, args.max_rss_mb)
     except (OSError, ValueError) as exc:  # FileNotFoundError is an OSError
         print(f"reports.build: error: {exc}", file=sys.stderr)
         return 2
@@ -272,6 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(summary_markdown(df), end="")
     if detectors := detectors_markdown(df):
         print("\n" + detectors, end="")
+    if comparison is not None and (check := interval_check(comparison)):
+        print(f"\n{check} (comparison.csv: speedup_ratio, speedup_inside_both)")
     for name, path in paths.items():
         print(f"wrote {name}: {path}", file=sys.stderr)
     return 0
