@@ -201,28 +201,42 @@ class OpenVinoTarget(Target):
 
         def throughput(pixels: np.ndarray, seconds: float) -> OfflineResult:
             """benchmark_app's loop: every request refilled as soon as it is done; outputs
-            stay in the requests (no copies), as benchmark_app leaves them."""
+            stay in the requests (no copies), as benchmark_app leaves them. Counted at steady
+            state: the window opens at the completion that ends the first cycle of every
+            request (the queue filled and turning over) and closes at a completion while the
+            queue is still full, so neither the fill nor the drain is in the figure; the
+            completions between those two are the images counted."""
             x = np.ascontiguousarray(pixels, dtype=np.float32)
             starts: dict[int, float] = {}
             lat: list[float] = []
+            finished: list[float] = []        # completion times, in order
             clock = time.perf_counter
 
             def done(_request, job: int) -> None:
-                lat.append((clock() - starts.pop(job)) * 1000)
+                now = clock()
+                lat.append((now - starts.pop(job)) * 1000)
+                finished.append(now)
 
             queue.set_callback(done)
             for i in range(nireq):  # every request reads the same batch, set once as benchmark_app does
                 queue[i].set_input_tensor(0, ov.Tensor(x, shared_memory=True))
             jobs = 0
-            start = clock()
-            while jobs < nireq or clock() - start < seconds:
-                queue.get_idle_request_id()  # blocks until a request is free: not part of its latency
+            opened = None                     # (completions so far, time) when the window opened
+            while True:
+                queue.get_idle_request_id()   # blocks until a request is free: not part of its latency
+                if opened is None and len(finished) >= nireq:
+                    opened = (nireq, finished[nireq - 1])
+                if opened is not None and finished[-1] - opened[1] >= seconds:
+                    # every request was busy until this completion: the window closes on it
+                    closed = (len(finished), finished[-1])
+                    break
                 starts[jobs] = clock()
                 queue.start_async(userdata=jobs)
                 jobs += 1
             queue.wait_all()
-            elapsed = clock() - start
-            return OfflineResult(len(x) * jobs, jobs, elapsed, lat)
+            queries = closed[0] - opened[0]
+            window_lat = lat[opened[0]:closed[0]]
+            return OfflineResult(len(x) * queries, queries, closed[1] - opened[1], window_lat)
 
         mode = (f"async AsyncInferQueue, THROUGHPUT hint, {nireq} requests, {streams} streams" if offline
                 else f"sync, LATENCY hint, 1 request, {streams} stream{'s' if streams > 1 else ''}")
