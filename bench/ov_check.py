@@ -8,7 +8,8 @@ timed slice (bench.loop, the code the rounds run) and `benchmark_app` for --seco
 - offline: `benchmark_app -hint throughput` (its default async mode, the optimal number of
   requests); compared: throughput (FPS = images/s).
 Threads and the precision hint reach benchmark_app through -load_config (it refuses -nthreads
-beside a hint); the printed command is the one that ran.
+beside a hint), and the run's own input tensor through -i; the printed command is the one
+that ran.
 Alternating the two tools makes the machine's drift hit both alike; the ratio printed is the
 median over pairs of harness/benchmark_app. It imports openvino only (never torch)."""
 from __future__ import annotations
@@ -37,10 +38,11 @@ def benchmark_app() -> str:
 
 
 def app_command(xml: str, scenario: str, threads: int, precision_hint: str, seconds: float, batch: int,
-                config_dir: Path) -> list[str]:
+                config_dir: Path, inputs: Path) -> list[str]:
     """benchmark_app refuses -nthreads beside a -hint (a UI rule of its own): threads and the
     precision hint go in through -load_config, as the harness sets them on compile. The IR
-    has a dynamic batch: -shape fixes it to the cell's."""
+    has a dynamic batch: -shape fixes it to the cell's. It is fed the run's own input tensor
+    (`-i inputs-bN.npy`, `-ip f32`: without it a 4-D input is taken for a uint8 image)."""
     from openvino import Core
 
     shape = list(Core().read_model(xml).inputs[0].get_partial_shape().get_min_shape())
@@ -48,7 +50,7 @@ def app_command(xml: str, scenario: str, threads: int, precision_hint: str, seco
     config.write_text(json.dumps({"CPU": {"INFERENCE_NUM_THREADS": str(threads),
                                           "INFERENCE_PRECISION_HINT": precision_hint}}))
     cmd = [benchmark_app(), "-m", xml, "-d", "CPU", "-shape", str([batch, *shape[1:]]).replace(" ", ""),
-           "-load_config", str(config), "-t", f"{seconds:g}"]
+           "-load_config", str(config), "-ip", "f32", "-i", str(inputs), "-t", f"{seconds:g}"]
     if scenario == SINGLE_STREAM:
         return cmd + ["-hint", "latency", "-api", "sync"]
     return cmd + ["-hint", "throughput"]
@@ -80,11 +82,12 @@ def check_cell(row: dict, pixels_dir: Path, pairs: int, seconds: float) -> dict:
     options = RuntimeOptions(int(row["threads"]), row["scenario"], settings["ov_int8_float"], int(row["batch"]))
     runner = TARGET.load(artifact, options)
     hint = json.loads(row["runtime_details"])["config"]["INFERENCE_PRECISION_HINT"]
-    pixels = np.load(pixels_dir / f"inputs-b{int(row['batch'])}.npy")
+    inputs = pixels_dir / f"inputs-b{int(row['batch'])}.npy"
+    pixels = np.load(inputs)
     from bench.loop import warm_up
     warm_up(row["scenario"], runner, pixels, 1.0)
     cmd = app_command(str(artifact.path / artifact.files[0]), row["scenario"], int(row["threads"]), hint, seconds,
-                      int(row["batch"]), pixels_dir)
+                      int(row["batch"]), pixels_dir, inputs)
     ours, theirs = [], []
     for i in range(pairs):  # ABBA: harness, app, app, harness, ...
         order = ("h", "a") if i % 2 == 0 else ("a", "h")
