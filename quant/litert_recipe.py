@@ -16,11 +16,13 @@
   points, so they are one quantized model (scored once, like fp32) and are calibrated once
   per build process (HistogramObserver calibration costs about as much as a conversion).
 - Kept in float (FLOAT_MODULES): the token selector (ranking logits, +1e4 foreground
-  offsets and indices; int8 would tie and reorder tokens), BAViT's 1-output head (its logits
-  are the ranking key: int8 steps tie tokens near the top-k cut-off) and both detection heads
-  (small MLPs; their last layers produce the logits and box offsets directly, which int8
-  steps would coarsen for little speed). The transformer blocks - almost all the compute -
-  are int8.
+  offsets and indices; int8 would tie and reorder tokens), the whole BAViT classifier (its
+  logits are the ranking key: int8 steps tie tokens near the top-k cut-off; and its two narrow
+  layers gain nothing from int8 in the interpreter: a quantize/dequantize pair around every
+  float op they hold costs more than their matmuls save, so the int8 classifier ran slower
+  than the float one) and both detection heads (small MLPs; their last layers produce the
+  logits and box offsets directly, which int8 steps would coarsen for little speed). The
+  detector's transformer blocks - almost all the compute - are int8.
 
 litert-torch's own `set_module_name`/`set_module_type` filters do not match torch 2.13's
 `nn_module_stack` format (keys "L__self__x.y", types as strings) and `set_module_name(...,
@@ -47,7 +49,7 @@ from quant.calibration import calibration_batches
 
 NAME = "litert-pt2e-static-int8"
 CALIB_BATCH = 8
-FLOAT_MODULES = ("selector", "classifier.head", "detector.det.class_labels_classifier",
+FLOAT_MODULES = ("selector", "classifier", "detector.det.class_labels_classifier",
                  "detector.det.bbox_predictor")
 SETTINGS = {
     "per_channel": True,
@@ -60,7 +62,7 @@ SETTINGS = {
     "convert_pt2e": {"fold_quantize": False},
     "float_modules": list(FLOAT_MODULES),
 }
-FP32_KEPT = ("token selector (top-k ranking and index logic), BAViT token head, detection heads "
+FP32_KEPT = ("token selector (top-k ranking and index logic), the BAViT classifier, detection heads "
              "(class and box MLPs); LayerNorm, softmax, GELU, attention matmuls and token gather "
              "run in float as litert-torch does not quantize them")
 # max |int8 - fp32| / max |fp32| per output (tests/test_targets_tflite.py; see the docstring)

@@ -109,10 +109,18 @@ def test_int8_close_to_fp32(build, pipes, reference, pixels):
     assert litert_recipe.CALIB_BATCH == 8 and settings["calibration_batch"] == 8
     assert settings["calibration_images"] == 8 and settings["calibration_batches"] == 1
     assert settings["float_modules"] == list(litert_recipe.FLOAT_MODULES)
-    assert art.size_bytes < 0.5 * fp32.size_bytes, (art.size_bytes, fp32.size_bytes)
+    # the detector is int8 (the dense file shrinks to under half); BAViT's classifier stays float:
+    # what keep 0.5 adds to the int8 file is more than half what it adds to the fp32 one (int8: a quarter)
+    dense_int8, dense_fp32 = build("int8", 1.0), build("fp32", 1.0)
+    assert dense_int8.size_bytes < 0.5 * dense_fp32.size_bytes, (dense_int8.size_bytes, dense_fp32.size_bytes)
+    added_int8, added_fp32 = art.size_bytes - dense_int8.size_bytes, fp32.size_bytes - dense_fp32.size_bytes
+    assert added_fp32 > 0 and added_int8 > 0.5 * added_fp32, (added_int8, added_fp32)
     runner = TARGET.load(art, RuntimeOptions(1))
     assert runner.executed_precision == "i8+f32"
-    assert runner.details["int8_matmul_ops"] > 0 and runner.details["input_dtype"] == "int8"
+    # the pixels feed the float classifier too, so the pruned model takes them in float (quantized
+    # inside for the detector); the dense model's first op is int8, and so is its input
+    assert runner.details["int8_matmul_ops"] > 0 and runner.details["input_dtype"] == "float32"
+    assert TARGET.load(dense_int8, RuntimeOptions(1)).details["input_dtype"] == "int8"
     out = runner(pixels)
     ref = TARGET.load(fp32, RuntimeOptions(1))(pixels)
     for name, r, o in zip(NAMES, ref, out):
