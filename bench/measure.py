@@ -37,7 +37,7 @@ from bench.contracts import (
     Slice,
     digest,
 )
-from bench.procs import Children, run_cold, run_one, schedule, time_target
+from bench.procs import Children, process_rounds, run_cold, run_one, schedule, time_target
 from targets.base import SINGLE_STREAM
 
 
@@ -270,7 +270,8 @@ class Measure:
                       streams=cold.streams, requests=cold.requests, accuracy_note=self.plan.accuracy_note)
         fields.update(self._accuracy_fields(cell, built, colds, scorers))
         if error is None and all(slices):
-            summary = summarise(slices, loads, self.s.threads, processes=self.s.processes,
+            summary = summarise(slices, loads, self.s.threads, processes=len(process_rounds(self.s.rounds,
+                                                                                          self.s.processes)),
                                 single_stream=cell.scenario == SINGLE_STREAM)
             fields.update(asdict(summary))
             fields.update(self._work_fields(cell, built, summary.throughput_ips))

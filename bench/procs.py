@@ -160,7 +160,8 @@ def schedule(cell_ids: list[str], rounds: int, seconds: float, interleave: bool)
 
 def process_rounds(rounds: int, processes: int) -> list[range]:
     """The rounds each serving process times, in order, as evenly as they divide: 5 rounds
-    over 2 processes are rounds 0-2 and 3-4."""
+    over 2 processes are rounds 0-2 and 3-4; more processes than rounds are one per round."""
+    processes = max(1, min(processes, rounds))   # never a process with no round to time
     base, extra = divmod(rounds, processes)
     out, first = [], 0
     for p in range(processes):

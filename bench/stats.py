@@ -7,7 +7,11 @@ layout, thread placement and allocator state move a figure as much as the machin
 interval over one process's rounds understates what the next run sees (pyperf's reason for
 worker processes). The interval is a Student t interval of the mean log figure over every
 round of every process, centred on the median: ratios and rates are compared on a log scale,
-and the median keeps one disturbed round from moving the figure. Imports numpy only (the
+and the median keeps one disturbed round from moving the figure. It takes the rounds as
+independent: where the process, not the round, moves a figure, rounds of one process are
+not, and the interval is too narrow for it (two processes of two rounds see about two thirds
+of that variance). Whether it holds is measured, not assumed: `reports.build --baseline`
+counts the speed-ups of two runs that lie inside each other's interval. Imports numpy only (the
 measuring side runs on a device without scipy): the t quantiles are a table, checked against
 scipy.stats in the tests."""
 from __future__ import annotations
@@ -23,7 +27,7 @@ from bench.contracts import PERCENTILE_FLOOR, Slice
 # a cell is noisy when its figure's interval reaches further than this from its median
 NOISY_HALF_WIDTH_PCT = 5.0
 
-# Student t quantile t(0.975, df) for df = 1..30; above 30 the normal quantile's error is < 2.5 %
+# Student t quantile t(0.975, df) for df = 1..30; above, the normal quantile (4 % narrower at df 31)
 _T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
          2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
          2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423)

@@ -57,7 +57,10 @@ def versions() -> dict[str, str]:
 DAMON = Path("/sys/kernel/mm/damon/admin/kdamonds")
 
 
-def background_reclaim(root: Path = DAMON) -> str:
+DAMON_RECLAIM = Path("/sys/module/damon_reclaim/parameters/enabled")
+
+
+def background_reclaim(root: Path = DAMON, module: Path = DAMON_RECLAIM) -> str:
     """Kernel work that takes memory away from running processes on its own schedule: a DAMON
     kdamond that is on with a `pageout` scheme drops pages it finds idle (the code, libraries
     and mmapped models of cells that wait their turn between slices), and they are faulted back
@@ -72,6 +75,11 @@ def background_reclaim(root: Path = DAMON) -> str:
             continue
         if "pageout" in actions:
             found.append(f"DAMON pageout (kdamond {kdamond.name})")
+    try:   # the in-kernel module that runs the same pageout on its own
+        if module.read_text().strip() == "Y":
+            found.append("DAMON_RECLAIM")
+    except OSError:
+        pass
     return ", ".join(found)
 
 

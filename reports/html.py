@@ -54,7 +54,7 @@ td[title] { text-decoration: underline dotted; cursor: help; }
 
 _SYS_LABELS: dict[str, str] = {
     "sys_cpu": "CPU", "sys_arch": "architecture", "sys_cores": "cores", "sys_isa": "ISA extensions", "sys_ram_gb": "RAM (GB)",
-    "sys_os": "OS", "sys_python": "Python", "sys_host": "host",
+    "sys_os": "OS", "sys_python": "Python", "sys_host": "host", "sys_background_reclaim": "background reclaim",
 }
 
 

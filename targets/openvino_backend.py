@@ -30,6 +30,7 @@ float precisions those and the normalisation layers (MVN) execute in (e.g. "i8+f
 """
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections import Counter
@@ -202,41 +203,45 @@ class OpenVinoTarget(Target):
         def throughput(pixels: np.ndarray, seconds: float) -> OfflineResult:
             """benchmark_app's loop: every request refilled as soon as it is done; outputs
             stay in the requests (no copies), as benchmark_app leaves them. Counted at steady
-            state: the window opens at the completion that ends the first cycle of every
-            request (the queue filled and turning over) and closes at a completion while the
-            queue is still full, so neither the fill nor the drain is in the figure; the
-            completions between those two are the images counted."""
+            state: the window opens at the nireq-th completion (every request slot has been
+            busy and turning over) and closes at a completion seen while the queue was still
+            being refilled, so neither the fill nor the drain is in the figure; the completions
+            between the two are the images counted. Callbacks run on the runtime's threads
+            and may append out of time order: each appends one (time, latency) pair, and the
+            window is cut from them sorted."""
             x = np.ascontiguousarray(pixels, dtype=np.float32)
             starts: dict[int, float] = {}
-            lat: list[float] = []
-            finished: list[float] = []        # completion times, in order
+            finished: list[tuple[float, float]] = []    # (completion time, latency ms)
             clock = time.perf_counter
 
             def done(_request, job: int) -> None:
                 now = clock()
-                lat.append((now - starts.pop(job)) * 1000)
-                finished.append(now)
+                finished.append((now, (now - starts.pop(job)) * 1000))   # one append: atomic
 
             queue.set_callback(done)
             for i in range(nireq):  # every request reads the same batch, set once as benchmark_app does
                 queue[i].set_input_tensor(0, ov.Tensor(x, shared_memory=True))
-            jobs = 0
-            opened = None                     # (completions so far, time) when the window opened
+            jobs, seen, last, opened = 0, 0, -math.inf, None
+            deadline = clock() + seconds * 4 + 30
             while True:
                 queue.get_idle_request_id()   # blocks until a request is free: not part of its latency
-                if opened is None and len(finished) >= nireq:
-                    opened = (nireq, finished[nireq - 1])
-                if opened is not None and finished[-1] - opened[1] >= seconds:
-                    # every request was busy until this completion: the window closes on it
-                    closed = (len(finished), finished[-1])
-                    break
+                n = len(finished)
+                last = max([last] + [t for t, _ in finished[seen:n]])
+                seen = n
+                if opened is None and n >= nireq:
+                    opened = sorted(t for t, _ in finished[:n])[nireq - 1]
+                if opened is not None and last - opened >= seconds:
+                    break   # every request was busy until `last`: the window closes on it
+                if clock() > deadline:   # a failed request frees its slot without a callback
+                    queue.wait_all()
+                    raise RuntimeError(f"OpenVINO requests stopped completing: {n} of {jobs} done in "
+                                       f"{seconds * 4 + 30:g} s")
                 starts[jobs] = clock()
                 queue.start_async(userdata=jobs)
                 jobs += 1
             queue.wait_all()
-            queries = closed[0] - opened[0]
-            window_lat = lat[opened[0]:closed[0]]
-            return OfflineResult(len(x) * queries, queries, closed[1] - opened[1], window_lat)
+            window = [lat for t, lat in sorted(finished) if opened < t <= last]
+            return OfflineResult(len(x) * len(window), len(window), last - opened, window)
 
         mode = (f"async AsyncInferQueue, THROUGHPUT hint, {nireq} requests, {streams} streams" if offline
                 else f"sync, LATENCY hint, 1 request, {streams} stream{'s' if streams > 1 else ''}")

@@ -99,6 +99,8 @@ def test_rounds_are_shared_out_over_processes_in_order():
     assert [list(r) for r in process_rounds(4, 2)] == [[0, 1], [2, 3]]
     assert [list(r) for r in process_rounds(5, 2)] == [[0, 1, 2], [3, 4]]
     assert [list(r) for r in process_rounds(3, 3)] == [[0], [1], [2]]
+    # a bundle of an older run (--rounds 1, processes by default 2): no process without a round
+    assert [list(r) for r in process_rounds(1, 2)] == [[0]]
 
 
 def test_interleaved_schedule_is_a_palindrome_per_round():
@@ -162,13 +164,17 @@ def test_background_reclaim_names_a_damon_pageout_scheme_that_is_on(tmp_path):
         (tmp_path / str(n) / "state").write_text(state + "\n")
         (scheme / "action").write_text(action + "\n")
 
-    assert background_reclaim(tmp_path) == ""
+    module = tmp_path / "enabled"
+    assert background_reclaim(tmp_path, module) == ""
     kdamond(0, "off", "pageout")
     kdamond(1, "on", "stat")
-    assert background_reclaim(tmp_path) == ""
+    module.write_text("N\n")
+    assert background_reclaim(tmp_path, module) == ""
     kdamond(2, "on", "pageout")
-    assert background_reclaim(tmp_path) == "DAMON pageout (kdamond 2)"
-    assert background_reclaim(tmp_path / "absent") == ""
+    assert background_reclaim(tmp_path, module) == "DAMON pageout (kdamond 2)"
+    module.write_text("Y\n")
+    assert background_reclaim(tmp_path, module) == "DAMON pageout (kdamond 2), DAMON_RECLAIM"
+    assert background_reclaim(tmp_path / "absent", tmp_path / "absent") == ""
 
 
 def test_an_emulated_process_does_not_take_the_hosts_cpu_for_its_own(tmp_path, monkeypatch):
