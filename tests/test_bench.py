@@ -18,8 +18,9 @@ from fake_targets import PLUGINS
 
 ROOT = Path(__file__).resolve().parents[1]
 CHILD_PATH = os.pathsep.join([str(ROOT), str(ROOT / "tests")])
+# one serving process per target keeps the suite short; the main sweep test below runs the default two
 FAST = ["--weights", "random:tiny", "--images", "4", "--warmup", "0", "--rounds", "2", "--round-seconds", "0.1",
-        "--calib-images", "8", "--threads", "1", "--build-jobs", "1"]
+        "--calib-images", "8", "--threads", "1", "--build-jobs", "1", "--processes", "1"]
 OFF = "offline"
 
 
@@ -253,7 +254,7 @@ def test_two_target_two_keep_sweep_rows_and_columns(tmp_path):
     """Real backends on a tiny random model: 2 targets x 2 keeps x fp32 x both scenarios."""
     out = tmp_path / "run"
     bench(out, "--target", "torch,openvino", "--keep", "1.0,0.5", "--batch", "2", "--precision", "fp32",
-          check=True)
+          "--processes", "2", check=True)
     got = rows(out)
     assert sorted(r["cell_id"] for r in got) == sorted(
         f"{t}/fp32/detector/{'none' if k == '1' else 'bavit'}/keep{k}/{b}" for t in ("torch", "openvino") for k in ("1", "0.5")
@@ -264,7 +265,7 @@ def test_two_target_two_keep_sweep_rows_and_columns(tmp_path):
         assert r["tokens_kept"] == (64 if r["keep"] == 1.0 else 32)
         assert r["executed_precision"] == "f32"
         assert r["images"] == 4 and r["accuracy_reused"] is False
-        assert r["load_s"] > 0 and r["first_inference_ms"] > 0 and r["rounds"] == 2
+        assert r["load_s"] > 0 and r["first_inference_ms"] > 0 and (r["rounds"], r["processes"]) == (2, 2)
         assert r["latency_p99_ms"] is None or r["latency_samples"] >= 100
         if r["keep"] == 1.0:   # dense detector alone: BAViT does not run
             assert r["token_acc"] is None and r["fg_recall"] is None
