@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from quant import in_modules
 from quant.calibration import calibration_batches
 
 NAME = "litert-pt2e-static-int8"
@@ -69,11 +70,6 @@ FP32_KEPT = ("token selector (top-k ranking and index logic), the BAViT classifi
 TOLERANCE = {"logits": 0.05, "boxes": 0.05, "token_logits": 0.05}
 
 
-def _module_paths(node: Any) -> list[str]:
-    stack = node.meta.get("nn_module_stack") or {}
-    return [v[0] if isinstance(v, (tuple, list)) else str(v) for v in stack.values()]
-
-
 def make_quantizer(float_modules: tuple[str, ...] = FLOAT_MODULES):
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
     from litert_torch.quantize.pt2e_quantizer_utils import propagate_annotation
@@ -86,7 +82,7 @@ def make_quantizer(float_modules: tuple[str, ...] = FLOAT_MODULES):
             self.float_modules = tuple(float_modules)
 
         def _quantized(self, node: Any) -> bool:
-            return not any(p == m or p.startswith(m + ".") for p in _module_paths(node) for m in self.float_modules)
+            return not in_modules(node, self.float_modules)
 
         def annotate(self, model):
             self._annotate_all_static_patterns(model, self.global_config, self._quantized)
