@@ -14,7 +14,8 @@ from bench.contracts import PROFILE_PARTS, BuildSpec, Built, ReductionSpec, from
 from bench.procs import Children, kill, spawn
 
 # rough seconds per artifact on a 2-core machine, only to share the builds out evenly
-BUILD_COST = {("tflite", "int8"): 85, ("tflite", "fp32"): 40, ("openvino", "int8"): 30}
+BUILD_COST = {("tflite", "int8"): 85, ("tflite", "fp32"): 40, ("openvino", "int8"): 30, ("onnxruntime", "int8"): 30,
+              ("onnxruntime", "fp32"): 20, ("executorch", "fp32"): 60, ("executorch", "int8"): 90}
 
 
 def share_out(specs: list[BuildSpec], jobs: int, artifact_of, group_of) -> list[list[BuildSpec]]:

@@ -55,8 +55,10 @@ def parse_args(argv: list[str] | None, prog: str = "python -m bench.run", descri
                ) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=prog, description=description or __doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--target", default="all", help="torch | openvino | tflite | inductor | all (torch, openvino, tflite), or a "
-                                                  "comma-separated list")
+    from targets import DEFAULT_TARGETS, NAMES
+
+    p.add_argument("--target", default="all",
+                   help=f"{' | '.join(NAMES)} | all ({', '.join(DEFAULT_TARGETS)}), or a comma-separated list")
     p.add_argument("--precision", default="fp32,int8,bf16",
                    help="comma-separated: fp32, int8, bf16 (default all three: bf16 runs on CPUs with bf16 units, "
                         "AVX512-BF16 or AMX-BF16; elsewhere its cells are recorded unavailable, saying why)")

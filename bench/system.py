@@ -19,7 +19,7 @@ ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_i
              "asimd", "asimddp", "asimdhp", "i8mm", "bf16", "sve")   # x86, then ARM (dot product, fp16, int8 mm)
 X86 = ("x86_64", "amd64", "i386", "i686")
 PACKAGES = ("torch", "transformers", "torchao", "openvino", "nncf", "litert-torch", "ai-edge-litert",
-            "tflite-runtime", "numpy", "faster-coco-eval")
+            "tflite-runtime", "onnxruntime", "onnx", "onnxscript", "executorch", "numpy", "faster-coco-eval")
 
 
 def _cpuinfo(path: str = "/proc/cpuinfo") -> tuple[str, set[str]]:

@@ -8,10 +8,11 @@ import os
 
 from targets.base import Artifact, ConversionError, Runner, Target
 
-NAMES = ("torch", "openvino", "tflite", "inductor")
-# what --target all runs: `inductor` compiles every artifact to C++ (minutes each on 2 cores),
-# which the main job's time budget does not hold; it is named explicitly
-DEFAULT_TARGETS = ("torch", "openvino", "tflite")
+NAMES = ("torch", "openvino", "tflite", "inductor", "onnxruntime", "executorch")
+# what --target all runs: `inductor` compiles every artifact to C++ and `executorch` lowers one
+# program per batch (minutes each on 2 cores), which the main job's time budget does not hold;
+# they are named explicitly
+DEFAULT_TARGETS = ("torch", "openvino", "tflite", "onnxruntime")
 
 
 def plugins() -> dict[str, str]:

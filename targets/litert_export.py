@@ -1,7 +1,8 @@
 """The graph litert-torch converts: the pipeline `torch.export`ed, with what the LiteRT
 interpreter cannot run rewritten (the sort rewrite: see targets.tflite_backend). Build side
 only (imports torch lazily); shared by the fp32 conversion (targets.tflite_backend) and the
-int8 recipe (quant.litert_recipe), which import this module and not each other."""
+int8 recipe (quant.litert_recipe), which import this module and not each other, and by the
+ExecuTorch target and recipe, whose kernel library has no sort either."""
 from __future__ import annotations
 
 from typing import Any

@@ -65,8 +65,9 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_the_measuring_side_imports_no_build_side_package():
     code = ("import sys, bench.measure, bench.worker, bench.bundle, bench.procs, bench.loop, bench.stats, bavit.scoring, "
-            "targets.openvino_backend, targets.tflite_backend; "
+            "targets.openvino_backend, targets.tflite_backend, targets.onnxruntime_backend, "
+            "targets.executorch_backend; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'PIL', 'pandas', "
-            "'pycocotools', 'nncf', 'litert_torch', 'torchao', 'scipy', 'yaml'}))")
+            "'pycocotools', 'nncf', 'litert_torch', 'torchao', 'scipy', 'yaml', 'onnxscript', 'executorch'}))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

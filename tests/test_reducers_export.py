@@ -1,8 +1,10 @@
 """Each training-free reducer's fp32 artifact against eager, on every target, at keep 0.5
-(the BAViT pipeline has its own backend tests). Twelve conversions of the tiny model.
+(the BAViT pipeline has its own backend tests). Twenty conversions of the tiny model.
 ToMe runs at keep 0.25 on a 6-layer detector, whose schedule merges down to one patch token
 (sets of one, every A token merged): the shapes that once failed LiteRT's lowering."""
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -17,12 +19,14 @@ pytestmark = pytest.mark.slow
 FP32_TOL = {"logits": 1e-3, "boxes": 1e-4}   # max abs diff vs eager, as the backend tests
 
 
-@pytest.mark.parametrize("target", ["torch", "openvino", "tflite"])
+@pytest.mark.parametrize("target", ["torch", "openvino", "tflite", "onnxruntime", "executorch"])
 @pytest.mark.parametrize("text", ["random", "attention:fuse=true", "tome", "bavit-shared"])
 def test_reducer_artifact_matches_eager(text, target, tmp_path):
     t = get_target(target)
     why = t.available() or t.build_unavailable()
     if why:
+        if os.environ.get("BAVIT_REQUIRE_BACKENDS") == "1":
+            pytest.fail(f"{target}: {why}")
         pytest.skip(f"{target}: {why}")
     pipe = _pipeline(text, 0.25, _detector(num_hidden_layers=6)) if text == "tome" else _pipeline(text, 0.5)
     pixels = np.random.default_rng(1).normal(size=(BATCH, 3, 64, 64)).astype(np.float32)
@@ -36,7 +40,7 @@ def test_reducer_artifact_matches_eager(text, target, tmp_path):
         assert diff <= FP32_TOL[name], (name, diff)
 
 
-@pytest.mark.parametrize("target", ["torch", "openvino", "tflite"])
+@pytest.mark.parametrize("target", ["torch", "openvino", "tflite", "onnxruntime"])
 def test_non_square_bavit_pipeline_exports(target, tmp_path):
     """A detector and its BAViT both re-gridded for a 48x96 input (what `--image-size 48x96`
     does): BAViT's position embeddings follow the detector's grid, and each target's

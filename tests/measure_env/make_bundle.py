@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SWEEP = ["--weights", "weights/tiny", "--detector", "detector", "--target", "openvino,tflite",
+SWEEP = ["--weights", "weights/tiny", "--detector", "detector", "--target", "openvino,tflite,onnxruntime",
          "--precision", "fp32,int8", "--keep", "1.0,0.5", "--scenario", "single-stream,offline", "--batch", "2",
          "--images", "24", "--calib-images", "16", "--warmup", "0", "--rounds", "1", "--round-seconds", "0.1"]
 

@@ -1,7 +1,8 @@
 """The measuring side in an environment of its own (tox -e measure): numpy, psutil, tqdm,
-openvino, ai-edge-litert and faster-coco-eval, installed as `bavit-bench[measure-openvino,
-measure-litert]`. It measures a bundle the main env exported and must reproduce the main env's
-accuracy on the same artifacts, with its own fingerprint."""
+openvino, ai-edge-litert, onnxruntime, onnx and faster-coco-eval, installed as
+`bavit-bench[measure-openvino,measure-litert,measure-onnxruntime]`. It measures a bundle the
+main env exported and must reproduce the main env's accuracy on the same artifacts, with its
+own fingerprint."""
 from __future__ import annotations
 
 import json
@@ -27,8 +28,9 @@ def _rows(out: Path) -> dict[str, dict]:
 
 def test_this_environment_has_no_torch_nor_converters():
     installed = {(d.metadata["Name"] or "").lower().replace("_", "-") for d in metadata.distributions()}
-    assert not installed & {"torch", "transformers", "litert-torch", "nncf", "torchao", "pillow", "pandas"}
-    assert {"openvino", "ai-edge-litert", "faster-coco-eval"} <= installed
+    assert not installed & {"torch", "transformers", "litert-torch", "nncf", "torchao", "onnxscript", "pillow",
+                            "pandas"}
+    assert {"openvino", "ai-edge-litert", "onnxruntime", "onnx", "faster-coco-eval"} <= installed
 
 
 def test_the_bundle_measured_here_scores_as_the_main_env(tmp_path):
@@ -37,7 +39,7 @@ def test_the_bundle_measured_here_scores_as_the_main_env(tmp_path):
                        capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
     got, want = _rows(out), _rows(MADE / "ref")
-    assert set(got) == set(want) and len(got) == 16
+    assert set(got) == set(want) and len(got) == 24      # 3 targets x 2 precisions x 2 keeps x 2 scenarios
     for cell_id, row in got.items():
         assert row["status"] == "ok", (cell_id, row.get("error"))
         assert row["torch_imported"] is False
