@@ -382,6 +382,8 @@ class Row:
     sys_versions: str = ""
     sys_host: str = ""
     sys_background_reclaim: str = ""   # kernel reclaim that drops idle pages mid-run (bench.system)
+    device_name: str = ""              # with --cluster: the device (Ray resource bavit-device:NAME) that measured it
+    node_id: str = ""                  # with --cluster: the Ray node the device's measuring agent ran on
 
 
 @dataclass(frozen=True)

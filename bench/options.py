@@ -141,6 +141,12 @@ def parse_args(argv: list[str] | None, prog: str = "python -m bench.run", descri
                    help="start over in a used --out: its results are removed (wins over --resume, so "
                         "`tox -e bench-cpu -- --force` measures again)")
     p.add_argument("--no-report", action="store_true", help="do not build report.csv/report.html")
+    p.add_argument("--cluster", default=None,
+                   help="a Ray cluster (ray://HEAD:10001, or auto): build here, ship the bundle, measure it on "
+                        "the devices in --devices, each on the node that declares it (bench.cluster)")
+    p.add_argument("--devices", default=None,
+                   help="with --cluster: device names, comma-separated (a node declares one with "
+                        "ray start --resources='{\"bavit-device:NAME\": 1}'), or auto: every declared one")
     return p.parse_args(argv)
 
 

@@ -53,6 +53,12 @@ def run(argv: list[str] | None = None) -> int:
     args = parse_args(argv, description=__doc__)
     signal.signal(signal.SIGTERM, _terminate)
     _quiet_import_noise()
+    if args.cluster:          # build here, measure on the cluster's devices
+        from bench.cluster import run_cluster
+        return run_cluster(args, argv)
+    if args.devices:
+        print("bench.run: error: --devices names devices of a cluster: give --cluster too", file=sys.stderr)
+        return 2
     try:
         p = prepare(args, argv)
     except UsageError as err:

@@ -47,7 +47,9 @@ def device_label(row: Mapping) -> str:
     cpu_text = cpu if isinstance(cpu, str) and cpu else "unknown CPU"
     cores_text = f"{int(cores)} cores" if isinstance(cores, (int, float)) and not math.isnan(cores) else "? cores"
     host_text = f", host {host}" if isinstance(host, str) and host else ""
-    return f"{cpu_text} ({cores_text}{host_text})"
+    name = row.get("device_name")
+    prefix = f"{name}: " if isinstance(name, str) and name else ""   # a cluster's device, by its declared name
+    return f"{prefix}{cpu_text} ({cores_text}{host_text})"
 
 
 def device_runs(run_dirs: Sequence[str | Path], max_map_drop: float = 1.0, max_latency_ms: float | None = None,
