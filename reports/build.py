@@ -48,6 +48,7 @@ from reports.table import (
     load_results,
     ok_mask,
     reference_rows,
+    round_bounds,
     several_detectors,
     sort_cells,
     summary_markdown,
@@ -77,6 +78,7 @@ COMPARISON_COLUMNS: list[str] = [
     *JOIN_KEYS, "status_this", "status_baseline",
     "throughput_this", "throughput_baseline", "throughput_ratio",
     "p50_this", "p50_baseline",
+    "figure_lo_this", "figure_hi_this", "figure_lo_baseline", "figure_hi_baseline",
     "map_this", "map_baseline", "map_diff_pts",
     "peak_mib_this", "peak_mib_baseline",
     "speedup_this", "speedup_lo_this", "speedup_hi_this",
@@ -112,6 +114,11 @@ def _comparable(df: pd.DataFrame, suffix: str) -> pd.DataFrame:
         values = column(df, source)
         out[f"{stem}_{suffix}"] = values if stem == "status" else values.where(ok)
     out[f"speedup_own_{suffix}"] = own & ok
+    # the headline figure's 95 % interval (throughput offline, p50 single-stream), for reports.compare
+    bounds = [round_bounds(r, r.get("scenario") == "single-stream") if ok_ else (math.nan, math.nan)
+              for r, ok_ in zip(df.to_dict("records"), ok)]
+    out[f"figure_lo_{suffix}"] = [b[0] for b in bounds]
+    out[f"figure_hi_{suffix}"] = [b[1] for b in bounds]
     return out.drop_duplicates(JOIN_KEYS, keep="last")
 
 

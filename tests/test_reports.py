@@ -1010,3 +1010,63 @@ def test_devices_cli_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFix
     assert len(err) == 1 and message in err[0]
     assert main([str(a), str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+def test_targets_side_by_side(tmp_path, capsys):
+    import pandas as pd
+
+    from reports import targets
+
+    base = dict(status="ok", reference_detector="detector", reducer="bavit", batch=8, scenario="offline",
+                latency_p50_ms=300.0, latency_p50_lo=290.0, latency_p50_hi=310.0, throughput_lo=20.0,
+                throughput_hi=30.0, speedup_lo=0.9, speedup_hi=1.3, executed_precision="i8+f32")
+    rows = [dict(base, target="onnxruntime", detector="detector-prune", precision="int8", keep=0.5,
+                 throughput_ips=25.0, speedup_vs_target_dense_fp32=1.1, map=0.7),
+            dict(base, target="openvino", detector="detector-prune", precision="bf16", keep=0.5,
+                 throughput_ips=50.0, speedup_vs_target_dense_fp32=2.0, map=0.7),
+            dict(base, target="openvino", detector="detector", precision="fp32", keep=1.0,
+                 throughput_ips=20.0, speedup_vs_target_dense_fp32=1.0, map=0.7),
+            dict(base, target="torch", detector="detector-prune", precision="fp32", keep=1.0, status="failed",
+                 throughput_ips=None, speedup_vs_target_dense_fp32=None, map=None)]
+    pd.DataFrame(rows).to_csv(tmp_path / "report.csv", index=False)
+    assert targets.main([str(tmp_path)]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("| offline")]
+    # the pruning-aware detector by default, fp32/int8 only, ok cells only
+    assert lines == ["| offline b8 | onnxruntime | int8 | 0.5 | 25.0 img/s [20.0–30.0] | 1.10× [0.90–1.30] | 0.700 "
+                     "| i8+f32 |"]
+    assert targets.main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_compare_gate_exit_codes(tmp_path: Path, capsys) -> None:
+    """Two recorded runs: a real slow-down (intervals separate), a slow-down within noise, an
+    mAP drop and a cell that stopped working, each against its gate; 2 on bad input."""
+    from reports import compare
+
+    def run(name: str, fast: list[float], noisy: list[float], mean_ap: float, status: str = "ok") -> Path:
+        rows = [make_row("openvino", "fp32", 1.0, rounds=[100.0, 101.0, 99.0, 100.5], mean_ap=0.40),
+                make_row("openvino", "int8", 1.0, rounds=fast, mean_ap=mean_ap),
+                make_row("openvino", "fp32", 0.5, rounds=noisy, mean_ap=0.39),
+                make_row("tflite", "fp32", 1.0, rounds=[50.0, 51.0, 49.0] if status == "ok" else None,
+                         status=status, error=None if status == "ok" else "converter crashed", mean_ap=0.4)]
+        return write_run(tmp_path / name, rows)
+
+    base = run("base", [200.0, 202.0, 198.0, 201.0], [150.0, 140.0, 160.0, 150.0], 0.395)
+    slower = run("slower", [170.0, 171.0, 169.0, 170.5], [140.0, 150.0, 130.0, 141.0], 0.395)
+    assert compare.main([str(base), str(base), "--fail-slower", "5", "--fail-map-drop", "1"]) == 0
+    # int8 15 % slower, intervals apart: real; fp32 keep 0.5 6 % slower inside the noise: not
+    assert compare.main([str(base), str(slower), "--fail-slower", "5"]) == 1
+    out = capsys.readouterr().out
+    fails = [x for x in out.splitlines() if x.startswith("FAIL")]
+    assert len(fails) == 1 and "int8" in fails[0] and "real: intervals separate" in fails[0]
+    assert any("keep 0.5" in x and "within noise" in x and not x.startswith("FAIL") for x in out.splitlines())
+    assert compare.main([str(base), str(slower), "--fail-slower", "20"]) == 0
+    assert compare.main([str(base), str(slower)]) == 0                               # no gate: report only
+    dropped = run("dropped", [200.0, 202.0, 198.0, 201.0], [150.0, 140.0, 160.0, 150.0], 0.37)
+    assert compare.main([str(base), str(dropped), "--fail-map-drop", "1"]) == 1      # 2.5 points
+    assert compare.main([str(base), str(dropped), "--fail-map-drop", "3"]) == 0
+    broken = run("broken", [200.0, 202.0, 198.0, 201.0], [150.0, 140.0, 160.0, 150.0], 0.395, status="failed")
+    assert compare.main([str(base), str(broken), "--fail-map-drop", "1"]) == 1
+    assert "was ok, now failed" in capsys.readouterr().out
+    assert compare.main([str(base), str(tmp_path / "missing"), "--fail-slower", "5"]) == 2
+    assert compare.main([str(base), str(slower), "--fail-slower", "-1"]) == 2
+    assert compare.main([str(base), str(slower), "--fail-slower", "x"]) == 2
