@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from bench.build import build_phase
@@ -50,20 +51,27 @@ def _terminate(signum, frame):
 
 
 def run(argv: list[str] | None = None) -> int:
-    args = parse_args(argv, description=__doc__)
-    signal.signal(signal.SIGTERM, _terminate)
-    _quiet_import_noise()
-    if args.cluster:          # build here, measure on the cluster's devices
-        from bench.cluster import run_cluster
-        return run_cluster(args, argv)
-    if args.devices:
-        print("bench.run: error: --devices names devices of a cluster: give --cluster too", file=sys.stderr)
-        return 2
+    """The command line: exit 0, 1 when a cell failed, 2 on bad input (one line)."""
     try:
-        p = prepare(args, argv)
+        return execute(argv)[0]
     except UsageError as err:
         print(f"bench.run: error: {err}", file=sys.stderr)
         return 2
+
+
+def execute(argv: list[str] | None) -> tuple[int, Path | None]:
+    """(exit code, run folder): the one implementation beneath the command line and
+    `bavit_bench.run`. Bad input raises UsageError before any work starts."""
+    args = parse_args(argv, description=__doc__)
+    if threading.current_thread() is threading.main_thread():   # a notebook's thread may be another
+        signal.signal(signal.SIGTERM, _terminate)
+    _quiet_import_noise()
+    if args.cluster:          # build here, measure on the cluster's devices
+        from bench.cluster import run_cluster
+        return run_cluster(args, argv), Path(args.out) if args.out else None
+    if args.devices:
+        raise UsageError("--devices names devices of a cluster: give --cluster too")
+    p = prepare(args, argv)
     measure = Measure(p.measure, MeasureOptions(args.profile, args.profile_seconds, args.timeout,
                                                 str(p.cache / "accuracy")), p.out, p.run_id, fingerprint())
     measure.timing.update(p.timing)
@@ -75,7 +83,7 @@ def run(argv: list[str] | None = None) -> int:
     print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in measure.timing.items()), file=sys.stderr)
     if not args.no_report:
         _report(p.out, args)
-    return 1 if failed else 0
+    return (1 if failed else 0), p.out
 
 
 def _report(out: Path, args) -> None:
