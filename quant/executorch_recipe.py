@@ -5,9 +5,12 @@ Settings and why:
 - `get_symmetric_quantization_config(is_per_channel=True)`: int8 symmetric weights per output
   channel, int8 activations per tensor, static (calibrated) scales: the configuration
   XNNPACK's QS8 kernels take, and what ExecuTorch's own XNNPACK examples use.
-- The detection heads and the BAViT head stay float, as in the OpenVINO and ONNX Runtime
-  recipes (the quantizer's filter function skips nodes traced inside them; XNNPACKQuantizer's
-  `set_module_name(..., None)` is not supported).
+- The token selector, the whole BAViT classifier and the detection heads stay float, as in
+  the LiteRT recipe: the classifier's logits are the top-k's ranking key, and int8 steps in
+  its layers tie and reorder tokens near the cut-off (with only its head float, keep 0.5 lost
+  most of its mAP: README, ExecuTorch section). The quantizer's filter function skips nodes
+  traced inside these modules (XNNPACKQuantizer's `set_module_name(..., None)` is not
+  supported).
 - Calibration: the shared calibration set at the artifact's own batch (MinMax observers over
   the same images give the same scales at every batch).
 """
@@ -21,7 +24,7 @@ from quant import in_modules
 from quant.calibration import calibration_batches
 
 NAME = "executorch-pt2e-xnnpack-int8"
-FLOAT_MODULES = ("classifier.head", "detector.det.class_labels_classifier", "detector.det.bbox_predictor")
+FLOAT_MODULES = ("selector", "classifier", "detector.det.class_labels_classifier", "detector.det.bbox_predictor")
 SETTINGS = {
     "quantizer": "executorch XNNPACKQuantizer, get_symmetric_quantization_config(is_per_channel=True)",
     "flow": "torch.export -> prepare_pt2e -> calibrate -> convert_pt2e -> torch.export -> XNNPACK lowering",
@@ -29,8 +32,8 @@ SETTINGS = {
     "activations": "int8 per-tensor, static",
     "float_modules": list(FLOAT_MODULES),
 }
-FP32_KEPT = ("detection heads (class and box MLPs), BAViT head; LayerNorm, softmax, GELU and the token "
-             "selection as XNNPACK or the portable kernels run them in float")
+FP32_KEPT = ("token selector, the BAViT classifier, detection heads (class and box MLPs); LayerNorm, softmax, "
+             "GELU and the attention matmuls as XNNPACK or the portable kernels run them in float")
 
 
 def quantized_program(pipeline: Any, calibration: np.ndarray, batch: int) -> tuple[Any, dict]:
