@@ -8,7 +8,7 @@ Settings and why:
 - The token selector, the whole BAViT classifier and the detection heads stay float, as in
   the LiteRT recipe: the classifier's logits are the top-k's ranking key, and int8 steps in
   its layers tie and reorder tokens near the cut-off (with only its head float, keep 0.5 lost
-  most of its mAP: README, ExecuTorch section). The quantizer's filter function skips nodes
+  most of its mAP: docs/targets.md, ExecuTorch). The quantizer's filter function skips nodes
   traced inside these modules (XNNPACKQuantizer's `set_module_name(..., None)` is not
   supported).
 - Calibration: the shared calibration set at the artifact's own batch (MinMax observers over

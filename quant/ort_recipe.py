@@ -11,7 +11,7 @@ Settings and why:
   the other targets' int8 recipes leave them. The attention matmuls (two activations) stay
   float too: quantized, ORT also fuses the softmax between them into an 8-bit QLinearSoftmax,
   and together with the weights' range (below) that cost most of the accuracy on the trained
-  detector (the measured variants are in the README's ONNX Runtime section).
+  detector (the measured variants are in docs/targets.md, ONNX Runtime).
 - The detection heads (class and box MLPs) and the BAViT head stay float (`FLOAT_MODULES`),
   as in the OpenVINO recipe: they are a few small MLPs over the detection tokens, and the
   BAViT head's logits are the ranking key of the top-k. Nodes are found by the module path

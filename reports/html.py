@@ -577,7 +577,7 @@ def render_html(df: pd.DataFrame, title: str = "bavit-bench report",
              "Pareto front across every reducer, target and precision."),
         _img(plots.roofline(data), "Scatter plot of achieved GOP/s against work per image, with each precision's peak",
              "Achieved GOP/s (analytic matmul, convolution and attention work × throughput) against work per "
-             "image; dashed lines are each precision's peak at the cells' threads (formula in the README and "
+             "image; dashed lines are each precision's peak at the cells' threads (formula in docs/methodology.md and "
              "each row's peak_basis)."),
         _img(plots.peak_memory(data), "Bar chart of peak resident memory (MiB) per benchmark cell",
              "Peak RSS per successful cell; grey = baseline RSS once the runtime was loaded, before the model."),

@@ -579,7 +579,7 @@ def figure_bounds(row: Mapping) -> tuple[float, float]:
 
 def detectors_markdown(df: pd.DataFrame) -> str:
     """The detector × keep table (:func:`detector_keeps`) as markdown, for a terminal or a
-    README: tables of a run are pasted from here, not typed. Empty when one detector ran."""
+    docs/: tables of a run are pasted from here, not typed. Empty when one detector ran."""
     if df.empty or not several_detectors(df):
         return ""
     table = detector_keeps(df)
