@@ -2,26 +2,21 @@
 
 Settings and why:
 - `model_type=TRANSFORMER`: adds the transformer patterns (no quantizers inside layer
-  norm / softmax / GELU paths, SmoothQuant on the Linears). Without it top-1 agreement fell
-  from 96% to 72% on the DeiT-Ti-sized detector (shared/notes/runtime-facts.md).
+  norm / softmax / GELU paths, SmoothQuant on the Linears); without it top-1 agreement
+  fell sharply on the DeiT-Ti-sized detector (docs/targets.md, recipes).
 - `preset=MIXED` (NNCF's default for transformers): weights int8 symmetric per-channel,
   activations asymmetric (u8) per-tensor, which suits post-GELU/post-softmax ranges.
-  PERFORMANCE (symmetric activations) measured the same accuracy on the tiny model.
+  PERFORMANCE (symmetric activations) gave the same accuracy on the tiny model.
 - `target_device=CPU`: the device the cells run on.
 - `subset_size`: every calibration batch. Calibration images are grouped into batches of
   the IR's batch (8 for the dynamic-batch IR the harness builds), the remainder dropped
   (repeated to fill one batch when there are fewer images than the batch).
-- `ignored_scope`: the detection heads (class and box MLPs) and the BAViT head stay fp32.
-  Measured on the random tiny model (keep 0.5, batch 2, 16 random calibration images,
-  f32 for the rest): token-logit mean abs error 0.012 with them ignored vs 0.064 with them
-  quantized, box error 1.1e-4 vs 3.9e-4. They are a few small MLPs over the detection
-  tokens: no measurable latency.
+- `ignored_scope`: the detection heads (class and box MLPs) and the BAViT head stay fp32:
+  quantized, they multiply the token-logit and box errors, and they are a few small MLPs over
+  the detection tokens (no measurable latency). Figures in docs/targets.md, recipes.
 Tolerance (tests/test_targets_torch_openvino.py, INT8_REL_TOL = 0.05 of the output's std,
-boxes also mean abs <= 2e-3): on the random tiny model (keep 0.5 and 1.0, batch 2, 8 random
-calibration images, f32 for the float layers) int8 vs fp32 measured mean abs diff / std =
-0.0003-0.0005 for boxes (mean abs ~1e-4), 0.004 for class logits, 0.007 for token logits;
-with the float layers in bf16 errors are 2-3x larger. Random weights and random calibration
-images make this a "still the same model" check with ~7x margin, not an accuracy claim.
+boxes also mean abs <= 2e-3): random weights and random calibration images make this a
+"still the same model" check, not an accuracy claim (its measured margin: docs/targets.md).
 
 Everything else that NNCF quantizes (encoder Linears, attention matmuls where its patterns
 allow, patch-embedding convolutions) runs in int8; layer norms, softmax, GELU and the kept

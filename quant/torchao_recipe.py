@@ -14,17 +14,15 @@ Kept in fp32 (filter_fn):
 - patch-embedding convolutions, layer norms, softmax and GELU: the config only targets
   `nn.Linear`.
 
-Measured honestly in eager mode this is usually SLOWER than fp32 on CPU (no fused int8
-kernels without torch.compile; see shared/notes/runtime-facts.md): 26-31 ms vs 11-13 ms fp32
-on the tiny model at batch 2, one thread.
+In eager mode this is usually slower than fp32 on CPU (no fused int8 kernels without
+torch.compile); the measured figures are in docs/targets.md, "Recipes: the figures behind
+their docstrings".
 
 Tolerance (tests/test_targets_torch_openvino.py, INT8_REL_TOL = 0.05 of the output's std,
-boxes also mean abs <= 2e-3): on the random tiny model (keep 0.5 and 1.0, batch 2) int8 vs
-fp32 measured mean abs diff / std = 0.0003 for boxes (mean abs 7e-5 to 9e-5), 0.0043 for
-class logits and BAViT token logits. Per-token dynamic activation scales leave little error
-on random weights; trained weights with outlier channels would do worse, which is what the
-benchmark's mAP shows. The bound has ~10x margin so the test flags a broken recipe (wrong
-layers, lost scales), not noise.
+boxes also mean abs <= 2e-3): per-token dynamic activation scales leave little error on
+random weights (measured margins in docs/targets.md); trained weights with outlier channels
+would do worse, which is what the benchmark's mAP shows. The bound flags a broken recipe
+(wrong layers, lost scales), not noise.
 """
 from __future__ import annotations
 

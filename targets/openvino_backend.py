@@ -20,8 +20,8 @@ OPTIMAL_NUMBER_OF_INFER_REQUESTS requests in flight through an `AsyncInferQueue`
 - bf16: "bf16".
 - int8: "f32" for the layers left in floating point (heads, norms, softmax), so the int8
   cell differs from the fp32 cell by quantization alone, like the torch and LiteRT int8
-  cells. OpenVINO's own default here would run them in bf16 ("i8+bf16"): measured on the tiny
-  model about 2-3x the output error of "i8+f32". `bench.run --ov-int8-float bf16` selects
+  cells. OpenVINO's own default here would run them in bf16 ("i8+bf16"), with a larger
+  output error than "i8+f32" (docs/targets.md, recipes). `bench.run --ov-int8-float bf16` selects
   that instead.
 The runner's `executed_precision` is read back from the compiled model's runtime graph, not
 taken from the request: "i8" when any FullyConnected/Convolution/MatMul runs in i8/u8, plus the
