@@ -17,10 +17,9 @@ from pathlib import Path
 
 from bench.build import build_phase
 from bench.bundle import MANIFEST, BundleCell, write_bundle
-from bench.options import UsageError, parse_args
+from bench.options import UsageError, parse_args, quiet_import_noise, terminate
 from bench.plan import prepare
 from bench.procs import Children
-from bench.run import _quiet_import_noise, _terminate
 from bench.system import fingerprint
 
 
@@ -38,8 +37,8 @@ def _model_identity(weights: str, detectors: list[str]) -> dict:
 
 def export(argv: list[str] | None = None) -> int:
     args = parse_args(argv, prog="python -m bench.export", description=__doc__)
-    signal.signal(signal.SIGTERM, _terminate)
-    _quiet_import_noise()
+    signal.signal(signal.SIGTERM, terminate)
+    quiet_import_noise()
     if not args.out:
         print("bench.export: error: --out BUNDLE is required (the bundle folder to write)", file=sys.stderr)
         return 2

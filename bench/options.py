@@ -263,4 +263,15 @@ def _detectors(text: str | list[str], precisions: list[str]) -> tuple[list[str],
     return names, own
 
 
-# -- the run --------------------------------------------------------------------------------------
+def quiet_import_noise() -> None:
+    """Importing transformers imports torchao, which logs that its CUDA-only kernels do not
+    load and that it registers enums torch now handles: noise on a CPU machine that would
+    come before every line of ours, errors included. Real errors still show."""
+    import logging
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def terminate(signum, frame) -> None:
+    """SIGTERM as KeyboardInterrupt: the commands' interrupt paths kill their children and say where the results are."""
+    raise KeyboardInterrupt(f"signal {signum}")

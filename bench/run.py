@@ -31,23 +31,10 @@ from pathlib import Path
 from bench.build import build_phase
 from bench.contracts import MeasureOptions
 from bench.measure import Measure
-from bench.options import UsageError, parse_args
+from bench.options import UsageError, parse_args, quiet_import_noise, terminate
 from bench.plan import prepare
 from bench.procs import Children
 from bench.system import fingerprint
-
-
-def _quiet_import_noise() -> None:
-    """Importing transformers imports torchao, which logs that its CUDA-only kernels do not
-    load and that it registers enums torch now handles: noise on a CPU machine that would
-    come before every line of ours, errors included. Real errors still show."""
-    import logging
-    for name in ("torchao", "torch.utils._pytree"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
-def _terminate(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -64,8 +51,8 @@ def execute(argv: list[str] | None) -> tuple[int, Path | None]:
     `bavit_bench.run`. Bad input raises UsageError before any work starts."""
     args = parse_args(argv, description=__doc__)
     if threading.current_thread() is threading.main_thread():   # a notebook's thread may be another
-        signal.signal(signal.SIGTERM, _terminate)
-    _quiet_import_noise()
+        signal.signal(signal.SIGTERM, terminate)
+    quiet_import_noise()
     if args.cluster:          # build here, measure on the cluster's devices
         from bench.cluster import run_cluster
         return run_cluster(args, argv), Path(args.out) if args.out else None
