@@ -41,6 +41,19 @@ def pipes():
     return {keep: make_tiny_pipeline(keep, widen_heads=True) for keep in BACKEND_KEEPS}
 
 
+def eager_outputs(pipe, pixels):
+    """The pipeline's own (logits, boxes, token_logits) on `pixels`: what every backend is held to."""
+    import torch
+
+    with torch.no_grad():
+        return [t.numpy() for t in pipe(torch.from_numpy(pixels))]
+
+
+@pytest.fixture(scope="module")
+def reference(pipes, pixels):
+    return {keep: eager_outputs(p, pixels) for keep, p in pipes.items()}
+
+
 @pytest.fixture(scope="module")
 def pixels():
     import numpy as np

@@ -41,11 +41,8 @@ def build(pipes, calib, tmp_path_factory):
     return get
 
 
-def test_fp32_matches_eager(build, pipes, pixels):
-    import torch
-
-    with torch.no_grad():
-        ref = [t.numpy() for t in pipes[0.5](torch.from_numpy(pixels))]
+def test_fp32_matches_eager(build, reference, pixels):
+    ref = reference[0.5]
     runner = TARGET.load(build("fp32"), RuntimeOptions(2, batch=BATCH))
     assert runner.executed_precision == "f32"
     assert runner.details["xnnpack_delegates"] >= 1 and runner.details["threads"] == 2

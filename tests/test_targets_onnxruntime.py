@@ -36,18 +36,6 @@ if _WHY_NOT:
     pytest.skip(f"onnxruntime target cannot build here: {_WHY_NOT}", allow_module_level=True)
 
 
-def _eager(pipe, pixels):
-    import torch
-
-    with torch.no_grad():
-        return [t.numpy() for t in pipe(torch.from_numpy(pixels))]
-
-
-@pytest.fixture(scope="module")
-def reference(pipes, pixels):
-    return {keep: _eager(p, pixels) for keep, p in pipes.items()}
-
-
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("ort-artifacts")

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from conftest import BACKEND_BATCH as BATCH
 from conftest import BACKEND_KEEPS as KEEPS
+from conftest import eager_outputs
 
 from quant import litert_recipe
 from targets import ConversionError, get_target, litert_export, tflite_backend
@@ -36,18 +37,6 @@ if os.environ.get("BAVIT_REQUIRE_BACKENDS") == "1":
     assert not _WHY_NOT, f"tflite target cannot build here: {_WHY_NOT}"
 if _WHY_NOT:
     pytest.skip(f"tflite target cannot build here: {_WHY_NOT}", allow_module_level=True)
-
-
-def _eager(pipe, pixels):
-    import torch
-
-    with torch.no_grad():
-        return [t.numpy() for t in pipe(torch.from_numpy(pixels))]
-
-
-@pytest.fixture(scope="module")
-def reference(pipes, pixels):
-    return {keep: _eager(p, pixels) for keep, p in pipes.items()}
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +116,7 @@ def test_int8_close_to_fp32(build, pipes, reference, pixels):
         rel = float(np.abs(r - o).max() / np.abs(r).max())
         assert rel <= litert_recipe.TOLERANCE[name], (name, rel)
     # quantization worked on an exported copy: the caller's pipeline is untouched
-    assert all(np.array_equal(a, b) for a, b in zip(_eager(pipes[0.5], pixels), reference[0.5]))
+    assert all(np.array_equal(a, b) for a, b in zip(eager_outputs(pipes[0.5], pixels), reference[0.5]))
 
 
 def _int8_scales(art: Artifact) -> set[tuple]:

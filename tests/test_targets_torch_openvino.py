@@ -33,14 +33,6 @@ NAMES = ("logits", "boxes", "token_logits")
 
 
 @pytest.fixture(scope="module")
-def reference(pipes, pixels):
-    import torch
-
-    with torch.no_grad():
-        return {keep: [t.numpy() for t in p(torch.from_numpy(pixels))] for keep, p in pipes.items()}
-
-
-@pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("artifacts")
 
