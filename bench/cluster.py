@@ -230,7 +230,7 @@ def _prior(folder: Path, resume: bool) -> dict[str, str]:
 
 
 def _drive(ray, device: Device, payload, bundle_id: str, recorder: _Recorder, prior: dict[str, str],
-           flags: list[str], outcome: dict) -> None:
+           flags: list[str]) -> None:
     """One device's agent, its stream written down as it comes."""
     node = device.node_id
     try:
@@ -245,7 +245,6 @@ def _drive(ray, device: Device, payload, bundle_id: str, recorder: _Recorder, pr
             elif msg["kind"] == "run_json":
                 (recorder.folder / "run.json").write_text(msg["text"])
             elif msg["kind"] == "done":
-                outcome[device.name] = msg["rc"]
                 if msg["rc"] not in (0, 1):
                     n = recorder.fill("failed", f"bench.measure on device {device.name} exited {msg['rc']}: "
                                                 f"{msg['log_tail'].strip().splitlines()[-1:]}")
@@ -255,7 +254,6 @@ def _drive(ray, device: Device, payload, bundle_id: str, recorder: _Recorder, pr
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         n = recorder.fill("failed", f"node {node} ({device.address}) of device {device.name} lost while "
                                     f"measuring: {type(err).__name__}: {first[:200]}")
-        outcome[device.name] = 1
         print(f"bench.run: device {device.name}: node {node} lost ({type(err).__name__}); {n} cells failed",
               file=sys.stderr)
 
@@ -301,7 +299,6 @@ def run_cluster(args: argparse.Namespace, argv: list[str] | None) -> int:
             return 2
     manifest = read_bundle(bundle)
     payload = ray.put(_tar(bundle))
-    outcome: dict[str, int] = {}
     threads = []
     for d in devices:
         folder = out / DEVICES_DIR / d.name
@@ -314,7 +311,7 @@ def run_cluster(args: argparse.Namespace, argv: list[str] | None) -> int:
             recorder.fill("unavailable", f"{NO_NODE}{d.name}")
             continue
         t = threading.Thread(target=_drive, args=(ray, d, payload, manifest.bundle_id, recorder, prior,
-                                                  measure_flags, outcome), daemon=True)
+                                                  measure_flags), daemon=True)
         t.start()
         threads.append(t)
     for t in threads:
@@ -324,7 +321,7 @@ def run_cluster(args: argparse.Namespace, argv: list[str] | None) -> int:
         "devices": {d.name: {"node_id": d.node_id, "address": d.address} for d in devices}}, indent=1))
     if not args.no_report:
         try:
-            from reports.build import build_devices, summary_text   # noqa: F401 - pandas may be missing
+            from reports.build import build_devices   # pandas may be missing here
             build_devices([out / DEVICES_DIR / d.name for d in devices], out, max_map_drop=args.max_map_drop,
                           max_latency_ms=args.max_latency_ms, max_rss_mb=args.max_rss_mb)
             print(f"report: {out / 'report.html'}")

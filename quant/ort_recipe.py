@@ -83,19 +83,6 @@ def activation_matmuls(model: Any) -> list[str]:
             and not any(i in weights or i in consts for i in n.input)]
 
 
-class _Reader:
-    """onnxruntime.quantization.CalibrationDataReader over the calibration batches."""
-
-    def __init__(self, input_name: str, batches: list[np.ndarray]) -> None:
-        self._items = iter([{input_name: b} for b in batches])
-
-    def get_next(self) -> dict | None:
-        return next(self._items, None)
-
-    def rewind(self) -> None:   # quantize_static calls it on some versions
-        pass
-
-
 def quantize(float_model: Path, out: Path, calibration: np.ndarray, input_name: str, work: Path) -> dict[str, Any]:
     """Writes the int8 QDQ model to `out`; returns the Artifact fields of the recipe."""
     import onnx
@@ -110,10 +97,16 @@ def quantize(float_model: Path, out: Path, calibration: np.ndarray, input_name: 
     exclude = excluded_nodes(model)
     attention = activation_matmuls(model)
 
-    class Reader(_Reader, CalibrationDataReader):
-        pass
+    class Reader(CalibrationDataReader):
+        """The calibration batches, one feed each."""
 
-    quantize_static(str(pre), str(out), Reader(input_name, batches), quant_format=QuantFormat.QDQ,
+        def __init__(self) -> None:
+            self._items = iter([{input_name: b} for b in batches])
+
+        def get_next(self) -> dict | None:
+            return next(self._items, None)
+
+    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=list(OP_TYPES), per_channel=True, reduce_range=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     nodes_to_exclude=exclude + attention, calibrate_method=CalibrationMethod.MinMax,)

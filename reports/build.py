@@ -272,15 +272,16 @@ def build_devices(run_dirs: Sequence[str | Path], out: str | Path, max_map_drop:
     return paths
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr (and exit 2), like every other error here."""
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (and exit 2), like every other error
+    here; the line starts with the command's module (`prog` without "python -m ")."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"reports.build: error: {message}", file=sys.stderr)
+        print(f"{self.prog.removeprefix('python -m ')}: error: {message}", file=sys.stderr)
         raise SystemExit(2)
 
 
-def _limit(text: str) -> float:
+def nonnegative(text: str) -> float:
     """A limit option's value: a number >= 0 (a negative limit would silently pick nothing)."""
     try:
         value = float(text)
@@ -293,17 +294,17 @@ def _limit(text: str) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the process exit code (0 ok, 2 bad input or unwritable output)."""
-    parser = _Parser(prog="python -m reports.build", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m reports.build", description=__doc__.splitlines()[0])
     parser.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR",
                         help="run directory containing results.jsonl; several (one per device) need --out")
     parser.add_argument("--baseline", type=Path, default=None, help="another run directory to compare against")
     parser.add_argument("--out", type=Path, default=None,
                         help="where the report of several runs goes (default for one run: the run directory)")
-    parser.add_argument("--max-map-drop", type=_limit, default=1.0, metavar="PTS",
+    parser.add_argument("--max-map-drop", type=nonnegative, default=1.0, metavar="PTS",
                         help="largest mAP loss (points) vs the target's dense fp32 a pick may have (default 1.0)")
-    parser.add_argument("--max-latency-ms", type=_limit, default=None, metavar="MS",
+    parser.add_argument("--max-latency-ms", type=nonnegative, default=None, metavar="MS",
                         help="largest tail latency (p99, else p90, else p50) a pick may have")
-    parser.add_argument("--max-rss-mb", type=_limit, default=None, metavar="MIB",
+    parser.add_argument("--max-rss-mb", type=nonnegative, default=None, metavar="MIB",
                         help="largest peak resident memory (MiB) a pick may have")
     try:
         args = parser.parse_args(argv)

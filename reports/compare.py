@@ -105,22 +105,20 @@ def gate(items: list[Change], fail_slower: float | None, fail_map_drop: float | 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m reports.compare", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from reports.build import OneLineParser, nonnegative
+
+    p = OneLineParser(prog="python -m reports.compare", description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("base", type=Path, help="the baseline run folder (results.jsonl)")
     p.add_argument("new", type=Path, help="the new run folder")
-    p.add_argument("--fail-slower", type=float, default=None, metavar="PCT",
+    p.add_argument("--fail-slower", type=nonnegative, default=None, metavar="PCT",
                    help="exit 1 when a cell is slower by more than PCT %% and the intervals separate")
-    p.add_argument("--fail-map-drop", type=float, default=None, metavar="PTS",
+    p.add_argument("--fail-map-drop", type=nonnegative, default=None, metavar="PTS",
                    help="exit 1 when a cell's mAP falls by more than PTS points")
     try:
         args = p.parse_args(argv)
     except SystemExit as exc:
-        return 0 if exc.code == 0 else 2
-    for option, value in (("--fail-slower", args.fail_slower), ("--fail-map-drop", args.fail_map_drop)):
-        if value is not None and (math.isnan(value) or value < 0):
-            print(f"reports.compare: error: {option} must be a number >= 0, got {value:g}", file=sys.stderr)
-            return 2
+        return int(exc.code or 0)
     try:
         items = changes(args.base, args.new)
     except (OSError, ValueError) as err:
